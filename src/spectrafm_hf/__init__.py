@@ -1,0 +1,36 @@
+"""spectrafm_hf: SpectraFM (Koblischke & Bovy 2024) as a Hugging Face Transformers-native package.
+
+Importing the package registers ``model_type="spectrafm"`` with ``AutoConfig``, ``AutoModel`` and
+``AutoFeatureExtractor``/``AutoProcessor``, so ``AutoModel.from_pretrained(path)`` returns a `SpectraFMModel`.
+"""
+
+from transformers import AutoConfig, AutoFeatureExtractor, AutoModel
+
+from .configuration_spectrafm import SpectraFMConfig
+from .modeling_spectrafm import SpectraFMModel, SpectraFMOutput, SpectraFMPreTrainedModel
+from .processing_spectrafm import SpectraFMProcessor
+from .spectrum import Spectrum, SpectrumError, air_to_vacuum, vacuum_to_air
+
+__version__ = "0.1.0"
+
+AutoConfig.register("spectrafm", SpectraFMConfig, exist_ok=True)
+AutoModel.register(SpectraFMConfig, SpectraFMModel, exist_ok=True)
+AutoFeatureExtractor.register(SpectraFMConfig, SpectraFMProcessor, exist_ok=True)
+# Saved folders carry their code, so they load with trust_remote_code=True where the package is not installed.
+SpectraFMConfig.register_for_auto_class()
+SpectraFMModel.register_for_auto_class("AutoModel")
+
+from .pipeline import SpectraFMPipeline  # noqa: E402  (needs the registrations above)
+
+__all__ = [
+    "SpectraFMConfig",
+    "SpectraFMModel",
+    "SpectraFMOutput",
+    "SpectraFMPreTrainedModel",
+    "SpectraFMProcessor",
+    "SpectraFMPipeline",
+    "Spectrum",
+    "SpectrumError",
+    "air_to_vacuum",
+    "vacuum_to_air",
+]

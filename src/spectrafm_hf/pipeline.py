@@ -1,0 +1,304 @@
+"""`SpectraFMPipeline`: spectra in, a table of stellar labels with uncertainties out.
+
+    >>> pipe = SpectraFMPipeline.from_pretrained("spectrafm-base")            # doctest: +SKIP
+    >>> table = pipe.predict(spectra)                                          # doctest: +SKIP
+
+Spectra of any length and grid can share one call. A spectrum with more usable pixels than the model's context is
+covered by several disjoint pixel subsets (a seeded permutation split into near-equal parts; ``n_repeats`` adds
+independent permutations). Each subset gives a mean and a sigma; the reported label is their inverse-variance
+weighted mean. The reported ``_err`` is the typical single-subset sigma (``(mean of 1/sigma^2)^-1/2``), NOT
+shrunk by the number of subsets, because all subsets see the same star and share the model's systematic error;
+``_scatter`` is the weighted standard deviation between subsets (0 for a single subset).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+
+from .configuration_spectrafm import SpectraFMConfig
+from .modeling_spectrafm import SpectraFMModel
+from .processing_spectrafm import SpectraFMProcessor
+from .spectrum import Spectrum
+
+__all__ = ["SpectraFMPipeline"]
+
+
+def _as_list(spectra) -> list[Spectrum]:
+    if isinstance(spectra, Spectrum):
+        return [spectra]
+    spectra = list(spectra)
+    for i, s in enumerate(spectra):
+        if not isinstance(s, Spectrum):
+            raise TypeError(f"spectra[{i}] is a {type(s).__name__}, not a Spectrum")
+    if not spectra:
+        raise ValueError("no spectra given")
+    return spectra
+
+
+class SpectraFMPipeline:
+    """A model and its processor, with ``predict``, ``embed``, ``attention`` and ``fit``.
+
+    Args:
+        model: a [`SpectraFMModel`].
+        processor: the [`SpectraFMProcessor`] saved with it.
+        device: torch device (default: CUDA when available, else CPU).
+        batch_size: pixel subsets per forward pass.
+    """
+
+    def __init__(self, model: SpectraFMModel, processor: SpectraFMProcessor, device=None, batch_size: int = 256):
+        missing = [n for n in model.config.label_names if n not in processor.label_names]
+        if missing:
+            raise ValueError(f"the processor has no label scaling for {missing}; it knows {processor.label_names}")
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.model = model.to(self.device).eval()
+        self.processor = processor
+        self.batch_size = int(batch_size)
+
+    # ------------------------------------------------------------------ loading and saving
+    @classmethod
+    def from_pretrained(cls, name_or_path: str | os.PathLike, device=None, batch_size: int = 256, **kwargs):
+        """Load a saved pipeline folder (config.json, model.safetensors, preprocessor_config.json), a Hub id in the
+        local cache, or the name of a checkpoint embedded in the package (see `spectrafm_hf.hub.resolve_model`)."""
+        from .hub import resolve_model
+
+        path = resolve_model(name_or_path)
+        model = SpectraFMModel.from_pretrained(path, **kwargs)
+        processor = SpectraFMProcessor.from_pretrained(path)
+        return cls(model, processor, device=device, batch_size=batch_size)
+
+    def save_pretrained(self, path: str | os.PathLike, **kwargs):
+        """Write the model and the processor into ``path`` (atomically: a temporary folder renamed into place)."""
+        from .hub import atomic_directory
+
+        with atomic_directory(path) as tmp:
+            self.model.save_pretrained(tmp, **kwargs)
+            self.processor.save_pretrained(tmp)
+        return path
+
+    @property
+    def label_names(self) -> list[str]:
+        return list(self.model.config.label_names)
+
+    # ------------------------------------------------------------------ inference
+    def _known_inputs(self, known, owner, n_spectra):
+        """Non-spectra inputs for each subset row: (values, ids) tensors, or (None, None)."""
+        if not known:
+            return None, None
+        names = self.model.config.label_names + self.model.config.scalar_input_names
+        values, ids = [], []
+        for name, vals in known.items():
+            if name not in names:
+                raise KeyError(f"{name!r} cannot be an input of this model; it accepts {names}")
+            vals = np.broadcast_to(np.asarray(vals, dtype=np.float64), (n_spectra,))
+            values.append(self.processor.scale_inputs(name, vals)[owner])
+            ids.append(np.full(len(owner), names.index(name)))
+        return (torch.as_tensor(np.stack(values, 1), dtype=torch.float32),
+                torch.as_tensor(np.stack(ids, 1), dtype=torch.long))
+
+    @torch.inference_mode()
+    def _run(self, batch, query_ids, input_values=None, input_ids=None, output_attentions=False, hidden=False):
+        """Forward all rows of a padded batch in chunks; returns concatenated outputs (numpy)."""
+        n = batch["flux"].shape[0]
+        means, logvars, attn, pooled = [], [], [], []
+        for start in range(0, n, self.batch_size):
+            sl = slice(start, start + self.batch_size)
+            rows = batch["flux"][sl].shape[0]
+            out = self.model(
+                flux=batch["flux"][sl].to(self.device),
+                wavelength=batch["wavelength"][sl].to(self.device),
+                observed_mask=batch["observed_mask"][sl].to(self.device),
+                query_ids=torch.as_tensor(query_ids, device=self.device).expand(rows, -1),
+                input_values=None if input_values is None else input_values[sl].to(self.device),
+                input_ids=None if input_ids is None else input_ids[sl].to(self.device),
+                output_attentions=output_attentions,
+                output_hidden_states=hidden,
+            )
+            means.append(out.mean.float().cpu())
+            logvars.append(out.log_variance.float().cpu())
+            if output_attentions:
+                attn.append(out.attentions[-1].float().mean(1).cpu())  # head average, last decoder block
+            if hidden:
+                m = out.observed_mask[:, : batch["flux"].shape[1]].unsqueeze(-1).float()
+                h = out.encoder_last_hidden_state[:, : batch["flux"].shape[1]].float()
+                pooled.append(((h * m).sum(1) / m.sum(1).clamp_min(1)).cpu())
+        result = {"mean": torch.cat(means).numpy(), "log_variance": torch.cat(logvars).numpy()}
+        if output_attentions:
+            result["attention"] = torch.cat(attn).numpy()
+        if hidden:
+            result["embedding"] = torch.cat(pooled).numpy()
+        return result
+
+    def _query_ids(self, labels):
+        names = self.label_names if labels is None else [labels] if isinstance(labels, str) else list(labels)
+        unknown = [n for n in names if n not in self.label_names]
+        if unknown:
+            raise KeyError(f"this model does not predict {unknown}; it predicts {self.label_names}")
+        return names, [self.label_names.index(n) for n in names]
+
+    def predict(
+        self,
+        spectra: Spectrum | Sequence[Spectrum],
+        labels: str | Sequence[str] | None = None,
+        known: Mapping[str, Sequence[float]] | None = None,
+        seed: int = 0,
+        n_repeats: int = 1,
+    ) -> pd.DataFrame:
+        """Labels and uncertainties in physical units, one row per spectrum.
+
+        Args:
+            spectra: a `Spectrum` or a list of them (any grids and lengths).
+            labels: label names to predict (default: all the model's labels).
+            known: non-spectra inputs, e.g. ``{"LOGG": [2.5, 4.4]}`` (one value per spectrum, physical units).
+            seed: seed of the pixel subsets (predictions are reproducible for a given seed).
+            n_repeats: independent pixel permutations per spectrum (more subsets, smoother average).
+
+        Returns:
+            `pandas.DataFrame` with columns ``<LABEL>``, ``<LABEL>_err`` (1-sigma), ``<LABEL>_scatter`` (between
+            subsets) for every label, then ``n_pixels``, ``n_subsets``, ``coverage_fraction`` and, when the spectra
+            carry them, ``object_id`` and ``source``.
+        """
+        spectra = _as_list(spectra)
+        names, query_ids = self._query_ids(labels)
+        batch, owner, n_pixels = self.processor.subset_batch(spectra, seed=seed, n_repeats=n_repeats)
+        in_values, in_ids = self._known_inputs(known, owner, len(spectra))
+        out = self._run(batch, query_ids, in_values, in_ids)
+        value, sigma = self.processor.unscale_labels(out["mean"], out["log_variance"], names)
+        table = {}
+        weights = 1.0 / sigma**2
+        wsum = np.zeros((len(spectra), len(names)))
+        np.add.at(wsum, owner, weights)
+        mean = np.zeros_like(wsum)
+        np.add.at(mean, owner, weights * value)
+        mean /= wsum
+        var_between = np.zeros_like(wsum)
+        np.add.at(var_between, owner, weights * (value - mean[owner]) ** 2)
+        n_subsets = np.bincount(owner, minlength=len(spectra))
+        err = np.sqrt(n_subsets[:, None] / wsum)
+        scatter = np.sqrt(var_between / wsum)
+        for k, name in enumerate(names):
+            table[name], table[f"{name}_err"], table[f"{name}_scatter"] = mean[:, k], err[:, k], scatter[:, k]
+        table["n_pixels"] = n_pixels
+        table["n_subsets"] = n_subsets
+        table["coverage_fraction"] = [self.coverage_fraction(s) for s in spectra]
+        for key in ("object_id", "source"):
+            if any(key in s.meta for s in spectra):
+                table[key] = [s.meta.get(key) for s in spectra]
+        return pd.DataFrame(table)
+
+    def coverage_fraction(self, spectrum: Spectrum) -> float:
+        """Fraction of the usable pixels inside the wavelength ranges the model was trained on (1.0 when the
+        processor records no coverage). Predictions for spectra with low coverage are extrapolations."""
+        ranges = getattr(self.processor, "wavelength_coverage", None)
+        if not ranges:
+            return 1.0
+        wl = spectrum.wavelength[spectrum.good]
+        inside = np.zeros(wl.size, bool)
+        for lo, hi in ranges:
+            inside |= (wl >= lo) & (wl <= hi)
+        return float(inside.mean()) if wl.size else 0.0
+
+    def embed(self, spectra, seed: int = 0, n_repeats: int = 1) -> np.ndarray:
+        """Mean encoder output over each spectrum's observed pixels, averaged over its subsets: (n, hidden_size)."""
+        spectra = _as_list(spectra)
+        batch, owner, _ = self.processor.subset_batch(spectra, seed=seed, n_repeats=n_repeats)
+        out = self._run(batch, [0], hidden=True)
+        emb = np.zeros((len(spectra), out["embedding"].shape[1]))
+        np.add.at(emb, owner, out["embedding"])
+        return emb / np.bincount(owner, minlength=len(spectra))[:, None]
+
+    def attention(self, spectrum: Spectrum, label: str, seed: int = 0) -> pd.DataFrame:
+        """Attention of the label query (last decoder block, head-averaged) on each pixel of one spectrum.
+
+        The learned bias key/value slot is dropped and each subset's weights are renormalised to sum to 1 over its
+        pixels, then placed back at their wavelengths (the paper's attention maps). Unused pixels get NaN.
+        """
+        names, query_ids = self._query_ids([label])
+        wl, x, good = self.processor.normalize(spectrum)
+        idx = np.flatnonzero(good)
+        batch, owner, _ = self.processor.subset_batch([spectrum], seed=seed)
+        att = self._run(batch, query_ids, output_attentions=True)["attention"][:, 0, :]  # (subsets, L + 1)
+        result = np.full(len(spectrum), np.nan)
+        for row, part in enumerate(self.processor.pixel_subsets(idx.size, seed=seed)):
+            w = att[row, : part.size]
+            result[idx[part]] = w / w.sum()
+        return pd.DataFrame({"wavelength": spectrum.wavelength, "flux": spectrum.flux, "attention": result})
+
+    # ------------------------------------------------------------------ few-shot fine-tuning
+    def fit(
+        self,
+        spectra: Sequence[Spectrum],
+        labels,
+        label_names: Sequence[str] | None = None,
+        label_err=None,
+        steps: int = 200,
+        batch_size: int = 32,
+        learning_rate: float = 1e-4,
+        weight_decay: float = 0.01,
+        freeze: Sequence[str] = (),
+        seed: int = 0,
+        callback=None,
+    ) -> "SpectraFMPipeline":
+        """Fine-tune a copy of the model on labelled spectra and return a new pipeline (this one is unchanged).
+
+        Every step draws a batch of stars and a fresh random pixel subset of each; all given labels are decoder
+        queries (NaN labels are ignored by the loss; ``label_err`` enters the variance). ``freeze`` takes the
+        paper's options (``"decoder"``, ``"encoder"``, ``"encoder_block_2"``, ``"embeddings"``).
+        For full Trainer/Accelerate runs (checkpoints, evaluation, Hub) use ``scripts/finetune.py``.
+        """
+        from .training.freezing import freeze as freeze_parts
+
+        spectra = _as_list(spectra)
+        names = list(label_names or self.label_names)
+        _, query_ids = self._query_ids(names)
+        labels = np.asarray(labels, dtype=np.float64).reshape(len(spectra), len(names))
+        target, target_err = self.processor.scale_labels(
+            labels, names, np.zeros_like(labels) if label_err is None else label_err
+        )
+        prepared = []
+        for s in spectra:
+            wl, x, good = self.processor.normalize(s)
+            prepared.append((wl[good], x[good]))
+        model = copy.deepcopy(self.model).train()
+        freeze_parts(model, freeze)
+        params = [p for p in model.parameters() if p.requires_grad]
+        if not params:
+            raise ValueError("every parameter is frozen; nothing to fine-tune")
+        optimizer = torch.optim.AdamW(params, lr=learning_rate, weight_decay=weight_decay)
+        rng = np.random.default_rng(seed)
+        torch.manual_seed(seed)
+        ctx = self.processor.context_length
+        q = torch.as_tensor(query_ids, device=self.device)
+        for step in range(steps):
+            rows = rng.choice(len(spectra), size=min(batch_size, len(spectra)), replace=False)
+            picked = []
+            for r in rows:
+                wl, x = prepared[r]
+                keep = rng.choice(wl.size, size=min(ctx, wl.size), replace=False)
+                picked.append((wl[keep], x[keep]))
+            batch = SpectraFMProcessor._pad(picked, "pt")
+            out = model(
+                flux=batch["flux"].to(self.device),
+                wavelength=batch["wavelength"].to(self.device),
+                observed_mask=batch["observed_mask"].to(self.device),
+                query_ids=q.expand(len(rows), -1),
+                labels=torch.as_tensor(target[rows], dtype=torch.float32, device=self.device),
+                label_err=torch.as_tensor(target_err[rows], dtype=torch.float32, device=self.device),
+            )
+            optimizer.zero_grad(set_to_none=True)
+            out.loss.backward()
+            optimizer.step()
+            loss = float(out.loss.detach())
+            if callback is not None:
+                callback(step, loss)
+            if not math.isfinite(loss):
+                raise FloatingPointError(f"loss became {loss} at step {step}")
+        for p in model.parameters():
+            p.requires_grad_(True)
+        return SpectraFMPipeline(model.eval(), copy.deepcopy(self.processor), self.device, self.batch_size)

@@ -1,0 +1,310 @@
+"""`SpectraFMProcessor`: `Spectrum` objects -> model tensors, and normalised model outputs -> physical labels.
+
+Saved as ``preprocessor_config.json`` beside the weights. It owns everything between a file and the network:
+
+- flux normalisation, either
+  * ``"global"`` (grid-free, any instrument): ``x = (flux / m - flux_center) / flux_scale`` with ``m`` = the
+    spectrum's median when ``divide_by_median`` (flux-calibrated spectra) and 1 otherwise (continuum-normalised), or
+  * ``"per_pixel"`` (the paper's; needed by converted checkpoints): each pixel of a reference grid has its own
+    median/MAD-std; pixels not on that grid cannot be normalised and are masked;
+- the +-``clip_sigma`` clip (clipped pixels are missing, as in the paper);
+- the missing-pixel mask (one rule: mask & finite flux & ivar > 0, see `Spectrum.good`);
+- pixel subsets of ``context_length`` (random for training, seeded for reproducible inference, and covering
+  sets of subsets for spectra longer than the context);
+- label scaling: ``(label - center) / scale`` and back, with ``sigma = exp(log_variance / 2) * scale``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import numpy as np
+import torch
+from transformers.feature_extraction_utils import BatchFeature, FeatureExtractionMixin
+
+from .spectrum import Spectrum, SpectrumError
+
+__all__ = ["SpectraFMProcessor"]
+
+
+def _mad_std(x, axis=None):
+    """Robust standard deviation: 1.4826 * median(|x - median(x)|), ignoring NaN (astropy's mad_std)."""
+    med = np.nanmedian(x, axis=axis, keepdims=True)
+    return 1.482602218505602 * np.nanmedian(np.abs(x - med), axis=axis)
+
+
+class SpectraFMProcessor(FeatureExtractionMixin):
+    r"""
+    Prepares spectra for [`SpectraFMModel`] and turns its outputs into physical labels.
+
+    Args:
+        label_names (`list[str]`): labels the scalers below refer to (usually ``config.label_names``).
+        label_centers (`list[float]`): per-label centre (median of the training labels).
+        label_scales (`list[float]`): per-label scale (MAD-std of the training labels).
+        flux_normalization (`str`, defaults to `"global"`): ``"global"`` or ``"per_pixel"`` (see module doc).
+        flux_center (`float`, defaults to 1.0), flux_scale (`float`, defaults to 0.1): the global normalisation.
+        divide_by_median (`bool`, defaults to `False`): divide each spectrum by its median first (for spectra that
+            are not continuum-normalised, e.g. flux-calibrated Gaia XP).
+        reference_wavelength, pixel_centers, pixel_scales (`list[float]`, *optional*): the per-pixel normalisation
+            (vacuum Angstrom grid and its per-pixel median / MAD-std).
+        reference_tolerance (`float`, defaults to 0.25): a pixel matches a reference pixel when within this
+            fraction of the local reference spacing.
+        clip_sigma (`float`, defaults to 10.0): normalised values beyond +-clip_sigma are treated as missing.
+        context_length (`int`, defaults to 512): pixels per model call.
+        scalar_centers, scalar_scales (`dict[str, float]`, *optional*): scalers of non-spectra inputs that are
+            not labels (photometry...).
+        wavelength_coverage (`list[[float, float]]`, *optional*): vacuum Angstrom ranges the model was trained on;
+            the pipeline reports the fraction of each spectrum's pixels inside them.
+
+    Example:
+        >>> import numpy as np
+        >>> from spectrafm_hf import SpectraFMProcessor, Spectrum
+        >>> proc = SpectraFMProcessor(label_names=["FE_H"], label_centers=[-0.16], label_scales=[0.29])
+        >>> s = Spectrum(wavelength=np.linspace(15200, 16900, 2000), flux=np.full(2000, 0.95))
+        >>> batch = proc([s], seed=0)
+        >>> tuple(batch["flux"].shape), bool(batch["observed_mask"].all())
+        ((1, 512), True)
+    """
+
+    model_input_names = ["flux", "wavelength", "observed_mask"]
+
+    def __init__(
+        self,
+        label_names: Sequence[str] = ("TEFF", "LOGG", "O_FE", "MG_FE", "FE_H"),
+        label_centers: Sequence[float] | None = None,
+        label_scales: Sequence[float] | None = None,
+        flux_normalization: str = "global",
+        flux_center: float = 1.0,
+        flux_scale: float = 0.1,
+        divide_by_median: bool = False,
+        reference_wavelength: Sequence[float] | None = None,
+        pixel_centers: Sequence[float] | None = None,
+        pixel_scales: Sequence[float] | None = None,
+        reference_tolerance: float = 0.25,
+        clip_sigma: float = 10.0,
+        context_length: int = 512,
+        scalar_centers: dict | None = None,
+        scalar_scales: dict | None = None,
+        wavelength_coverage: Sequence[Sequence[float]] | None = None,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.label_names = list(label_names)
+        n = len(self.label_names)
+        self.label_centers = [0.0] * n if label_centers is None else [float(v) for v in label_centers]
+        self.label_scales = [1.0] * n if label_scales is None else [float(v) for v in label_scales]
+        if len(self.label_centers) != n or len(self.label_scales) != n:
+            raise ValueError(f"label_centers/label_scales need one value per label ({n}: {self.label_names})")
+        if any(not s > 0 for s in self.label_scales):
+            raise ValueError(f"label_scales must be positive, got {self.label_scales}")
+        if flux_normalization not in ("global", "per_pixel"):
+            raise ValueError(f"flux_normalization must be 'global' or 'per_pixel', got {flux_normalization!r}")
+        self.flux_normalization = flux_normalization
+        self.flux_center, self.flux_scale = float(flux_center), float(flux_scale)
+        if not self.flux_scale > 0:
+            raise ValueError(f"flux_scale must be positive, got {flux_scale}")
+        self.divide_by_median = bool(divide_by_median)
+        self.reference_wavelength = None if reference_wavelength is None else [float(v) for v in reference_wavelength]
+        self.pixel_centers = None if pixel_centers is None else [float(v) for v in pixel_centers]
+        self.pixel_scales = None if pixel_scales is None else [float(v) for v in pixel_scales]
+        if flux_normalization == "per_pixel":
+            if self.reference_wavelength is None or self.pixel_centers is None or self.pixel_scales is None:
+                raise ValueError("per_pixel normalisation needs reference_wavelength, pixel_centers and pixel_scales")
+            if not len(self.reference_wavelength) == len(self.pixel_centers) == len(self.pixel_scales):
+                raise ValueError("reference_wavelength, pixel_centers and pixel_scales must have the same length")
+            if np.any(np.diff(self.reference_wavelength) <= 0):
+                raise ValueError("reference_wavelength must be strictly increasing")
+        self.reference_tolerance = float(reference_tolerance)
+        self.clip_sigma = float(clip_sigma)
+        self.context_length = int(context_length)
+        self.scalar_centers = dict(scalar_centers or {})
+        self.scalar_scales = dict(scalar_scales or {})
+        self.wavelength_coverage = [[float(lo), float(hi)] for lo, hi in (wavelength_coverage or [])]
+        self._ref_cache = None
+
+    def to_dict(self):
+        out = super().to_dict()
+        out.pop("_ref_cache", None)
+        return out
+
+    # ------------------------------------------------------------------ fitting the normalisation
+    def fit_flux(self, flux, wavelength=None):
+        """Set the flux normalisation from training flux.
+
+        ``global``: ``flux`` is any array of continuum-normalised (or median-divided) fluxes; centre and scale are
+        their median and MAD-std. ``per_pixel``: ``flux`` is (n_spectra, n_pixels) on the grid ``wavelength``.
+        """
+        flux = np.asarray(flux, dtype=np.float64)
+        if self.flux_normalization == "global":
+            if self.divide_by_median and flux.ndim == 2:
+                flux = flux / np.nanmedian(flux, axis=1, keepdims=True)
+            self.flux_center = float(np.nanmedian(flux))
+            self.flux_scale = float(_mad_std(flux.ravel()))
+        else:
+            if wavelength is None or flux.ndim != 2 or flux.shape[1] != len(wavelength):
+                raise ValueError("per_pixel fit needs flux (n_spectra, n_pixels) and its wavelength grid")
+            self.reference_wavelength = [float(v) for v in wavelength]
+            self.pixel_centers = np.nanmedian(flux, axis=0).tolist()
+            self.pixel_scales = np.maximum(_mad_std(flux, axis=0), 1e-6).tolist()
+            self._ref_cache = None
+        return self
+
+    def fit_labels(self, labels, label_names=None):
+        """Set label centres/scales from a training label array (n, n_labels); NaN ignored."""
+        labels = np.asarray(labels, dtype=np.float64)
+        if label_names is not None:
+            self.label_names = list(label_names)
+        if labels.ndim != 2 or labels.shape[1] != len(self.label_names):
+            raise ValueError(f"labels must be (n, {len(self.label_names)}) for {self.label_names}")
+        self.label_centers = np.nanmedian(labels, axis=0).tolist()
+        self.label_scales = np.maximum(_mad_std(labels, axis=0), 1e-6).tolist()
+        return self
+
+    # ------------------------------------------------------------------ one spectrum
+    def normalize(self, spectrum: Spectrum):
+        """Normalised flux of every pixel. Returns ``(wavelength, x, good)`` (float64, float32, bool arrays)."""
+        if not isinstance(spectrum, Spectrum):
+            raise TypeError(f"expected a Spectrum, got {type(spectrum).__name__}")
+        good = spectrum.good.copy()
+        src = spectrum.meta.get("source") or spectrum.meta.get("object_id") or "spectrum"
+        if not good.any():
+            raise SpectrumError(f"{src}: no usable pixel (all flux NaN, masked or ivar == 0)")
+        flux = spectrum.flux
+        if self.divide_by_median:
+            med = np.median(flux[good])
+            if not med > 0:
+                raise SpectrumError(f"{src}: median flux {med:.3g} is not positive; cannot divide by it")
+            flux = flux / med
+        if self.flux_normalization == "global":
+            center, scale = self.flux_center, self.flux_scale
+        else:
+            idx, on_grid = self._match_reference(spectrum.wavelength)
+            if not on_grid[good].any():
+                raise SpectrumError(
+                    f"{src}: no pixel lies on this model's reference wavelength grid "
+                    f"({self.reference_wavelength[0]:.1f}-{self.reference_wavelength[-1]:.1f} A); "
+                    "resample the spectrum onto it or use a model with global flux normalisation"
+                )
+            good &= on_grid
+            centers, scales = self._ref_arrays()[1:]
+            center, scale = centers[idx], scales[idx]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            x = (flux - center) / scale
+        good &= np.isfinite(x) & (np.abs(x) <= self.clip_sigma)
+        return spectrum.wavelength, np.where(good, x, np.nan).astype(np.float32), good
+
+    def _ref_arrays(self):
+        if self._ref_cache is None:
+            self._ref_cache = tuple(
+                np.asarray(a, dtype=np.float64)
+                for a in (self.reference_wavelength, self.pixel_centers, self.pixel_scales)
+            )
+        return self._ref_cache
+
+    def _match_reference(self, wavelength):
+        ref = self._ref_arrays()[0]
+        j = np.clip(np.searchsorted(ref, wavelength), 1, len(ref) - 1)
+        left, right = ref[j - 1], ref[j]
+        nearest = np.where(np.abs(wavelength - left) <= np.abs(right - wavelength), j - 1, j)
+        spacing = np.diff(ref)
+        local = spacing[np.clip(nearest, 0, len(spacing) - 1)]
+        return nearest, np.abs(wavelength - ref[nearest]) <= self.reference_tolerance * local
+
+    def pixel_subsets(self, n_pixels: int, seed: int | None = 0, n_repeats: int = 1):
+        """Index arrays covering ``range(n_pixels)`` with subsets of at most ``context_length``.
+
+        A seeded random permutation is split into ``ceil(n / context_length)`` subsets of near-equal size (no tiny
+        remainder subset); ``n_repeats`` independent permutations give more subsets. ``seed=None`` draws fresh.
+        """
+        rng = np.random.default_rng(seed)
+        k = max(1, math.ceil(n_pixels / self.context_length))
+        out = []
+        for _ in range(n_repeats):
+            perm = rng.permutation(n_pixels)
+            out.extend(np.sort(part) for part in np.array_split(perm, k))
+        return out
+
+    # ------------------------------------------------------------------ batches
+    def __call__(self, spectra, seed: int | None = 0, return_tensors: str = "pt"):
+        """One pixel subset (at most ``context_length`` usable pixels) per spectrum, padded into a batch.
+
+        Returns a `BatchFeature` with ``flux``, ``wavelength`` and ``observed_mask`` of shape (n_spectra, L).
+        ``seed=None`` draws a fresh random subset each call (training); an int gives reproducible subsets.
+        """
+        if isinstance(spectra, Spectrum):
+            spectra = [spectra]
+        rng = np.random.default_rng(seed)
+        rows = []
+        for s in spectra:
+            wl, x, good = self.normalize(s)
+            idx = np.flatnonzero(good)
+            if idx.size > self.context_length:
+                idx = np.sort(rng.choice(idx, self.context_length, replace=False))
+            rows.append((wl[idx], x[idx]))
+        return self._pad(rows, return_tensors)
+
+    def subset_batch(self, spectra, seed: int | None = 0, n_repeats: int = 1):
+        """All pixel subsets of all spectra in one padded batch, for inference on spectra of any length.
+
+        Returns ``(batch, owner, n_pixels)``: ``owner[i]`` is the index of the spectrum that row ``i`` belongs to and
+        ``n_pixels[j]`` the number of usable pixels of spectrum ``j``.
+        """
+        if isinstance(spectra, Spectrum):
+            spectra = [spectra]
+        rows, owner, n_pixels = [], [], []
+        for j, s in enumerate(spectra):
+            wl, x, good = self.normalize(s)
+            idx = np.flatnonzero(good)
+            n_pixels.append(idx.size)
+            for part in self.pixel_subsets(idx.size, seed=seed, n_repeats=n_repeats):
+                rows.append((wl[idx[part]], x[idx[part]]))
+                owner.append(j)
+        return self._pad(rows, "pt"), np.asarray(owner), np.asarray(n_pixels)
+
+    @staticmethod
+    def _pad(rows, return_tensors):
+        length = max(1, max(len(r[0]) for r in rows))
+        flux = np.full((len(rows), length), np.nan, np.float32)
+        wave = np.zeros((len(rows), length), np.float32)
+        mask = np.zeros((len(rows), length), np.int64)
+        for i, (wl, x) in enumerate(rows):
+            flux[i, : len(x)], wave[i, : len(x)], mask[i, : len(x)] = x, wl, 1
+        # float32 wavelengths keep ~1e-3 A at 17000 A, well below any pixel size the encoding resolves
+        return BatchFeature({"flux": flux, "wavelength": wave, "observed_mask": mask}, tensor_type=return_tensors)
+
+    # ------------------------------------------------------------------ labels
+    def _label_index(self, names):
+        try:
+            return [self.label_names.index(n) for n in names]
+        except ValueError as e:
+            raise KeyError(f"unknown label {e}; this processor knows {self.label_names}") from None
+
+    def scale_labels(self, values, names=None, errors=None):
+        """Physical labels (n, q) -> normalised; errors are divided by the scale. NaN stays NaN."""
+        names = self.label_names if names is None else list(names)
+        idx = self._label_index(names)
+        c = np.asarray(self.label_centers)[idx]
+        s = np.asarray(self.label_scales)[idx]
+        out = (np.asarray(values, dtype=np.float64) - c) / s
+        return out if errors is None else (out, np.asarray(errors, dtype=np.float64) / s)
+
+    def unscale_labels(self, mean, log_variance, names=None):
+        """Normalised model outputs -> physical ``(value, sigma)`` arrays of shape (n, q)."""
+        names = self.label_names if names is None else list(names)
+        idx = self._label_index(names)
+        c = np.asarray(self.label_centers)[idx]
+        s = np.asarray(self.label_scales)[idx]
+        mean = mean.detach().cpu().numpy() if isinstance(mean, torch.Tensor) else np.asarray(mean)
+        log_variance = (
+            log_variance.detach().cpu().numpy() if isinstance(log_variance, torch.Tensor) else np.asarray(log_variance)
+        )
+        return mean * s + c, np.exp(0.5 * log_variance) * s
+
+    def scale_inputs(self, name, values):
+        """Normalise a non-spectra input (a label or a scalar such as a magnitude)."""
+        if name in self.label_names:
+            return self.scale_labels(np.asarray(values, dtype=np.float64)[:, None], [name])[:, 0]
+        if name in self.scalar_centers:
+            return (np.asarray(values, dtype=np.float64) - self.scalar_centers[name]) / self.scalar_scales[name]
+        raise KeyError(f"no scaler for input {name!r}; known: {self.label_names + list(self.scalar_centers)}")
