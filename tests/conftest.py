@@ -56,3 +56,27 @@ def fake_apogee_spectrum(rng, n=None, start=0, **meta):
     sl = slice(start, None if n is None else start + n)
     wl, flux = wl[sl], flux[sl] + rng.normal(0, 0.005, wl[sl].size)
     return Spectrum(wavelength=wl, flux=flux, ivar=np.full(wl.size, 1 / 0.005**2), instrument="apogee", meta=meta)
+
+
+def fake_dataset_dict(n_train=24, n_eval=8, seed=0, n_pixels=300):
+    """A DatasetDict in the package schema with made-up spectra whose line depths follow FE_H (so there is
+    something to learn), for Trainer tests that must not depend on the emulator."""
+    import datasets
+
+    from spectrafm_hf.data import arrays_to_table
+    from spectrafm_hf.grids import apogee_wavelength_7514
+
+    rng = np.random.default_rng(seed)
+    wl = apogee_wavelength_7514()[1000 : 1000 + n_pixels]
+    centers = rng.uniform(wl[0], wl[-1], 30)
+    profile = np.exp(-0.5 * ((wl[None] - centers[:, None]) / 0.4) ** 2).sum(0)
+    out = {}
+    for split, n in (("train", n_train), ("validation", n_eval), ("test", n_eval)):
+        labels = np.column_stack([rng.uniform(4000, 5500, n), rng.uniform(1, 4.5, n), rng.normal(0.1, 0.1, n),
+                                  rng.normal(0.1, 0.1, n), rng.uniform(-1.5, 0.4, n)])
+        labels[0, 2] = np.nan  # a missing label must not break anything
+        flux = 1 - 0.1 * (1 + labels[:, 4:5]) * profile[None] + rng.normal(0, 0.005, (n, wl.size))
+        table = arrays_to_table([f"{split}{i}" for i in range(n)], "apogee", wl, flux, labels=labels,
+                                label_err=np.full_like(labels, 0.01), ivar=np.full(wl.size, 4e4))
+        out[split] = datasets.Dataset(table)
+    return datasets.DatasetDict(out)

@@ -166,23 +166,30 @@ class SpectraFMProcessor(FeatureExtractionMixin):
         """Normalised flux of every pixel. Returns ``(wavelength, x, good)`` (float64, float32, bool arrays)."""
         if not isinstance(spectrum, Spectrum):
             raise TypeError(f"expected a Spectrum, got {type(spectrum).__name__}")
-        good = spectrum.good.copy()
         src = spectrum.meta.get("source") or spectrum.meta.get("object_id") or "spectrum"
+        x, good = self.normalize_arrays(spectrum.wavelength, spectrum.flux, spectrum.good, source=src)
+        return spectrum.wavelength, x, good
+
+    def normalize_arrays(self, wavelength, flux, good, source="spectrum"):
+        """`normalize` on plain arrays (the collator's fast path): ``good`` is the usable-pixel mask before
+        normalisation. Returns ``(x, good)`` with clipped / off-grid pixels removed from ``good``."""
+        wavelength = np.asarray(wavelength, dtype=np.float64)
+        flux = np.asarray(flux, dtype=np.float64)
+        good = np.asarray(good, dtype=bool).copy()
         if not good.any():
-            raise SpectrumError(f"{src}: no usable pixel (all flux NaN, masked or ivar == 0)")
-        flux = spectrum.flux
+            raise SpectrumError(f"{source}: no usable pixel (all flux NaN, masked or ivar == 0)")
         if self.divide_by_median:
             med = np.median(flux[good])
             if not med > 0:
-                raise SpectrumError(f"{src}: median flux {med:.3g} is not positive; cannot divide by it")
+                raise SpectrumError(f"{source}: median flux {med:.3g} is not positive; cannot divide by it")
             flux = flux / med
         if self.flux_normalization == "global":
             center, scale = self.flux_center, self.flux_scale
         else:
-            idx, on_grid = self._match_reference(spectrum.wavelength)
+            idx, on_grid = self._match_reference(wavelength)
             if not on_grid[good].any():
                 raise SpectrumError(
-                    f"{src}: no pixel lies on this model's reference wavelength grid "
+                    f"{source}: no pixel lies on this model's reference wavelength grid "
                     f"({self.reference_wavelength[0]:.1f}-{self.reference_wavelength[-1]:.1f} A); "
                     "resample the spectrum onto it or use a model with global flux normalisation"
                 )
@@ -192,7 +199,7 @@ class SpectraFMProcessor(FeatureExtractionMixin):
         with np.errstate(invalid="ignore", divide="ignore"):
             x = (flux - center) / scale
         good &= np.isfinite(x) & (np.abs(x) <= self.clip_sigma)
-        return spectrum.wavelength, np.where(good, x, np.nan).astype(np.float32), good
+        return np.where(good, x, np.nan).astype(np.float32), good
 
     def _ref_arrays(self):
         if self._ref_cache is None:

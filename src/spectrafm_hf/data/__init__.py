@@ -1,0 +1,15 @@
+"""Datasets: the one schema, `datasets` builders for every source, and helpers."""
+
+from .builder import SpectraFMDatasetConfig, SpectraFMDatasets, load_spectra_dataset
+from .schema import DEFAULT_LABEL_NAMES, arrays_to_table, features, row_to_spectrum, spectra_to_table
+
+__all__ = [
+    "DEFAULT_LABEL_NAMES",
+    "SpectraFMDatasetConfig",
+    "SpectraFMDatasets",
+    "arrays_to_table",
+    "features",
+    "load_spectra_dataset",
+    "row_to_spectrum",
+    "spectra_to_table",
+]

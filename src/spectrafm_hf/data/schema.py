@@ -1,0 +1,143 @@
+"""The one dataset schema of the package (every builder config writes it; the collator reads it).
+
+Per row (one spectrum):
+
+- ``object_id`` (string), ``instrument`` (string)
+- ``wavelength`` (list of float32, vacuum Angstrom), ``flux`` (list of float32), ``ivar`` (list of float32; empty when
+  unknown), ``mask`` (list of bool, True = good; empty = all good), ``lsf_sigma`` (list of float32 Angstrom, one value
+  for the whole spectrum or one per pixel; empty when unknown)
+- one float32 column per label and one ``<LABEL>_err`` column (NaN = unknown), by default TEFF, LOGG, O_FE, MG_FE,
+  FE_H; a source may add more labels (they are appended to the same scheme).
+
+Tables are built column-wise from numpy blocks with pyarrow (tens of thousands of spectra per second), not row by row.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import pyarrow as pa
+from datasets import Features, List, Value
+
+from ..spectrum import Spectrum
+
+__all__ = ["DEFAULT_LABEL_NAMES", "features", "arrays_to_table", "spectra_to_table", "row_to_spectrum"]
+
+DEFAULT_LABEL_NAMES = ["TEFF", "LOGG", "O_FE", "MG_FE", "FE_H"]
+
+
+def features(label_names: Sequence[str] = DEFAULT_LABEL_NAMES) -> Features:
+    cols = {
+        "object_id": Value("string"),
+        "instrument": Value("string"),
+        "wavelength": List(Value("float32")),
+        "flux": List(Value("float32")),
+        "ivar": List(Value("float32")),
+        "mask": List(Value("bool")),
+        "lsf_sigma": List(Value("float32")),
+    }
+    for name in label_names:
+        cols[name] = Value("float32")
+        cols[f"{name}_err"] = Value("float32")
+    return Features(cols)
+
+
+def _list_column(blocks: list[np.ndarray], dtype) -> pa.Array:
+    """A list<dtype> column from per-row 1-D arrays (possibly of different lengths), without Python loops over
+    pixels."""
+    lengths = np.fromiter((len(b) for b in blocks), dtype=np.int64, count=len(blocks))
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)
+    flat = np.concatenate(blocks).astype(dtype) if len(blocks) and lengths.sum() else np.zeros(0, dtype)
+    return pa.ListArray.from_arrays(pa.array(offsets), pa.array(flat))
+
+
+def _rows(block, n, dtype):
+    """Per-row arrays from a (n, p) block, a (p,) array shared by every row, or None (empty lists)."""
+    if block is None:
+        return [np.zeros(0, dtype)] * n
+    if isinstance(block, list):
+        return [np.asarray(b, dtype) for b in block]
+    block = np.asarray(block, dtype)
+    if block.ndim == 1:
+        return [block] * n
+    return list(block)
+
+
+def arrays_to_table(
+    object_id,
+    instrument,
+    wavelength,
+    flux,
+    labels=None,
+    label_err=None,
+    label_names: Sequence[str] = DEFAULT_LABEL_NAMES,
+    ivar=None,
+    mask=None,
+    lsf_sigma=None,
+) -> pa.Table:
+    """Build a table in the schema from arrays. ``flux`` is (n, p) or a list of 1-D arrays; ``wavelength``, ``ivar``,
+    ``mask`` likewise or shared (p,); ``labels``/``label_err`` are (n, len(label_names)) with NaN = unknown."""
+    n = len(flux)
+    label_names = list(label_names)
+    labels = np.full((n, len(label_names)), np.nan) if labels is None else np.asarray(labels, np.float64)
+    label_err = np.full_like(labels, np.nan) if label_err is None else np.asarray(label_err, np.float64)
+    if labels.shape != (n, len(label_names)) or label_err.shape != labels.shape:
+        raise ValueError(f"labels must be ({n}, {len(label_names)}) for {label_names}, got {labels.shape}")
+    ids = [str(o) for o in (object_id if not isinstance(object_id, str) else [object_id] * n)]
+    inst = [instrument] * n if isinstance(instrument, str) else [str(i) for i in instrument]
+    lsf = lsf_sigma
+    if lsf is not None and np.ndim(lsf) == 0:
+        lsf = np.full(1, float(lsf), np.float32)
+    flux_rows = _rows(flux, n, np.float32)
+    wl_rows = _rows(wavelength, n, np.float32)
+    if any(len(w) != len(f) for w, f in zip(wl_rows, flux_rows)):
+        raise ValueError("every row needs as many wavelengths as flux values")
+    cols = {
+        "object_id": pa.array(ids, pa.string()),
+        "instrument": pa.array(inst, pa.string()),
+        "wavelength": _list_column(wl_rows, np.float32),
+        "flux": _list_column(flux_rows, np.float32),
+        "ivar": _list_column(_rows(ivar, n, np.float32), np.float32),
+        "mask": _list_column(_rows(mask, n, bool), bool),
+        "lsf_sigma": _list_column(_rows(lsf, n, np.float32), np.float32),
+    }
+    for k, name in enumerate(label_names):
+        cols[name] = pa.array(labels[:, k].astype(np.float32))
+        cols[f"{name}_err"] = pa.array(label_err[:, k].astype(np.float32))
+    return pa.table(cols, schema=features(label_names).arrow_schema)
+
+
+def spectra_to_table(spectra: Sequence[Spectrum], labels=None, label_err=None,
+                     label_names: Sequence[str] = DEFAULT_LABEL_NAMES) -> pa.Table:
+    """Build a table from `Spectrum` objects (any grids)."""
+    n = len(spectra)
+    return arrays_to_table(
+        object_id=[s.meta.get("object_id") or s.meta.get("source") or f"spectrum{i}" for i, s in enumerate(spectra)],
+        instrument=[s.instrument or "unknown" for s in spectra],
+        wavelength=[s.wavelength for s in spectra],
+        flux=[s.flux for s in spectra],
+        ivar=[s.ivar if s.ivar is not None else np.zeros(0) for s in spectra],
+        mask=[s.mask for s in spectra],
+        lsf_sigma=[np.atleast_1d(s.lsf_sigma) if s.lsf_sigma is not None else np.zeros(0) for s in spectra],
+        labels=labels if labels is not None else np.full((n, len(label_names)), np.nan),
+        label_err=label_err,
+        label_names=label_names,
+    )
+
+
+def row_to_spectrum(row: dict) -> Spectrum:
+    """A dataset row back into a `Spectrum` (labels go into ``meta['labels']``)."""
+    labels = {k: row[k] for k in row if k not in features([]) and not k.endswith("_err")}
+    ivar = row.get("ivar")
+    mask = row.get("mask")
+    lsf = row.get("lsf_sigma")
+    return Spectrum(
+        wavelength=np.asarray(row["wavelength"], np.float64),
+        flux=np.asarray(row["flux"], np.float64),
+        ivar=np.asarray(ivar) if ivar is not None and len(ivar) else None,
+        mask=np.asarray(mask, bool) if mask is not None and len(mask) else None,
+        lsf_sigma=(lsf[0] if len(lsf) == 1 else np.asarray(lsf)) if lsf is not None and len(lsf) else None,
+        instrument=row.get("instrument"),
+        meta={"object_id": row.get("object_id"), "labels": labels},
+    )

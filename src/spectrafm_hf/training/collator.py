@@ -1,0 +1,128 @@
+"""`SpectraCollator`: dataset rows -> model batches for the `Trainer`.
+
+Rows follow the package's dataset schema (`spectrafm_hf.data.FEATURES`): ``wavelength``, ``flux``, ``ivar``
+(empty = unknown), ``mask`` (empty = all good), one column per label and ``<LABEL>_err`` (NaN = unknown).
+
+Training draws a fresh random pixel subset of ``context_length`` for every example at every step (the paper drew one
+per epoch by copying the whole dataset); evaluation (``deterministic=True``) draws the same subset for the same star
+every time, so validation losses are comparable between evaluations.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from ..processing_spectrafm import SpectraFMProcessor
+from ..spectrum import SpectrumError
+
+__all__ = ["SpectraCollator"]
+
+
+class SpectraCollator:
+    """
+    Args:
+        processor: the model's [`SpectraFMProcessor`] (flux and label normalisation).
+        label_names: labels to predict, all queried for every example (NaN targets are ignored by the loss).
+        query_ids: their indices in ``model.config.label_names``.
+        context_length: pixels per example (default: the processor's).
+        wavelength_window: optional ``[lo, hi]`` vacuum Angstrom; only pixels inside are read (e.g. the paper's
+            stage-2 first half or the stage-3 Fe window).
+        deterministic: seed each example's subset from its ``object_id`` (evaluation) instead of a running RNG.
+        input_label_names: labels that may also be given as non-spectra input tokens...
+        input_label_prob: ...each with this probability per example (0 = never; 1 = always when known).
+        input_ids: indices of ``input_label_names`` in ``config.label_names + config.scalar_input_names``.
+        seed: base seed.
+    """
+
+    def __init__(
+        self,
+        processor: SpectraFMProcessor,
+        label_names: Sequence[str],
+        query_ids: Sequence[int],
+        context_length: int | None = None,
+        wavelength_window: Sequence[float] | None = None,
+        deterministic: bool = False,
+        input_label_names: Sequence[str] = (),
+        input_label_prob: float = 0.0,
+        input_ids: Sequence[int] = (),
+        seed: int = 0,
+    ):
+        self.processor = processor
+        self.label_names = list(label_names)
+        self.query_ids = torch.as_tensor(list(query_ids), dtype=torch.long)
+        if len(self.query_ids) != len(self.label_names):
+            raise ValueError("query_ids needs one index per label name")
+        self.context_length = int(context_length or processor.context_length)
+        self.window = None if wavelength_window is None else (float(wavelength_window[0]), float(wavelength_window[1]))
+        self.deterministic = deterministic
+        self.input_label_names = list(input_label_names)
+        self.input_ids = torch.as_tensor(list(input_ids), dtype=torch.long)
+        if len(self.input_ids) != len(self.input_label_names):
+            raise ValueError("input_ids needs one index per input label name")
+        self.input_label_prob = float(input_label_prob)
+        self.seed = int(seed)
+        self._rng = None
+        self._rng_owner = None
+
+    def _running_rng(self):
+        # One generator per process: dataloader workers get different streams, a restarted run the same ones.
+        owner = (torch.initial_seed(), getattr(torch.utils.data.get_worker_info(), "id", -1))
+        if self._rng is None or self._rng_owner != owner:
+            self._rng = np.random.default_rng([self.seed, owner[0] % 2**32, owner[1] + 1])
+            self._rng_owner = owner
+        return self._rng
+
+    def _example_rng(self, feature, i):
+        key = str(feature.get("object_id", i)).encode()
+        return np.random.default_rng([self.seed, zlib.crc32(key)])
+
+    def pixels(self, feature, rng):
+        """The (wavelength, normalised flux) of one example's pixel subset."""
+        wl = np.asarray(feature["wavelength"], dtype=np.float64)
+        flux = np.asarray(feature["flux"], dtype=np.float64)
+        good = np.isfinite(flux)
+        ivar = feature.get("ivar")
+        if ivar is not None and len(ivar):
+            good &= np.asarray(ivar) > 0
+        mask = feature.get("mask")
+        if mask is not None and len(mask):
+            good &= np.asarray(mask, dtype=bool)
+        if self.window is not None:
+            good &= (wl >= self.window[0]) & (wl <= self.window[1])
+        source = feature.get("object_id", "example")
+        try:
+            x, good = self.processor.normalize_arrays(wl, flux, good, source=source)
+        except SpectrumError:
+            return wl[:0], flux[:0].astype(np.float32)  # nothing usable: an all-masked row (loss stays finite)
+        idx = np.flatnonzero(good)
+        if idx.size > self.context_length:
+            idx = np.sort(rng.choice(idx, self.context_length, replace=False))
+        return wl[idx], x[idx]
+
+    def __call__(self, features):
+        rows, labels, errors = [], [], []
+        for i, f in enumerate(features):
+            rng = self._example_rng(f, i) if self.deterministic else self._running_rng()
+            rows.append(self.pixels(f, rng))
+            labels.append([f.get(n, np.nan) for n in self.label_names])
+            errors.append([f.get(f"{n}_err", np.nan) for n in self.label_names])
+        batch = dict(SpectraFMProcessor._pad(rows, "pt"))
+        values = np.asarray(labels, dtype=np.float64)
+        errs = np.nan_to_num(np.asarray(errors, dtype=np.float64), nan=0.0)
+        scaled, scaled_err = self.processor.scale_labels(values, self.label_names, errs)
+        batch["query_ids"] = self.query_ids.expand(len(features), -1)
+        batch["labels"] = torch.as_tensor(scaled, dtype=torch.float32)
+        batch["label_err"] = torch.as_tensor(scaled_err, dtype=torch.float32)
+        if self.input_label_names and self.input_label_prob > 0:
+            rng = self._running_rng() if not self.deterministic else np.random.default_rng(self.seed)
+            known = np.asarray([[f.get(n, np.nan) for n in self.input_label_names] for f in features], np.float64)
+            known = self.processor.scale_labels(known, self.input_label_names)
+            given = np.isfinite(known) & (rng.random(known.shape) < self.input_label_prob)
+            batch["input_values"] = torch.as_tensor(np.where(given, known, 0.0), dtype=torch.float32)
+            batch["input_ids"] = self.input_ids.expand(len(features), -1)
+            batch["input_mask"] = torch.as_tensor(given, dtype=torch.long)
+        return batch

@@ -1,0 +1,334 @@
+"""Pretraining, fine-tuning and evaluation with the Hugging Face `Trainer` (Accelerate underneath).
+
+The scripts in ``scripts/`` are thin wrappers: they parse a YAML file (plus command-line overrides) into
+`ModelArguments`, `DataArguments` and `transformers.TrainingArguments` and call `run_training` / `run_evaluation`.
+The same scripts run unchanged under ``accelerate launch`` or ``torchrun`` (DDP, FSDP, several nodes): the Trainer
+steps the optimizer and the learning-rate schedule on every rank, so replicas stay identical (the paper's code
+stepped the schedule on rank 0 only).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+from transformers import HfArgumentParser, Trainer, TrainingArguments, set_seed
+
+from ..configuration_spectrafm import SpectraFMConfig
+from ..grids import apogee_wavelength_7514
+from ..hub import atomic_directory, resolve_model
+from ..modeling_spectrafm import SpectraFMModel
+from ..processing_spectrafm import SpectraFMProcessor
+from .collator import SpectraCollator
+from .freezing import freeze
+from .info import TrainingInfoCallback, training_info, write_training_info
+from .metrics import label_metrics, make_compute_metrics
+
+__all__ = ["ModelArguments", "DataArguments", "SpectraFMTrainer", "parse_args", "run_training", "run_evaluation",
+           "select_stars", "add_labels"]
+
+
+@dataclass
+class ModelArguments:
+    model_name_or_path: str | None = field(default=None, metadata={"help": "Start from this checkpoint (fine-tune); "
+                                                                           "none = a fresh model (pretraining)."})
+    config_overrides: dict = field(default_factory=dict, metadata={"help": "SpectraFMConfig fields for a fresh model "
+                                                                           "(e.g. hidden_size) or to change on load."})
+    target_labels: list[str] | None = field(default=None, metadata={"help": "Labels to train and evaluate "
+                                                                        "(default: the model's)."})
+    freeze: list[str] = field(default_factory=list, metadata={"help": "decoder, encoder, encoder_block_2, embeddings"})
+    lora_r: int = field(default=0, metadata={"help": "LoRA rank (0 = full fine-tuning); merged into the weights at "
+                                                     "the end so the result is a plain SpectraFM folder."})
+    lora_alpha: int = 16
+    lora_dropout: float = 0.0
+    lora_target_modules: list[str] = field(default_factory=lambda: ["dense_1", "dense_2", "out_proj"])
+    flux_normalization: str = field(default="global", metadata={"help": "fresh model: global | per_pixel"})
+
+
+@dataclass
+class DataArguments:
+    dataset_config: str = field(default="synthetic_apogee", metadata={"help": "a SpectraFMDatasets config name"})
+    dataset_kwargs: dict = field(default_factory=dict, metadata={"help": "builder arguments (n_train, seed, ...)"})
+    dataset_cache_dir: str | None = None
+    pixel_range: list[int] | None = field(default=None, metadata={"help": "APOGEE 7514-grid pixel window [start, "
+                                                                          "end) to read (the paper's stages)"})
+    wavelength_window: list[float] | None = field(default=None, metadata={"help": "or a window in vacuum Angstrom"})
+    train_selection: dict = field(default_factory=dict, metadata={"help": "e.g. {FE_H: [-1.0, null]} keeps stars "
+                                                                          "with FE_H > -1 in the training split"})
+    max_train_stars: int | None = field(default=None, metadata={"help": "random subset of this many training stars"})
+    selection_seed: int = 77
+    eval_split: str = "validation"
+    test_split: str | None = "test"
+    max_eval_stars: int | None = None
+    input_label_names: list[str] = field(default_factory=list)
+    input_label_prob: float = 0.0
+
+
+class SpectraFMTrainer(Trainer):
+    """A `Trainer` whose evaluation uses a deterministic collator (the same pixel subset for the same star at every
+    evaluation), so validation losses are comparable and checkpoint selection is not a coin toss."""
+
+    def __init__(self, *args, eval_data_collator=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.eval_data_collator = eval_data_collator
+
+    def _swap(self, fn, *args, **kwargs):
+        train_collator = self.data_collator
+        if self.eval_data_collator is not None:
+            self.data_collator = self.eval_data_collator
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            self.data_collator = train_collator
+
+    def get_eval_dataloader(self, eval_dataset=None):
+        return self._swap(super().get_eval_dataloader, eval_dataset)
+
+    def get_test_dataloader(self, test_dataset):
+        return self._swap(super().get_test_dataloader, test_dataset)
+
+
+# ---------------------------------------------------------------------------------------------------- arguments
+def parse_args(argv=None):
+    """``script.py [config.yaml] [--field value ...]``: YAML values become defaults, flags override them."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = HfArgumentParser((ModelArguments, DataArguments, TrainingArguments))
+    if argv and argv[0].endswith((".yaml", ".yml")):
+        values = yaml.safe_load(Path(argv.pop(0)).read_text()) or {}
+        known = {f.name for dc in parser.dataclass_types for f in dc.__dataclass_fields__.values()}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise SystemExit(f"unknown keys in the YAML file: {unknown}")
+        parser.set_defaults(**values)
+    return parser.parse_args_into_dataclasses(args=argv)
+
+
+# ---------------------------------------------------------------------------------------------------- data
+def _window(data_args: DataArguments):
+    if data_args.wavelength_window:
+        return list(data_args.wavelength_window)
+    if data_args.pixel_range:
+        grid = apogee_wavelength_7514()
+        a, b = data_args.pixel_range
+        lo = (grid[a - 1] + grid[a]) / 2 if a > 0 else grid[0] - 1
+        hi = (grid[b - 1] + grid[b]) / 2 if b < len(grid) else grid[-1] + 1
+        return [float(lo), float(hi)]
+    return None
+
+
+def select_stars(dataset, selection: dict, max_stars: int | None, seed: int):
+    """Rows whose label columns fall inside ``selection`` ({name: [lo, hi]}, None = open; strict inequalities),
+    then a seeded random subset of ``max_stars`` of them."""
+    keep = np.ones(len(dataset), bool)
+    for name, (lo, hi) in (selection or {}).items():
+        col = np.asarray(dataset[name], dtype=np.float64)
+        ok = np.isfinite(col)
+        if lo is not None:
+            ok &= col > lo
+        if hi is not None:
+            ok &= col < hi
+        keep &= ok
+    idx = np.flatnonzero(keep)
+    if max_stars is not None and idx.size > max_stars:
+        idx = np.sort(np.random.default_rng(seed).choice(idx, max_stars, replace=False))
+    return dataset.select(idx) if idx.size != len(dataset) else dataset
+
+
+def load_data(data_args: DataArguments):
+    from ..data import load_spectra_dataset
+
+    dsd = load_spectra_dataset(data_args.dataset_config, cache_dir=data_args.dataset_cache_dir,
+                               **data_args.dataset_kwargs)
+    train = select_stars(dsd["train"], data_args.train_selection, data_args.max_train_stars, data_args.selection_seed)
+    evald = dsd[data_args.eval_split] if data_args.eval_split in dsd else None
+    if evald is not None and data_args.max_eval_stars and len(evald) > data_args.max_eval_stars:
+        evald = evald.select(range(data_args.max_eval_stars))
+    test = dsd[data_args.test_split] if data_args.test_split and data_args.test_split in dsd else None
+    return train, evald, test
+
+
+# ---------------------------------------------------------------------------------------------------- model
+def add_labels(model: SpectraFMModel, processor: SpectraFMProcessor, names, train_dataset=None):
+    """Give the model new labels to predict (a new label set for a fine-tune): new embedding rows, new scalers."""
+    new = [n for n in names if n not in model.config.label_names]
+    if not new:
+        return model, processor
+    cfg = model.config.to_dict()
+    for key in ("architectures", "auto_map", "transformers_version", "model_type"):
+        cfg.pop(key, None)
+    cfg["label_names"] = model.config.label_names + new
+    bigger = SpectraFMModel(SpectraFMConfig(**cfg))
+    old_state = model.state_dict()
+    new_state = bigger.state_dict()
+    n_old = 1 + len(model.config.label_names)
+    for key, value in old_state.items():
+        if key.startswith("embedding_layer."):
+            new_state[key][:n_old] = value[:n_old]  # flux + old labels; scalar inputs move down below
+            new_state[key][n_old + len(new):] = value[n_old:]
+        else:
+            new_state[key] = value
+    bigger.load_state_dict(new_state)
+    if train_dataset is None or any(n not in train_dataset.column_names for n in new):
+        raise ValueError(f"new labels {new} need a training set with those columns to fit their scaling")
+    values = np.column_stack([np.asarray(train_dataset[n], np.float64) for n in new])
+    fitted = SpectraFMProcessor(label_names=new).fit_labels(values, new)
+    processor.label_names += new
+    processor.label_centers += fitted.label_centers
+    processor.label_scales += fitted.label_scales
+    return bigger, processor
+
+
+def build_model(model_args: ModelArguments, train_dataset, label_names):
+    if model_args.model_name_or_path:
+        path = resolve_model(model_args.model_name_or_path)
+        model = SpectraFMModel.from_pretrained(path, **model_args.config_overrides)
+        processor = SpectraFMProcessor.from_pretrained(path)
+        model, processor = add_labels(model, processor, label_names, train_dataset)
+        return model, processor
+    cfg = SpectraFMConfig(**{"label_names": label_names, **model_args.config_overrides})
+    processor = SpectraFMProcessor(label_names=cfg.label_names, context_length=cfg.context_length,
+                                   flux_normalization=model_args.flux_normalization)
+    sample = train_dataset.select(range(min(len(train_dataset), 2000)))
+    flux = [np.asarray(f, np.float64) for f in sample["flux"]]
+    if model_args.flux_normalization == "per_pixel":
+        processor.fit_flux(np.stack(flux), np.asarray(sample[0]["wavelength"], np.float64))
+    else:
+        processor.fit_flux(np.concatenate(flux))
+    labels = np.column_stack([np.asarray(train_dataset[n], np.float64) for n in cfg.label_names])
+    processor.fit_labels(labels, cfg.label_names)
+    wl = np.asarray(sample[0]["wavelength"], np.float64)
+    processor.wavelength_coverage = [[float(wl.min()), float(wl.max())]]
+    return SpectraFMModel(cfg), processor
+
+
+def _apply_lora(model, model_args):
+    from peft import LoraConfig, get_peft_model
+
+    lora = LoraConfig(r=model_args.lora_r, lora_alpha=model_args.lora_alpha, lora_dropout=model_args.lora_dropout,
+                      target_modules=model_args.lora_target_modules)
+    return get_peft_model(model, lora)
+
+
+# ---------------------------------------------------------------------------------------------------- runs
+def save_pipeline_folder(model, processor, folder, info: dict, metrics: dict | None = None):
+    """config.json + model.safetensors + code + preprocessor_config.json + training_info.json, written atomically."""
+    with atomic_directory(folder) as tmp:
+        model.save_pretrained(tmp)
+        processor.save_pretrained(tmp)
+        write_training_info(tmp, {**info, "metrics": metrics or {}})
+    return folder
+
+
+def run_training(model_args: ModelArguments, data_args: DataArguments, training_args: TrainingArguments,
+                 callbacks=(), splits=None):
+    """Train (pretrain or fine-tune), evaluate, save the final pipeline folder; returns (trainer, metrics).
+
+    ``splits`` = (train, eval, test) datasets in the package schema replaces ``data_args.dataset_config``."""
+    set_seed(training_args.seed)
+    training_args.label_names = ["labels"]  # not label_err: HF_NOTES pitfall 2
+    training_args.remove_unused_columns = False  # the collator reads columns forward() does not take
+    training_args.ddp_find_unused_parameters = False
+    if splits is None:
+        train, evald, test = load_data(data_args)
+    else:
+        train, evald, test = splits
+        train = select_stars(train, data_args.train_selection, data_args.max_train_stars, data_args.selection_seed)
+    label_names = model_args.target_labels
+    if label_names is None and model_args.model_name_or_path:
+        label_names = SpectraFMConfig.from_pretrained(resolve_model(model_args.model_name_or_path)).label_names
+    if label_names is None:
+        from ..data import DEFAULT_LABEL_NAMES
+
+        label_names = list(DEFAULT_LABEL_NAMES)
+    model, processor = build_model(model_args, train, label_names)
+    query_ids = [model.config.label_names.index(n) for n in label_names]
+    input_ids = [(model.config.label_names + model.config.scalar_input_names).index(n)
+                 for n in data_args.input_label_names]
+    trainable = freeze(model, model_args.freeze)
+    base_model = model
+    if model_args.lora_r:
+        model = _apply_lora(model, model_args)
+        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    window = _window(data_args)
+    common = dict(processor=processor, label_names=label_names, query_ids=query_ids, wavelength_window=window,
+                  input_label_names=data_args.input_label_names, input_label_prob=data_args.input_label_prob,
+                  input_ids=input_ids, seed=training_args.seed)
+    info = training_info(
+        config={"model": asdict(model_args), "data": asdict(data_args),
+                "training": {k: v for k, v in training_args.to_dict().items() if not k.startswith("_")}},
+        data={"train": len(train), "eval": len(evald) if evald is not None else 0,
+              "test": len(test) if test is not None else 0, "wavelength_window": window, "labels": label_names},
+        seed=training_args.seed,
+        trainable_parameters=int(trainable),
+        total_parameters=int(base_model.num_parameters()),
+    )
+    trainer = SpectraFMTrainer(
+        model=model,
+        args=training_args,
+        train_dataset=train,
+        eval_dataset=evald,
+        data_collator=SpectraCollator(**common),
+        eval_data_collator=SpectraCollator(**common, deterministic=True),
+        compute_metrics=make_compute_metrics(processor, label_names),
+        processing_class=processor,
+        callbacks=[TrainingInfoCallback(info), *callbacks],
+    )
+    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    metrics = {}
+    if evald is not None:
+        metrics.update(trainer.evaluate(evald, metric_key_prefix="eval"))
+    if test is not None:
+        metrics.update(trainer.evaluate(test, metric_key_prefix="test"))
+    if model_args.lora_r:
+        model = trainer.model.merge_and_unload()
+    else:
+        model = trainer.model
+    model = getattr(model, "module", model)
+    if trainer.is_world_process_zero():
+        final = Path(training_args.output_dir) / "final"
+        save_pipeline_folder(model, processor, final, info, metrics)
+        (Path(training_args.output_dir) / "final_metrics.json").write_text(json.dumps(metrics, indent=2))
+        if training_args.push_to_hub and training_args.hub_model_id:
+            from .. import hub
+
+            if hasattr(hub, "push_pipeline"):
+                card = hub.render_model_card(final, kind="finetune" if model_args.model_name_or_path else "base",
+                                             metrics=metrics) if hasattr(hub, "render_model_card") else None
+                hub.push_pipeline(final, training_args.hub_model_id, card=card,
+                                  commit_message="SpectraFM: final model, card, processor, training_info.json")
+    return trainer, metrics
+
+
+def run_evaluation(model_path, data_args: DataArguments, label_names=None, seed: int = 0, n_repeats: int = 1,
+                   output_csv=None):
+    """Predict a dataset split with the pipeline (all pixels, inverse-variance combination of subsets) and return
+    per-label metrics in physical units; optionally write the per-star predictions to ``output_csv``."""
+    from ..data import row_to_spectrum
+    from ..pipeline import SpectraFMPipeline
+
+    pipe = SpectraFMPipeline.from_pretrained(model_path)
+    _, evald, test = load_data(data_args)
+    split = test if test is not None else evald
+    names = label_names or pipe.label_names
+    window = _window(data_args)
+    spectra = []
+    for row in split:
+        s = row_to_spectrum(row)
+        spectra.append(s.crop(*window) if window else s)
+    table = pipe.predict(spectra, labels=names, seed=seed, n_repeats=n_repeats)
+    metrics = {}
+    for name in names:
+        true = np.asarray(split[name], np.float64)
+        table[f"{name}_true"] = true
+        for key, v in label_metrics(table[name], true, table[f"{name}_err"]).items():
+            metrics[f"{name}_{key}"] = v
+    if output_csv:
+        table.to_csv(output_csv, index=False)
+    return metrics, table

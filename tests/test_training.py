@@ -1,0 +1,164 @@
+"""Collator, metrics and the Trainer path: pretrain -> fine-tune (full, frozen, LoRA, new label) -> evaluate."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from conftest import TINY, fake_dataset_dict
+from transformers import TrainingArguments
+
+from spectrafm_hf import SpectraFMPipeline, SpectraFMProcessor
+from spectrafm_hf.training.collator import SpectraCollator
+from spectrafm_hf.training.metrics import label_metrics
+from spectrafm_hf.training.run import DataArguments, ModelArguments, parse_args, run_training
+
+LABELS = ["TEFF", "LOGG", "O_FE", "MG_FE", "FE_H"]
+TINY_MODEL = dict(hidden_size=8, encoder_num_heads=[2, 2], encoder_ffn_dims=[16, 8], decoder_num_heads=[2, 2, 1],
+                  decoder_ffn_dims=[16, 8, 8], head_dims=[16, 8], context_length=64)
+
+
+@pytest.fixture(scope="module")
+def dsd():
+    return fake_dataset_dict()
+
+
+def _collator(**kw):
+    proc = SpectraFMProcessor.from_pretrained(TINY)
+    return SpectraCollator(proc, LABELS, list(range(5)), **kw)
+
+
+def test_collator_draws_a_new_subset_every_call_and_a_fixed_one_for_eval(dsd):
+    rows = [dsd["train"][i] for i in range(4)]
+    train = _collator(seed=0)
+    a, b = train(rows), train(rows)
+    assert a["flux"].shape == (4, 64) and a["observed_mask"].all()
+    assert not torch.equal(a["wavelength"], b["wavelength"])  # fresh pixels per step, no dataset copy
+    evalc = _collator(deterministic=True)
+    c, d = evalc(rows), evalc(rows[::-1])
+    assert torch.equal(c["wavelength"], d["wavelength"].flip(0))  # same star -> same pixels, whatever the order
+    assert c["labels"].shape == (4, 5) and torch.isnan(c["labels"][0, 2])
+    assert torch.equal(c["query_ids"][0], torch.arange(5))
+    # label errors are normalised by the label scale
+    proc = evalc.processor
+    assert c["label_err"][1, 0].item() == pytest.approx(0.01 / proc.label_scales[0], rel=1e-5)
+
+
+def test_collator_wavelength_window_and_input_labels(dsd):
+    rows = [dsd["train"][i] for i in range(3)]
+    wl = np.asarray(rows[0]["wavelength"])
+    window = [float(wl[100]) - 0.01, float(wl[149]) + 0.01]
+    batch = _collator(wavelength_window=window, input_label_names=["LOGG"], input_label_prob=1.0,
+                      input_ids=[1])(rows)
+    assert batch["observed_mask"].sum(1).tolist() == [50, 50, 50]
+    kept = batch["wavelength"][batch["observed_mask"].bool()]
+    assert kept.min() >= window[0] and kept.max() <= window[1]
+    assert batch["input_mask"].all() and batch["input_ids"].tolist() == [[1]] * 3
+
+
+def test_label_metrics_are_right_on_a_known_case():
+    true = np.array([0.0, 0.0, 0.0, 0.0, np.nan])
+    pred = np.array([0.1, -0.1, 0.3, 0.1, 5.0])
+    sigma = np.array([0.2, 0.2, 0.2, 0.05, 1.0])
+    m = label_metrics(pred, true, sigma)
+    assert m["n"] == 4
+    assert m["bias"] == pytest.approx(0.1)
+    assert m["rmse"] == pytest.approx(np.sqrt((0.01 + 0.01 + 0.09 + 0.01) / 4))
+    assert m["mae"] == pytest.approx(0.15)
+    assert m["coverage68"] == pytest.approx(0.5)  # |r| <= 0.199: 0.1, -0.1 yes; 0.3 and 0.1 (sigma 0.05) no
+    assert m["coverage95"] == pytest.approx(0.75)
+
+
+def _args(tmp_path, name, **kw):
+    base = dict(output_dir=str(tmp_path / name), max_steps=4, per_device_train_batch_size=8,
+                per_device_eval_batch_size=8, learning_rate=1e-3, logging_steps=2, eval_strategy="steps",
+                eval_steps=4, save_strategy="steps", save_steps=2, report_to=[], use_cpu=True, seed=0,
+                disable_tqdm=True, dataloader_num_workers=0)
+    base.update(kw)
+    return TrainingArguments(**base)
+
+
+@pytest.fixture(scope="module")
+def pretrained(tmp_path_factory, dsd):
+    tmp = tmp_path_factory.mktemp("pre")
+    _, metrics = run_training(ModelArguments(config_overrides=TINY_MODEL), DataArguments(),
+                              _args(tmp, "pretrain"), splits=(dsd["train"], dsd["validation"], dsd["test"]))
+    return tmp / "pretrain", metrics
+
+
+def test_pretraining_writes_a_loadable_resumable_documented_checkpoint(pretrained):
+    out, metrics = pretrained
+    for key in ("eval_loss", "eval_FE_H_rmse", "eval_TEFF_coverage68", "test_FE_H_robust_scatter"):
+        assert np.isfinite(metrics[key]), key
+    assert 100 < metrics["eval_TEFF_rmse"] < 5000  # physical units (Kelvin), not normalised ones
+    ckpt = out / "checkpoint-4"
+    for name in ("model.safetensors", "optimizer.pt", "scheduler.pt", "trainer_state.json", "training_info.json",
+                 "preprocessor_config.json", "config.json"):
+        assert (ckpt / name).is_file(), name
+    info = json.loads((ckpt / "training_info.json").read_text())
+    assert info["seed"] == 0 and info["global_step"] == 4 and "torch" in info["versions"]
+    assert info["config"]["model"]["config_overrides"]["hidden_size"] == 8
+    pipe = SpectraFMPipeline.from_pretrained(out / "final", device="cpu")
+    assert json.loads((out / "final" / "training_info.json").read_text())["metrics"]["eval_loss"] == pytest.approx(
+        metrics["eval_loss"])
+    assert pipe.processor.wavelength_coverage and pipe.label_names == LABELS
+
+
+@pytest.mark.parametrize(
+    "model_kw, expect_frozen",
+    [
+        (dict(), None),
+        (dict(freeze=["decoder", "encoder_block_2"]), "decoder.0.dense_1.weight"),
+        (dict(lora_r=2, lora_target_modules=["dense_1", "dense_2"]), "embedding_layer.embeddings"),
+    ],
+    ids=["full", "paper-stage3-freeze", "lora"],
+)
+def test_finetune_variants(pretrained, dsd, tmp_path, model_kw, expect_frozen):
+    from safetensors.torch import load_file
+
+    base, _ = pretrained
+    margs = ModelArguments(model_name_or_path=str(base / "final"), target_labels=["FE_H"], **model_kw)
+    dargs = DataArguments(train_selection={"FE_H": [-1.0, None]}, max_train_stars=10)
+    _, metrics = run_training(margs, dargs, _args(tmp_path, "ft", max_steps=3, learning_rate=1e-2),
+                              splits=(dsd["train"], dsd["validation"], dsd["test"]))
+    assert np.isfinite(metrics["test_FE_H_rmse"])
+    info = json.loads((tmp_path / "ft" / "final" / "training_info.json").read_text())
+    assert info["data"]["train"] == 10 and info["data"]["labels"] == ["FE_H"]
+    before = load_file(base / "final" / "model.safetensors")
+    after = load_file(tmp_path / "ft" / "final" / "model.safetensors")
+    assert set(before) == set(after)  # LoRA is merged back: a plain SpectraFM folder
+    assert not torch.equal(before["encoder.0.dense_1.weight"], after["encoder.0.dense_1.weight"]) or \
+        "lora" in str(model_kw)
+    if expect_frozen:
+        assert torch.equal(before[expect_frozen], after[expect_frozen])
+    if "lora_r" in model_kw:
+        assert not torch.equal(before["encoder.0.dense_1.weight"], after["encoder.0.dense_1.weight"])
+    pipe = SpectraFMPipeline.from_pretrained(tmp_path / "ft" / "final", device="cpu")
+    assert np.isfinite(pipe.predict(__import__("spectrafm_hf.data", fromlist=["x"]).row_to_spectrum(
+        dsd["test"][0]))["FE_H"]).all()
+
+
+def test_finetune_with_a_new_label(pretrained, dsd, tmp_path):
+    import datasets
+
+    base, _ = pretrained
+    train = dsd["train"].add_column("VMIC", np.linspace(0.8, 2.0, len(dsd["train"])).astype(np.float32))
+    margs = ModelArguments(model_name_or_path=str(base / "final"), target_labels=["FE_H", "VMIC"])
+    _, metrics = run_training(margs, DataArguments(), _args(tmp_path, "new", max_steps=2, eval_strategy="no"),
+                              splits=(train, None, None))
+    pipe = SpectraFMPipeline.from_pretrained(tmp_path / "new" / "final", device="cpu")
+    assert pipe.label_names == LABELS + ["VMIC"]
+    assert 0.8 < pipe.processor.label_centers[-1] < 2.0
+
+
+def test_yaml_and_flags_parse(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("output_dir: out\nmax_steps: 7\ntarget_labels: [FE_H]\nfreeze: [decoder]\n"
+                   "pixel_range: [4107, 4619]\ndataset_kwargs: {n_train: 10}\n")
+    m, d, t = parse_args([str(cfg), "--max_steps", "9"])
+    assert t.max_steps == 9 and m.target_labels == ["FE_H"] and m.freeze == ["decoder"]
+    assert d.pixel_range == [4107, 4619] and d.dataset_kwargs == {"n_train": 10}
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("output_dir: out\nnot_a_field: 1\n")
+    with pytest.raises(SystemExit, match="not_a_field"):
+        parse_args([str(bad)])
