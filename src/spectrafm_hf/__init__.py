@@ -9,6 +9,7 @@ from transformers import AutoConfig, AutoFeatureExtractor, AutoModel
 from .configuration_spectrafm import SpectraFMConfig
 from .modeling_spectrafm import SpectraFMModel, SpectraFMOutput, SpectraFMPreTrainedModel
 from .processing_spectrafm import SpectraFMProcessor
+from .instruments import detect_format, read
 from .spectrum import Spectrum, SpectrumError, air_to_vacuum, vacuum_to_air
 
 __version__ = "0.1.0"
@@ -31,6 +32,8 @@ __all__ = [
     "SpectraFMPipeline",
     "Spectrum",
     "SpectrumError",
+    "read",
+    "detect_format",
     "air_to_vacuum",
     "vacuum_to_air",
 ]

@@ -56,6 +56,8 @@ class SpectraFMProcessor(FeatureExtractionMixin):
             not labels (photometry...).
         wavelength_coverage (`list[[float, float]]`, *optional*): vacuum Angstrom ranges the model was trained on;
             the pipeline reports the fraction of each spectrum's pixels inside them.
+        label_ranges (`dict[str, [float, float]]`, *optional*): the 0.5-99.5 percentile range of each training
+            label; predictions outside are flagged as extrapolations.
 
     Example:
         >>> import numpy as np
@@ -87,6 +89,7 @@ class SpectraFMProcessor(FeatureExtractionMixin):
         scalar_centers: dict | None = None,
         scalar_scales: dict | None = None,
         wavelength_coverage: Sequence[Sequence[float]] | None = None,
+        label_ranges: dict | None = None,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -121,6 +124,7 @@ class SpectraFMProcessor(FeatureExtractionMixin):
         self.scalar_centers = dict(scalar_centers or {})
         self.scalar_scales = dict(scalar_scales or {})
         self.wavelength_coverage = [[float(lo), float(hi)] for lo, hi in (wavelength_coverage or [])]
+        self.label_ranges = {k: [float(v[0]), float(v[1])] for k, v in (label_ranges or {}).items()}
         self._ref_cache = None
 
     def to_dict(self):
@@ -159,6 +163,8 @@ class SpectraFMProcessor(FeatureExtractionMixin):
             raise ValueError(f"labels must be (n, {len(self.label_names)}) for {self.label_names}")
         self.label_centers = np.nanmedian(labels, axis=0).tolist()
         self.label_scales = np.maximum(_mad_std(labels, axis=0), 1e-6).tolist()
+        lo, hi = np.nanpercentile(labels, [0.5, 99.5], axis=0)
+        self.label_ranges = {n: [float(a), float(b)] for n, a, b in zip(self.label_names, lo, hi)}
         return self
 
     # ------------------------------------------------------------------ one spectrum

@@ -182,6 +182,7 @@ def add_labels(model: SpectraFMModel, processor: SpectraFMProcessor, names, trai
     processor.label_names += new
     processor.label_centers += fitted.label_centers
     processor.label_scales += fitted.label_scales
+    processor.label_ranges.update(fitted.label_ranges)
     return bigger, processor
 
 

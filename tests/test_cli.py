@@ -1,0 +1,85 @@
+"""The `spectrafm` command on the committed fixtures (run in-process through cli.main, and once as a real
+console script)."""
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from conftest import TESTS, TINY
+
+from spectrafm_hf.cli import main
+
+FIXTURES = TESTS / "fixtures" / "apogee"
+
+
+def test_predict_a_folder_with_a_broken_file_among_good_ones(tmp_path, capsys):
+    data = tmp_path / "data"
+    shutil.copytree(FIXTURES, data)
+    (data / "broken.fits").write_bytes((FIXTURES / "apStar-dr17-2M19485057+5005279.fits").read_bytes()[:5000])
+    out = tmp_path / "labels.csv"
+    code = main(["predict", str(data), "--model", str(TINY), "-o", str(out), "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 1  # partial success: the table is written, the failure reported
+    assert "FAILED" in err and "broken.fits" in err and "1 files failed" in err
+    table = pd.read_csv(out)
+    assert set(table["source"].map(lambda p: Path(p).name)) == {p.name for p in FIXTURES.iterdir()}
+    for col in ("TEFF", "TEFF_err", "FE_H", "FE_H_err", "n_pixels", "flag", "hdu", "row", "object_id"):
+        assert col in table.columns
+    assert table["TEFF"].notna().all() and (table["n_pixels"] > 1000).all()
+
+
+def test_predict_resume_skips_done_files(tmp_path, capsys):
+    out = tmp_path / "labels.parquet"
+    first = FIXTURES / "apVisit-r13-5095-55844-128.fits"
+    assert main(["predict", str(first), "--model", str(TINY), "-o", str(out)]) == 0
+    assert main(["predict", str(FIXTURES), "--model", str(TINY), "-o", str(out), "--resume"]) == 0
+    err = capsys.readouterr().err
+    assert "1 already done" in err
+    table = pd.read_parquet(out)
+    assert table["source"].nunique() == 4 and (table["source"] == str(first)).sum() == 1
+
+
+def test_predict_fits_output_has_units(tmp_path):
+    from astropy.io import fits
+
+    out = tmp_path / "labels.fits"
+    assert main(["predict", str(FIXTURES / "apVisit-r13-9518-57729-104.fits"), "--model", str(TINY),
+                 "-o", str(out), "--labels", "TEFF", "FE_H"]) == 0
+    with fits.open(out) as hdul:
+        cols = hdul[1].columns
+        units = dict(zip(cols.names, cols.units))
+        assert units["TEFF"] == "K" and units["TEFF_err"] == "K" and units["FE_H"] == "dex"
+        assert "LOGG" not in cols.names and len(hdul[1].data) == 1
+
+
+def test_nothing_readable_or_no_model_is_exit_code_two(tmp_path, capsys):
+    assert main(["predict", str(tmp_path / "nope*.fits"), "--model", str(TINY)]) == 2
+    assert main(["predict", str(FIXTURES), "--model", str(tmp_path / "no-model")]) == 2
+    assert "cannot load model" in capsys.readouterr().err
+
+
+def test_attention_plot_and_info(tmp_path, capsys):
+    png = tmp_path / "att.png"
+    assert main(["attention", str(FIXTURES / "apVisit-r13-5095-55844-128.fits"), "--model", str(TINY),
+                 "--label", "FE_H", "--plot", str(png)]) == 0
+    assert png.stat().st_size > 10_000 and png.read_bytes()[:4] == b"\x89PNG"
+    assert main(["info", str(TINY)]) == 0
+    out = capsys.readouterr().out
+    assert "TEFF, LOGG, O_FE, MG_FE, FE_H" in out and "parameters:" in out
+
+
+def test_console_script_help_reads_well():
+    exe = Path(sys.executable).with_name("spectrafm")
+    if not exe.exists():
+        pytest.skip("console script not installed")
+    res = subprocess.run([str(exe), "--help"], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0
+    for command in ("predict", "attention", "synth", "finetune", "evaluate", "info", "push", "install"):
+        assert command in res.stdout
+    res = subprocess.run([str(exe), "predict", "--help"], capture_output=True, text=True, timeout=120)
+    assert "--resume" in res.stdout and "exit" not in res.stderr.lower()
+    res = subprocess.run([str(exe), "frobnicate"], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 2
