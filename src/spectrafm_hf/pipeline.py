@@ -68,9 +68,11 @@ class SpectraFMPipeline:
         local cache, or the name of a checkpoint embedded in the package (see `spectrafm_hf.hub.resolve_model`)."""
         from .hub import resolve_model
 
-        path = resolve_model(name_or_path)
+        path = resolve_model(name_or_path, cache_dir=kwargs.get("cache_dir"), revision=kwargs.get("revision"),
+                             local_files_only=kwargs.get("local_files_only", False))
         model = SpectraFMModel.from_pretrained(path, **kwargs)
-        processor = SpectraFMProcessor.from_pretrained(path)
+        processor = SpectraFMProcessor.from_pretrained(
+            path, **{k: v for k, v in kwargs.items() if k in ("cache_dir", "revision", "local_files_only", "token")})
         return cls(model, processor, device=device, batch_size=batch_size)
 
     def save_pretrained(self, path: str | os.PathLike, **kwargs):

@@ -196,8 +196,9 @@ def build_model(model_args: ModelArguments, train_dataset, label_names):
     cfg = SpectraFMConfig(**{"label_names": label_names, **model_args.config_overrides})
     processor = SpectraFMProcessor(label_names=cfg.label_names, context_length=cfg.context_length,
                                    flux_normalization=model_args.flux_normalization)
-    sample = train_dataset.select(range(min(len(train_dataset), 2000)))
-    flux = [np.asarray(f, np.float64) for f in sample["flux"]]
+    sample = train_dataset.select(range(min(len(train_dataset), 2000))).with_format("numpy")
+    flux = [np.asarray(r["flux"], np.float64) for r in sample]
+    flux = [np.where(np.asarray(r["ivar"]) > 0, f, np.nan) if len(r["ivar"]) else f for r, f in zip(sample, flux)]
     if model_args.flux_normalization == "per_pixel":
         processor.fit_flux(np.stack(flux), np.asarray(sample[0]["wavelength"], np.float64))
     else:
@@ -241,6 +242,8 @@ def run_training(model_args: ModelArguments, data_args: DataArguments, training_
     else:
         train, evald, test = splits
         train = select_stars(train, data_args.train_selection, data_args.max_train_stars, data_args.selection_seed)
+    # rows reach the collator as numpy arrays, not lists of Python floats
+    train, evald, test = (None if d is None else d.with_format("numpy") for d in (train, evald, test))
     label_names = model_args.target_labels
     if label_names is None and model_args.model_name_or_path:
         label_names = SpectraFMConfig.from_pretrained(resolve_model(model_args.model_name_or_path)).label_names
@@ -297,13 +300,13 @@ def run_training(model_args: ModelArguments, data_args: DataArguments, training_
         save_pipeline_folder(model, processor, final, info, metrics)
         (Path(training_args.output_dir) / "final_metrics.json").write_text(json.dumps(metrics, indent=2))
         if training_args.push_to_hub and training_args.hub_model_id:
-            from .. import hub
+            from ..hub import push_pipeline
 
-            if hasattr(hub, "push_pipeline"):
-                card = hub.render_model_card(final, kind="finetune" if model_args.model_name_or_path else "base",
-                                             metrics=metrics) if hasattr(hub, "render_model_card") else None
-                hub.push_pipeline(final, training_args.hub_model_id, card=card,
-                                  commit_message="SpectraFM: final model, card, processor, training_info.json")
+            base = model_args.model_name_or_path
+            push_pipeline(final, training_args.hub_model_id, private=training_args.hub_private_repo,
+                          commit_message="SpectraFM: final model, card, processor, training_info.json",
+                          card_info={"base_model": base if base and "/" in base and not Path(base).exists() else None,
+                                     "metrics": metrics})
     return trainer, metrics
 
 
