@@ -3,9 +3,14 @@
 Rows follow the package's dataset schema (`spectrafm_hf.data.FEATURES`): ``wavelength``, ``flux``, ``ivar``
 (empty = unknown), ``mask`` (empty = all good), one column per label and ``<LABEL>_err`` (NaN = unknown).
 
-Training draws a fresh random pixel subset of ``context_length`` for every example at every step (the paper drew one
-per epoch by copying the whole dataset); evaluation (``deterministic=True``) draws the same subset for the same star
-every time, so validation losses are comparable between evaluations.
+Training draws a fresh random pixel subset of ``context_length`` every time an example is used, inside the collator
+(the paper copied and re-cropped the whole dataset every epoch); evaluation (``deterministic=True``) draws the same
+subset for the same star every time, so validation losses are comparable between evaluations.
+
+Under the Trainer, `EpochCallback` tells the collator the epoch, and each example's subset is seeded by (seed, its
+``object_id``, epoch): independent of batch order, dataloader prefetching and workers, so a run killed and resumed
+from a checkpoint draws exactly the pixels an uninterrupted run draws. Outside the Trainer (no epoch set) subsets
+come from a generator seeded from torch's global RNG.
 """
 
 from __future__ import annotations
@@ -15,11 +20,22 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
+from transformers import TrainerCallback
 
 from ..processing_spectrafm import SpectraFMProcessor
 from ..spectrum import SpectrumError
 
-__all__ = ["SpectraCollator"]
+__all__ = ["SpectraCollator", "EpochCallback"]
+
+
+class EpochCallback(TrainerCallback):
+    """Tells the training collator which epoch it is drawing for (see the module docstring)."""
+
+    def __init__(self, collator):
+        self.collator = collator
+
+    def on_epoch_begin(self, args, state, control, **kwargs):
+        self.collator.epoch = int((state.epoch or 0.0) + 1e-6)
 
 
 class SpectraCollator:
@@ -65,20 +81,17 @@ class SpectraCollator:
             raise ValueError("input_ids needs one index per input label name")
         self.input_label_prob = float(input_label_prob)
         self.seed = int(seed)
-        self._rng = None
-        self._rng_owner = None
+        self.epoch = None  # set by EpochCallback during Trainer runs
 
     def _running_rng(self):
-        # One generator per process: dataloader workers get different streams, a restarted run the same ones.
-        owner = (torch.initial_seed(), getattr(torch.utils.data.get_worker_info(), "id", -1))
-        if self._rng is None or self._rng_owner != owner:
-            self._rng = np.random.default_rng([self.seed, owner[0] % 2**32, owner[1] + 1])
-            self._rng_owner = owner
-        return self._rng
+        # Each batch's generator is seeded from torch's global RNG: the Trainer seeds it per rank and saves /
+        # restores it in checkpoints, so a resumed run draws the same pixels as an uninterrupted one, and dataloader
+        # workers (seeded differently by torch) draw different ones.
+        return np.random.default_rng([self.seed, int(torch.randint(0, 2**31 - 1, ()).item())])
 
-    def _example_rng(self, feature, i):
+    def _example_rng(self, feature, i, epoch=0):
         key = str(feature.get("object_id", i)).encode()
-        return np.random.default_rng([self.seed, zlib.crc32(key)])
+        return np.random.default_rng([self.seed, zlib.crc32(key), epoch])
 
     def pixels(self, feature, rng):
         """The (wavelength, normalised flux) of one example's pixel subset."""
@@ -105,8 +118,14 @@ class SpectraCollator:
 
     def __call__(self, features):
         rows, labels, errors = [], [], []
+        batch_rng = None if self.deterministic or self.epoch is not None else self._running_rng()
         for i, f in enumerate(features):
-            rng = self._example_rng(f, i) if self.deterministic else self._running_rng()
+            if self.deterministic:
+                rng = self._example_rng(f, i)
+            elif self.epoch is not None:
+                rng = self._example_rng(f, i, self.epoch + 1)
+            else:
+                rng = batch_rng
             rows.append(self.pixels(f, rng))
             labels.append([f.get(n, np.nan) for n in self.label_names])
             errors.append([f.get(f"{n}_err", np.nan) for n in self.label_names])
@@ -118,7 +137,8 @@ class SpectraCollator:
         batch["labels"] = torch.as_tensor(scaled, dtype=torch.float32)
         batch["label_err"] = torch.as_tensor(scaled_err, dtype=torch.float32)
         if self.input_label_names and self.input_label_prob > 0:
-            rng = self._running_rng() if not self.deterministic else np.random.default_rng(self.seed)
+            rng = np.random.default_rng([self.seed, 7, -1 if self.deterministic else (self.epoch or 0),
+                                         zlib.crc32("".join(str(f.get("object_id", "")) for f in features).encode())])
             known = np.asarray([[f.get(n, np.nan) for n in self.input_label_names] for f in features], np.float64)
             known = self.processor.scale_labels(known, self.input_label_names)
             given = np.isfinite(known) & (rng.random(known.shape) < self.input_label_prob)

@@ -26,7 +26,7 @@ from ..grids import apogee_wavelength_7514
 from ..hub import atomic_directory, resolve_model
 from ..modeling_spectrafm import SpectraFMModel
 from ..processing_spectrafm import SpectraFMProcessor
-from .collator import SpectraCollator
+from .collator import EpochCallback, SpectraCollator
 from .freezing import freeze
 from .info import TrainingInfoCallback, training_info, write_training_info
 from .metrics import label_metrics, make_compute_metrics
@@ -273,16 +273,17 @@ def run_training(model_args: ModelArguments, data_args: DataArguments, training_
         trainable_parameters=int(trainable),
         total_parameters=int(base_model.num_parameters()),
     )
+    train_collator = SpectraCollator(**common)
     trainer = SpectraFMTrainer(
         model=model,
         args=training_args,
         train_dataset=train,
         eval_dataset=evald,
-        data_collator=SpectraCollator(**common),
+        data_collator=train_collator,
         eval_data_collator=SpectraCollator(**common, deterministic=True),
         compute_metrics=make_compute_metrics(processor, label_names),
         processing_class=processor,
-        callbacks=[TrainingInfoCallback(info), *callbacks],
+        callbacks=[TrainingInfoCallback(info), EpochCallback(train_collator), *callbacks],
     )
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     metrics = {}
