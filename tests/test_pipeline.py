@@ -205,3 +205,11 @@ def test_processor_clips_at_ten_sigma():
 
 def test_tiny_checkpoint_is_small():
     assert (TINY / "model.safetensors").stat().st_size < 40_000
+
+
+def test_predict_in_chunks_gives_the_same_table(tiny_pipeline, rng):
+    spectra = [fake_apogee_spectrum(rng, n=n) for n in (50, 120, 70, 90, 30)]
+    whole = tiny_pipeline.predict(spectra, known={"LOGG": [1.0, 2.0, 3.0, 4.0, 5.0]})
+    tiny_pipeline.chunk_size = 2
+    chunked = tiny_pipeline.predict(spectra, known={"LOGG": [1.0, 2.0, 3.0, 4.0, 5.0]})
+    pd.testing.assert_frame_equal(whole, chunked, check_exact=False, rtol=1e-4, atol=1e-6)

@@ -60,6 +60,7 @@ class SpectraFMPipeline:
         self.model = model.to(self.device).eval()
         self.processor = processor
         self.batch_size = int(batch_size)
+        self.chunk_size = 512  # spectra prepared at once by predict(): bounds memory for any number of spectra
 
     # ------------------------------------------------------------------ loading and saving
     @classmethod
@@ -168,6 +169,13 @@ class SpectraFMPipeline:
         """
         spectra = _as_list(spectra)
         names, query_ids = self._query_ids(labels)
+        if len(spectra) > self.chunk_size:  # bounded memory: the subsets of a chunk of spectra at a time
+            known = {k: np.broadcast_to(np.asarray(v, np.float64), (len(spectra),)) for k, v in (known or {}).items()}
+            parts = []
+            for start in range(0, len(spectra), self.chunk_size):
+                sl = slice(start, start + self.chunk_size)
+                parts.append(self.predict(spectra[sl], names, {k: v[sl] for k, v in known.items()}, seed, n_repeats))
+            return pd.concat(parts, ignore_index=True)
         batch, owner, n_pixels = self.processor.subset_batch(spectra, seed=seed, n_repeats=n_repeats)
         in_values, in_ids = self._known_inputs(known, owner, len(spectra))
         out = self._run(batch, query_ids, in_values, in_ids)
