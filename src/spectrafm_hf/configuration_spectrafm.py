@@ -101,6 +101,9 @@ class SpectraFMConfig(PretrainedConfig):
         embedding_init_bound=0.02778,
         **kwargs,
     ):
+        found = kwargs.pop("model_type", self.model_type)
+        if found != self.model_type:
+            raise ValueError(f"SpectraFMConfig: this config is for model_type {found!r}, not {self.model_type!r}")
         self.hidden_size = int(hidden_size)
         self.encoder_num_heads = [int(h) for h in encoder_num_heads]
         self.encoder_ffn_dims = [int(d) for d in encoder_ffn_dims]

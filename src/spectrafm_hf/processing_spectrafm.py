@@ -204,7 +204,15 @@ class SpectraFMProcessor(FeatureExtractionMixin):
             center, scale = centers[idx], scales[idx]
         with np.errstate(invalid="ignore", divide="ignore"):
             x = (flux - center) / scale
+        n_before = int(good.sum())
         good &= np.isfinite(x) & (np.abs(x) <= self.clip_sigma)
+        if not good.any():
+            med = float(np.median(flux[np.isfinite(flux)])) if np.isfinite(flux).any() else float("nan")
+            raise SpectrumError(
+                f"{source}: all {n_before} usable pixels lie beyond +-{self.clip_sigma:g} sigma of this model's flux "
+                f"normalisation (median flux {med:.4g}); is the flux continuum-normalised? "
+                "(spectrafm_hf.instruments.normalize_continuum does it)"
+            )
         return np.where(good, x, np.nan).astype(np.float32), good
 
     def _ref_arrays(self):
