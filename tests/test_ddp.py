@@ -31,3 +31,13 @@ def test_two_process_ddp_keeps_replicas_identical(tmp_path):
     assert ranks[0]["lrs"] == ranks[1]["lrs"] and len(set(ranks[0]["lrs"])) > 2  # a real, shared schedule
     assert ranks[0]["weights_sha256"] == ranks[1]["weights_sha256"]
     assert (tmp_path / "final" / "model.safetensors").is_file()  # written once, by rank 0
+
+
+@pytest.mark.parametrize("name", ["ddp_1node.yaml", "ddp_2nodes.yaml", "fsdp.yaml"])
+def test_shipped_accelerate_configs_parse(name):
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    from conftest import REPO
+
+    cfg = load_config_from_file(str(REPO / "scripts" / "configs" / "accelerate" / name))
+    assert cfg.num_processes >= 4 and cfg.mixed_precision == "bf16"
