@@ -52,3 +52,35 @@ def test_files_config_reads_survey_files_and_a_label_table(tmp_path):
 def test_files_config_needs_a_folder(tmp_path):
     with pytest.raises(ValueError, match="data_dir"):
         load_spectra_dataset("files", cache_dir=str(tmp_path))
+
+
+def test_apogee_dr17_config_applies_the_paper_cuts(tmp_path):
+    import shutil
+
+    from astropy.table import Table
+
+    star_id = "2M19485057+5005279"
+    folder = tmp_path / "aspcap" / "apo25m" / "field"
+    folder.mkdir(parents=True)
+    shutil.copy(TESTS / "fixtures" / "apogee" / f"TESTONLY_aspcapStar-format_{star_id}.fits",
+                folder / f"aspcapStar-dr17-{star_id}.fits")
+    rows = [  # (id, SNR, STARFLAG, VSCATTER, ASPCAPFLAG, TEFF)
+        (star_id, 250.0, 0, 0.1, 0, 5200.0),
+        (star_id, 210.0, 0, 0.1, 0, 5300.0),  # lower-S/N duplicate: dropped
+        ("2M00000000+0000000", 150.0, 0, 0.1, 0, 4800.0),  # S/N too low
+        ("2M11111111+1111111", 300.0, 4, 0.1, 0, 4700.0),  # STARFLAG set
+        ("2M22222222+2222222", 300.0, 0, 0.1, 1 << 23, 4600.0),  # STAR_BAD
+    ]
+    table = Table(rows=rows, names=["APOGEE_ID", "SNR", "STARFLAG", "VSCATTER", "ASPCAPFLAG", "TEFF"])
+    for name in ("LOGG", "O_FE", "MG_FE", "FE_H"):
+        table[name] = [4.5, 0.05, 0.02, -0.2, 0.0]
+        table[f"{name}_ERR"] = 0.01
+    table["TEFF_ERR"] = 10.0
+    allstar = tmp_path / "allStar-dr17-synspec_rev1.fits"
+    table.write(allstar)
+    dsd = load_spectra_dataset("apogee_dr17", cache_dir=str(tmp_path / "c"), label_table=str(allstar),
+                               data_dir=str(tmp_path / "aspcap"), seed=0)
+    rows_out = [r for split in dsd.values() for r in split]
+    assert len(rows_out) == 1 and rows_out[0]["object_id"] == star_id
+    assert rows_out[0]["TEFF"] == pytest.approx(5200.0) and rows_out[0]["TEFF_err"] == pytest.approx(10.0)
+    assert len(rows_out[0]["flux"]) == 8575

@@ -219,14 +219,19 @@ class SpectraFMDatasets(datasets.ArrowBasedBuilder):
                 table[name] = np.asarray(star[name], dtype=np.float64)
                 err = f"{name}_ERR"
                 table[f"{name}_err"] = np.asarray(star[err], dtype=np.float64) if err in star.colnames else np.nan
-        files = {p.name: p for p in Path(cfg.data_dir).rglob("aspcapStar-*.fits")}
+        # aspcapStar-<release>-<APOGEE_ID>.fits; IDs may contain '-', so index every suffix after a '-'
+        by_id = {}
+        for p in Path(cfg.data_dir).rglob("aspcapStar-*.fits"):
+            stem = p.name[: -len(".fits")]
+            for i, ch in enumerate(stem):
+                if ch == "-":
+                    by_id.setdefault(stem[i + 1:], p)
         splits = {"train": [], "test": []}
         from ..instruments import read
 
         for oid, test in zip(table["object_id"], is_test):
-            match = [p for name, p in files.items() if oid in name]
-            if match:
-                s = read(match[0])[0]
+            if oid in by_id:
+                s = read(by_id[oid])[0]
                 s.meta["object_id"] = oid
                 splits["test" if test else "train"].append(s)
         return [datasets.SplitGenerator(name=k, gen_kwargs={"files": v, "labels": table}) for k, v in splits.items() if v]
