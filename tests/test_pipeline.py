@@ -213,3 +213,14 @@ def test_predict_in_chunks_gives_the_same_table(tiny_pipeline, rng):
     tiny_pipeline.chunk_size = 2
     chunked = tiny_pipeline.predict(spectra, known={"LOGG": [1.0, 2.0, 3.0, 4.0, 5.0]})
     pd.testing.assert_frame_equal(whole, chunked, check_exact=False, rtol=1e-4, atol=1e-6)
+
+
+def test_predictions_as_an_astropy_qtable_with_units(tiny_pipeline, rng):
+    import astropy.units as u
+
+    from spectrafm_hf.pipeline import to_astropy
+
+    table = to_astropy(tiny_pipeline.predict(fake_apogee_spectrum(rng, n=40, object_id="s1")))
+    assert table["TEFF"].unit == u.K and table["TEFF_err"].unit == u.K
+    assert table["FE_H"].unit == u.dex(u.one) and table["object_id"][0] == "s1"
+    assert table["TEFF"].to(u.K).value[0] == pytest.approx(table["TEFF"].value[0])

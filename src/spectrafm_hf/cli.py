@@ -72,9 +72,10 @@ def write_table(table, path):
         from astropy.io import fits
 
         hdu = fits.table_to_hdu(Table.from_pandas(table))
+        from .pipeline import label_unit
+
         for i, col in enumerate(table.columns, start=1):  # units in the header; "dex" is written as text
-            base = col.replace("_err", "").replace("_scatter", "").replace("_true", "")
-            unit = "K" if base == "TEFF" else "dex" if base == "LOGG" or base.endswith(("_FE", "_H")) else None
+            unit = label_unit(col)
             if unit:
                 hdu.header[f"TUNIT{i}"] = unit
         hdu.header["ORIGIN"] = "spectrafm_hf"

@@ -27,7 +27,32 @@ from .modeling_spectrafm import SpectraFMModel
 from .processing_spectrafm import SpectraFMProcessor
 from .spectrum import Spectrum
 
-__all__ = ["SpectraFMPipeline"]
+__all__ = ["SpectraFMPipeline", "label_unit", "to_astropy"]
+
+_UNITS = {"TEFF": "K", "LOGG": "dex", "VMIC": "km / s", "VSINI": "km / s"}
+
+
+def label_unit(column: str) -> str | None:
+    """The physical unit of a prediction-table column (``TEFF``, ``FE_H_err``...), or None."""
+    base = column
+    for suffix in ("_err", "_scatter", "_true"):
+        base = base.removesuffix(suffix)
+    if base in _UNITS:
+        return _UNITS[base]
+    return "dex" if base.endswith(("_FE", "_H", "_M")) else None
+
+
+def to_astropy(table: pd.DataFrame):
+    """A prediction table as an astropy ``QTable`` with units (K, dex, ...) on the label columns."""
+    import astropy.units as u
+    from astropy.table import QTable
+
+    out = QTable()
+    for col in table.columns:
+        values = table[col].to_numpy()
+        unit = label_unit(col)
+        out[col] = values * (u.dex(u.one) if unit == "dex" else u.Unit(unit)) if unit else values
+    return out
 
 
 def _as_list(spectra) -> list[Spectrum]:
