@@ -162,3 +162,16 @@ def test_yaml_and_flags_parse(tmp_path):
     bad.write_text("output_dir: out\nnot_a_field: 1\n")
     with pytest.raises(SystemExit, match="not_a_field"):
         parse_args([str(bad)])
+
+
+@pytest.mark.parametrize("name", ["pretrain_cpu", "pretrain_paper", "finetune_stage2_cpu", "finetune_stage2_paper",
+                                  "finetune_stage3_cpu", "finetune_stage3_paper"])
+def test_shipped_presets_parse(name):
+    from conftest import REPO
+
+    extra = ["--bf16", "false"] if "paper" in name else []  # bf16 needs a GPU; this machine has none
+    m, d, t = parse_args([str(REPO / "scripts" / "configs" / f"{name}.yaml"), *extra])
+    assert t.output_dir.startswith("runs/") and d.dataset_config
+    if "stage3" in name:
+        assert d.pixel_range == [4107, 4619] and m.freeze == ["decoder", "encoder_block_2"]
+        assert d.max_train_stars == 100 and d.train_selection == {"FE_H": [-1.0, None]}
