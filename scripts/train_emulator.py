@@ -1,7 +1,8 @@
 #!/usr/bin/env python
-"""Train the 5-label APOGEE emulator on the MOOG H-band grid (CPU torch, one core, ~15 min).
+"""Train a 5-label emulator on a MOOG grid (CPU torch, one core, ~10-15 min): APOGEE (H band) or Gaia RVS.
 
     nice -n 10 .venv/bin/python scripts/train_emulator.py --config scripts/configs/emulator_apogee.yaml
+    nice -n 10 .venv/bin/python scripts/train_emulator.py --config scripts/configs/emulator_gaia_rvs.yaml
 
 What it does:
 1. loads the MOOG grid (``data`` in the config: flux (N, 7514), labels (N, 5) TEFF LOGG O_FE MG_FE FE_H);
@@ -133,6 +134,9 @@ def main(argv=None):
         raise SystemExit(f"label order {list(d['label_names'])} != {LABEL_NAMES}")
     label_lo, label_hi = labels.min(0).astype(np.float64), labels.max(0).astype(np.float64)
     tr, ho = split_indices(len(flux), cfg["holdout_fraction"], cfg["split_seed"])
+    excluded = sorted(int(i) for i in (cfg.get("exclude_rows") or []))
+    if excluded:
+        tr, ho = np.setdiff1d(tr, excluded), np.setdiff1d(ho, excluded)
     if args.validate:
         inner_tr, inner_va = split_indices(len(tr), 0.1, cfg["split_seed"] + 1)
         tr, ho = tr[inner_tr], tr[inner_va]
@@ -154,6 +158,7 @@ def main(argv=None):
         "n_train": int(len(tr)),
         "n_holdout": int(len(ho)),
         "holdout_indices": [int(i) for i in ho],
+        **({"excluded_rows": excluded} if excluded else {}),
         "heldout_metrics": stats,
         "metric_definition": "per-pixel |emulated - MOOG| flux, pooled over all held-out spectra and pixels",
         "train_seconds": round(train_s, 1),

@@ -324,3 +324,133 @@ def test_shipped_resources_are_small_and_documented():
     assert (res / "realism" / "PROVENANCE.md").exists()
     info = json.loads((res / "emulators" / "apogee_moog5.training_info.json").read_text())
     assert info["heldout_metrics"]["n_spectra"] == info["n_holdout"]
+
+
+# ---------------------------------------------------------------------------------------------- Gaia RVS
+RVS = synth.GAIA_RVS
+RVS_GRID = Path(__file__).resolve().parents[1] / "data/grids/moog_gaia_rvs_grid.npz"
+CA_TRIPLET_VAC = (8500.36, 8544.44, 8664.52)  # Ca II 8498.02 / 8542.09 / 8662.14 A air
+
+
+def _cat_ew(flux, half_width=3.0):
+    """Summed Ca II triplet equivalent width [A] within +-half_width of the three (vacuum) line centres."""
+    wave = RVS.wavelength
+    return sum((1.0 - flux[:, np.abs(wave - w) <= half_width]).sum(axis=1) * 0.1 for w in CA_TRIPLET_VAC)
+
+
+def test_gaia_rvs_is_registered_on_the_rvs_grid():
+    from spectrafm_hf.instruments.gaia import rvs_wavelength
+
+    assert synth.get_instrument("gaia_rvs") is RVS and synth.INSTRUMENTS["gaia_rvs"] is RVS
+    assert RVS.n_pixels == 2401 and RVS.resolution == 11500 and RVS.chips == ((0, 2401),)
+    np.testing.assert_allclose(RVS.wavelength, rvs_wavelength())
+    lab = synth.sample_labels(3, seed=1, instrument="gaia_rvs")
+    assert np.all((lab >= RVS.label_lo - 1e-3) & (lab <= RVS.label_hi + 1e-3))
+    f = synth.emulate(lab, instrument="gaia_rvs")
+    assert f.shape == (3, 2401) and f.dtype == np.float32
+    assert np.all(np.isfinite(f)) and f.min() > 0.05 and f.max() < 1.05
+    s = synth.generate(4, instrument="gaia_rvs", seed=2)
+    assert s.flux.shape == (4, 2401) and s.instrument == "gaia_rvs" and s.mask is None
+    np.testing.assert_allclose(s.wavelength, rvs_wavelength())
+    np.testing.assert_allclose(s.flux, synth.emulate(s.labels, instrument="gaia_rvs"), atol=1e-6)
+    obs = synth.generate(4, instrument="gaia_rvs", seed=2, observed=True, as_spectra=True)
+    assert len(obs) == 4 and obs[0].instrument == "gaia_rvs" and len(obs[0]) == 2401
+    # the emulator's exact training box contains the documented (rounded-inward) box
+    emu = synth.get_emulator("gaia_rvs")
+    assert emu.metadata["instrument"] == "gaia_rvs"
+    tol = np.array([1.0, 0.01, 0.01, 0.01, 0.01])
+    assert np.all(RVS.label_lo >= emu.label_lo - 1e-6) and np.all(RVS.label_hi <= emu.label_hi + 1e-6)
+    assert np.all(np.abs(RVS.label_lo - emu.label_lo) <= tol) and np.all(np.abs(RVS.label_hi - emu.label_hi) <= tol)
+
+
+@pytest.mark.skipif(not RVS_GRID.exists(), reason="needs the committed data/grids/moog_gaia_rvs_grid.npz")
+def test_gaia_rvs_emulator_reproduces_heldout_moog_spectra():
+    info = synth.get_emulator("gaia_rvs").metadata
+    hold = np.setdiff1d(info["holdout_indices"], info.get("excluded_rows", []))
+    assert len(hold) == info["n_holdout"] > 150
+    d = np.load(RVS_GRID)
+    flux, labels = d["flux"].astype(np.float32), d["labels"]
+    pick = hold[:: max(1, len(hold) // 25)]
+    err = np.abs(synth.emulate(labels[pick], instrument="gaia_rvs", clip=False) - flux[pick])
+    assert np.median(err) <= 0.005 and np.percentile(err, 95) <= 0.02  # the documented goal
+    assert np.median(err) <= 3 * info["heldout_metrics_shipped_float16"]["median_abs"] + 1e-5
+    train = np.setdiff1d(np.arange(len(flux)), np.concatenate([hold, info.get("excluded_rows", [])]))
+    z = (labels - labels.mean(0)) / labels.std(0)
+    nn = train[np.argmin(((z[pick][:, None] - z[train][None]) ** 2).sum(-1), axis=1)]
+    assert np.median(err) < 0.3 * np.median(np.abs(flux[nn] - flux[pick]))
+
+
+@pytest.mark.parametrize("teff,logg", [(4200.0, 1.5), (4600.0, 2.2), (5000.0, 2.8)])
+def test_gaia_rvs_ca_triplet_deepens_with_metallicity_in_giants(teff, logg):
+    feh = np.array([-2.0, -1.5, -1.0, -0.5, 0.0, 0.4])
+    lab = np.stack([np.full(6, teff), np.full(6, logg), np.full(6, 0.1), np.full(6, 0.1), feh], 1)
+    f = synth.emulate(lab, instrument="gaia_rvs")
+    ew = _cat_ew(f)
+    assert np.all(np.diff(ew) > 0), ew
+    assert ew[-1] > ew[0] + 2.0  # by more than 2 A over the six [Fe/H] steps
+    wave = RVS.wavelength
+    for w in CA_TRIPLET_VAC:  # the three cores sit at the vacuum wavelengths and get deeper too
+        m = np.abs(wave - w) <= 1.0
+        assert np.all(np.abs(wave[m][np.argmin(f[:, m], axis=1)] - w) <= 0.15)
+        core = 1.0 - f[:, m].min(axis=1)
+        assert core[-1] > core[0] + 0.1 and np.all(np.diff(core) > -0.01), core
+
+
+def test_gaia_rvs_observed_domain_differs_and_has_rvs_realism():
+    clean = synth.generate(16, instrument="gaia_rvs", seed=5)
+    obs = synth.generate(16, instrument="gaia_rvs", seed=5, observed=True)
+    np.testing.assert_array_equal(obs.true_labels, clean.labels)
+    nan = np.isnan(obs.flux)
+    assert np.array_equal(nan, ~obs.mask) and np.all(obs.ivar[~obs.mask] == 0) and np.all(obs.ivar[obs.mask] > 0)
+    assert obs.flux[obs.mask].min() >= 0.05 and obs.flux[obs.mask].max() <= 1.2
+    assert np.sqrt(np.nanmean((obs.flux - clean.flux) ** 2)) > 0.005
+    rs = RVS.realism
+    assert np.all((obs.snr >= rs.snr_range[0]) & (obs.snr <= rs.snr_range[1]))
+    assert np.all((obs.info["resolution"] >= 10500) & (obs.info["resolution"] <= 12500))
+    assert np.all(np.abs(obs.info["rv_kms"]) <= rs.rv_range_kms[1])
+    assert np.all(obs.info["v_bary_kms"] == 0)  # from space: no telluric/sky templates to shift
+    np.testing.assert_allclose(np.median(obs.label_err, axis=0), rs.label_err_median, rtol=0.6)
+    assert not np.array_equal(obs.labels, obs.true_labels)
+    # the physics gap on its own: systematic (lines deeper on average), and switched off by strength 0
+    lab = clean.labels
+    assert realism.physics_gap_rms(RVS, lab, strength=0.0) == 0.0
+    assert 0.001 < realism.physics_gap_rms(RVS, lab, strength=1.0) < realism.physics_gap_rms(RVS, lab, strength=2.0)
+    gapped, _ = realism.apply_physics_gap(clean.flux, lab.astype(float), RVS, np.random.default_rng(0))
+    assert _depth(gapped).mean() > _depth(clean.flux).mean() * 1.02
+    # and the observed spectra keep the instrument's line at the right place: the CaT is still there
+    assert np.nanmean(_cat_ew(np.nan_to_num(obs.flux, nan=1.0))) == pytest.approx(_cat_ew(clean.flux).mean(), rel=0.2)
+
+
+@pytest.mark.parametrize("observed", [False, True])
+def test_gaia_rvs_noise_matches_requested_snr(observed):
+    snr = 50.0
+    s = synth.generate(24, instrument="gaia_rvs", seed=8, snr=snr, observed=observed)
+    clean = synth.emulate(s.true_labels, instrument="gaia_rvs")
+    cont = (clean > 0.97) & s.mask  # the flat RVS error shape: every continuum-like pixel has the median error
+    assert cont.sum() > 2000
+    sigma = np.where(cont, 1.0 / np.sqrt(np.where(s.ivar > 0, s.ivar, 1.0)), np.nan)
+    assert np.nanmedian(sigma) == pytest.approx(1.0 / snr, rel=0.15)
+    resid = np.where(cont, s.flux - clean, np.nan)
+    d = np.diff(resid, axis=1).ravel()
+    d = d[np.isfinite(d)]
+    noise = 1.4826 * np.median(np.abs(d - np.median(d))) / np.sqrt(2.0)
+    assert noise == pytest.approx(1.0 / snr, rel=0.15)
+    if not observed:
+        z = (s.flux - clean) * np.sqrt(s.ivar)
+        assert np.std(z) == pytest.approx(1.0, rel=0.1)
+
+
+def test_gaia_rvs_dataset_configs_produce_rvs_rows(tmp_path):
+    from spectrafm_hf.data import SpectraFMDatasets
+
+    for name, observed in (("synthetic_gaia_rvs", False), ("observed_gaia_rvs", True)):
+        builder = SpectraFMDatasets(config_name=name, cache_dir=str(tmp_path / name), n_train=4, n_validation=0,
+                                    n_test=0)
+        rows = list(builder.as_streaming_dataset(split="train"))
+        assert len(rows) == 4 and all(r["instrument"] == "gaia_rvs" for r in rows)
+        assert len(rows[0]["flux"]) == len(rows[0]["wavelength"]) == 2401
+        assert rows[0]["wavelength"][0] == pytest.approx(8460.0)
+        if observed:
+            assert len(rows[0]["ivar"]) == 2401 and all(r["FE_H_err"] > 0 for r in rows)
+        else:
+            assert np.all(np.isfinite(rows[0]["flux"])) and np.isnan(rows[0]["FE_H_err"])

