@@ -83,3 +83,21 @@ def test_console_script_help_reads_well():
     assert "--resume" in res.stdout and "exit" not in res.stderr.lower()
     res = subprocess.run([str(exe), "frobnicate"], capture_output=True, text=True, timeout=120)
     assert res.returncode == 2
+
+
+def test_synth_then_evaluate(tmp_path, capsys):
+    import json
+
+    out = tmp_path / "obs.parquet"
+    assert main(["synth", "--instrument", "apogee", "--n", "12", "--observed", "--seed", "3", "-o", str(out)]) == 0
+    table = pd.read_parquet(out)
+    assert len(table) == 12 and len(table["flux"].iloc[0]) == 7514 and table["FE_H_err"].gt(0).all()
+    rvs = tmp_path / "rvs.parquet"
+    assert main(["synth", "--instrument", "gaia_rvs", "--n", "5", "--snr", "100", "-o", str(rvs)]) == 0
+    assert len(pd.read_parquet(rvs)["flux"].iloc[0]) == 2401
+    capsys.readouterr()
+    assert main(["evaluate", "--model", str(TINY), "--data", str(out), "--labels", "TEFF", "FE_H",
+                 "-o", str(tmp_path / "pred.csv")]) == 0
+    metrics = json.loads(capsys.readouterr().out)
+    assert metrics["FE_H"]["n"] == 12 and metrics["TEFF"]["rmse"] > 0
+    assert "FE_H_true" in pd.read_csv(tmp_path / "pred.csv").columns
