@@ -10,6 +10,8 @@ import pandas as pd
 import pytest
 from conftest import TESTS, TINY
 
+from hub_fixtures import fake_hub, hub_cache  # noqa: F401
+
 from spectrafm_hf.cli import main
 
 FIXTURES = TESTS / "fixtures" / "apogee"
@@ -101,3 +103,21 @@ def test_synth_then_evaluate(tmp_path, capsys):
     metrics = json.loads(capsys.readouterr().out)
     assert metrics["FE_H"]["n"] == 12 and metrics["TEFF"]["rmse"] > 0
     assert "FE_H_true" in pd.read_csv(tmp_path / "pred.csv").columns
+
+
+def test_install_the_default_model_then_automodel_finds_it_offline(hub_cache, capsys):  # noqa: F811
+    from transformers import AutoModel
+
+    from spectrafm_hf import SpectraFMModel
+
+    assert main(["install"]) == 0  # the embedded spectrafm-base -> the (temporary) HF cache
+    assert "installed" in capsys.readouterr().out
+    assert any(hub_cache.glob("models--spectrafm-base/snapshots/*/model.safetensors"))
+    model = AutoModel.from_pretrained("spectrafm-base")
+    assert isinstance(model, SpectraFMModel) and model.config.hidden_size == 128
+
+
+def test_push_a_model_folder(fake_hub, capsys):  # noqa: F811
+    assert main(["push", str(TINY), "astro/tiny"]) == 0
+    assert "pushed" in capsys.readouterr().out
+    assert "model.safetensors" in fake_hub.files("astro/tiny") and "README.md" in fake_hub.files("astro/tiny")
