@@ -33,7 +33,7 @@ def main(argv=None):
     from spectrafm_hf import SpectraFMPipeline, read, synth
     from spectrafm_hf.cli import write_table
     from spectrafm_hf.instruments import normalize_continuum
-    from spectrafm_hf.plots import known_lines, plot_attention, plot_calibration, plot_predicted_vs_true
+    from spectrafm_hf.plots import known_lines, plot_attention, plot_calibration, plot_kiel, plot_predicted_vs_true
     from spectrafm_hf.training.metrics import label_metrics
 
     out = Path(args.out)
@@ -78,6 +78,8 @@ def main(argv=None):
     fig.savefig(out / "predicted_vs_true.png", dpi=110)
     plt.close(fig)
     plot_calibration(z, out / "calibration.png", title="Coverage of the predicted intervals")
+    plot_kiel(pred["TEFF"], pred["LOGG"], pred["FE_H"], path=out / "kiel.png",
+              title=f"Kiel diagram of the predictions ({args.n_synthetic} observed-domain stars)")
     (out / "metrics_observed_synthetic.json").write_text(json.dumps(metrics, indent=2))
     print(f"\n{args.n_synthetic} observed-domain synthetic stars (true labels known):")
     for name, m in metrics.items():
@@ -91,7 +93,7 @@ def main(argv=None):
                    label="FE_H", title="Where the [Fe/H] query looks: real apStar, 16050-16300 A (Fe I lines marked)",
                    lines=known_lines(16050, 16300, "Fe I", top=15))
     print(f"\nwrote {out}/: labels_apogee_fixtures.csv, predicted_vs_true.png, calibration.png, "
-          f"attention_FE_H.png, metrics_observed_synthetic.json  ({time.time() - t0:.0f} s)")
+          f"kiel.png, attention_FE_H.png, metrics_observed_synthetic.json  ({time.time() - t0:.0f} s)")
     return 0
 
 

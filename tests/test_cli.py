@@ -121,3 +121,25 @@ def test_push_a_model_folder(fake_hub, capsys):  # noqa: F811
     assert main(["push", str(TINY), "astro/tiny"]) == 0
     assert "pushed" in capsys.readouterr().out
     assert "model.safetensors" in fake_hub.files("astro/tiny") and "README.md" in fake_hub.files("astro/tiny")
+
+
+def test_finetune_command_from_a_yaml(tmp_path, capsys):
+    cfg = tmp_path / "ft.yaml"
+    cfg.write_text(f"""output_dir: {tmp_path / 'ft'}
+model_name_or_path: {TINY}
+target_labels: [FE_H]
+freeze: [decoder, encoder_block_2]
+dataset_config: observed_apogee
+dataset_kwargs: {{n_train: 12, n_validation: 4, n_test: 4, seed: 2}}
+dataset_cache_dir: {tmp_path / 'data'}
+pixel_range: [4107, 4619]
+max_steps: 2
+per_device_train_batch_size: 4
+eval_strategy: "no"
+save_strategy: "no"
+use_cpu: true
+report_to: []
+""")
+    assert main(["finetune", str(cfg)]) == 0
+    assert (tmp_path / "ft" / "final" / "model.safetensors").is_file()
+    assert "FE_H" in capsys.readouterr().out
