@@ -224,3 +224,12 @@ def test_predictions_as_an_astropy_qtable_with_units(tiny_pipeline, rng):
     assert table["TEFF"].unit == u.K and table["TEFF_err"].unit == u.K
     assert table["FE_H"].unit == u.dex(u.one) and table["object_id"][0] == "s1"
     assert table["TEFF"].to(u.K).value[0] == pytest.approx(table["TEFF"].value[0])
+
+
+def test_predict_stream_takes_a_generator_and_yields_chunks(tiny_pipeline, rng):
+    spectra = [fake_apogee_spectrum(rng, n=60, object_id=f"s{i}") for i in range(5)]
+    tiny_pipeline.chunk_size = 2
+    tables = list(tiny_pipeline.predict_stream(s for s in spectra))
+    assert [len(t) for t in tables] == [2, 2, 1]
+    streamed = pd.concat(tables, ignore_index=True)
+    pd.testing.assert_frame_equal(streamed, tiny_pipeline.predict(spectra), check_exact=False, rtol=1e-4, atol=1e-6)

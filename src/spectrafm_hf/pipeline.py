@@ -227,6 +227,19 @@ class SpectraFMPipeline:
                 table[key] = [s.meta.get(key) for s in spectra]
         return pd.DataFrame(table)
 
+    def predict_stream(self, spectra, labels=None, seed: int = 0, n_repeats: int = 1, chunk_size: int | None = None):
+        """`predict` over any iterable (e.g. a generator reading files lazily), yielding one table per chunk of
+        ``chunk_size`` spectra: memory stays bounded however many spectra flow through."""
+        chunk_size = chunk_size or self.chunk_size
+        chunk = []
+        for s in spectra:
+            chunk.append(s)
+            if len(chunk) == chunk_size:
+                yield self.predict(chunk, labels=labels, seed=seed, n_repeats=n_repeats)
+                chunk = []
+        if chunk:
+            yield self.predict(chunk, labels=labels, seed=seed, n_repeats=n_repeats)
+
     def coverage_fraction(self, spectrum: Spectrum) -> float:
         """Fraction of the usable pixels inside the wavelength ranges the model was trained on (1.0 when the
         processor records no coverage). Predictions for spectra with low coverage are extrapolations."""
