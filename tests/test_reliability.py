@@ -33,7 +33,7 @@ def raw_spectra(draw):
     return wl, flux, extra
 
 
-@settings(max_examples=150, deadline=2000, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=150, deadline=30000, suppress_health_check=[HealthCheck.too_slow])
 @given(raw_spectra())
 def test_any_input_gives_a_spectrum_or_a_clear_error(raw):
     wl, flux, extra = raw
@@ -61,7 +61,7 @@ def pipe():
     return SpectraFMPipeline.from_pretrained(TINY, device="cpu")
 
 
-@settings(max_examples=30, deadline=5000, suppress_health_check=[HealthCheck.too_slow,
+@settings(max_examples=30, deadline=30000, suppress_health_check=[HealthCheck.too_slow,
                                                                  HealthCheck.function_scoped_fixture])
 @given(raw_spectra())
 def test_predict_never_returns_unflagged_nan(pipe, raw):
@@ -76,7 +76,7 @@ def test_predict_never_returns_unflagged_nan(pipe, raw):
     assert table["n_pixels"].item() >= 1
 
 
-@settings(max_examples=40, deadline=3000, suppress_health_check=[HealthCheck.too_slow,
+@settings(max_examples=40, deadline=30000, suppress_health_check=[HealthCheck.too_slow,
                                                                  HealthCheck.function_scoped_fixture])
 @given(st.binary(min_size=0, max_size=4000), st.sampled_from([b"", b"SIMPLE  =                    T", b"PK\x03\x04",
                                                              b"\x1f\x8b", b"wavelength,flux\n"]))
