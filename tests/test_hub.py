@@ -267,7 +267,7 @@ def test_install_to_cache_then_load_offline(hub_cache, tmp_path, monkeypatch):
     assert resolve_model("spectrafm-base") == "spectrafm-base"  # in the cache: from_pretrained loads it
     pipe = SpectraFMPipeline.from_pretrained("spectrafm-base", device="cpu")
     assert pipe.label_names == model.config.label_names
-    assert time.perf_counter() - t0 < 20
+    assert time.perf_counter() - t0 < 20  # offline: no 23-s network retries
     assert [r.repo_id for r in scan_cache_dir(hub_cache).repos] == ["spectrafm-base"]
 
     snap2 = install_to_cache(TINY, repo_id="org/spectrafm-small")
@@ -306,7 +306,7 @@ def test_push_fails_fast_when_offline(hub_cache):
         push_pipeline(TINY, "org/never")
     with pytest.raises(OfflineModeIsEnabled):
         SpectraFMModel.from_pretrained(TINY).push_to_hub("org/never")
-    assert time.perf_counter() - t0 < 5  # no retries with back-off
+    assert time.perf_counter() - t0 < 15  # no retries with back-off (those take >= 23 s)
 
 
 # ----------------------------------------------------------------------------------------------- cards, metrics
