@@ -36,6 +36,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
+from spectrafm_hf.training.info import cpu_model
 from spectrafm_hf.synth.emulator import (  # noqa: E402
     LABEL_NAMES,
     EmulatorNet,
@@ -44,15 +45,6 @@ from spectrafm_hf.synth.emulator import (  # noqa: E402
     save_emulator,
 )
 
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def split_indices(n: int, holdout_fraction: float, split_seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -163,7 +155,7 @@ def main(argv=None):
         "metric_definition": "per-pixel |emulated - MOOG| flux, pooled over all held-out spectra and pixels",
         "train_seconds": round(train_s, 1),
         "versions": {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__},
-        "hardware": {"cpu": _cpu_model(), "threads": torch.get_num_threads(), "machine": platform.machine()},
+        "hardware": {"cpu": cpu_model(), "threads": torch.get_num_threads(), "machine": platform.machine()},
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     out = ROOT / cfg["output"]

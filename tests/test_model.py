@@ -243,3 +243,11 @@ print("OK", tuple(out.mean.shape))
                          timeout=300)
     assert res.returncode == 0, res.stderr[-2000:]
     assert "OK (1, 5)" in res.stdout
+
+
+def test_code_shipped_with_checkpoints_matches_the_package():
+    """Saved folders carry modeling/configuration files for trust_remote_code; they must not drift from src."""
+    src = REPO / "src" / "spectrafm_hf"
+    for folder in (TINY, src / "resources" / "models" / "spectrafm-base"):
+        for name in ("configuration_spectrafm.py", "modeling_spectrafm.py"):
+            assert (folder / name).read_text() == (src / name).read_text(), f"{folder.name}/{name} is stale"

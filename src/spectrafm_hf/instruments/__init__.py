@@ -44,7 +44,8 @@ from typing import Callable
 
 from ..spectrum import Spectrum, SpectrumError
 from . import apogee, gaia, galah, generic, lamost, sdss
-from ._common import EmptySpectrumWarning, ReaderError, UnknownFormatError, is_fits, is_gzip, open_fits
+from ._common import (EmptySpectrumWarning, ReaderError, UnknownFormatError, _readable_file, is_fits, is_gzip,
+                      open_fits)
 from .continuum import normalize_continuum
 
 __all__ = [
@@ -156,13 +157,7 @@ def _detect_text(path, head: str) -> str:
 
 def detect_format(path) -> str:
     """The format name (a key of :data:`READERS`) of one file, from its content."""
-    p = Path(path)
-    if not p.exists():
-        raise ReaderError(f"{p}: no such file")
-    if p.is_dir():
-        raise ReaderError(f"{p}: is a folder; read() takes one file (loop over the files yourself)")
-    if p.stat().st_size == 0:
-        raise ReaderError(f"{p}: empty file (0 bytes)")
+    p = _readable_file(path)
     try:
         if is_fits(p):
             return _detect_fits(p)

@@ -14,7 +14,7 @@ from transformers import TrainerCallback
 __all__ = ["training_info", "write_training_info", "TrainingInfoCallback"]
 
 
-def _cpu_model() -> str:
+def cpu_model() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
@@ -36,7 +36,7 @@ def _git_commit() -> str | None:
 def hardware() -> dict:
     import torch
 
-    info = {"platform": platform.platform(), "cpu": _cpu_model(), "cpu_count": os.cpu_count(),
+    info = {"platform": platform.platform(), "cpu": cpu_model(), "cpu_count": os.cpu_count(),
             "torch_threads": torch.get_num_threads(), "accelerators": []}
     if torch.cuda.is_available():
         for i in range(torch.cuda.device_count()):
