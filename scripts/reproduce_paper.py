@@ -189,6 +189,12 @@ def reusable(path):
     return bool(path) and (Path(path) / "config.json").is_file()
 
 
+def first_reusable(reuse):
+    """The first folder with a config.json among ``reuse`` (a path or a list of paths, in order), else None."""
+    candidates = reuse if isinstance(reuse, (list, tuple)) else [reuse]
+    return next((Path(c) for c in candidates if reusable(c)), None)
+
+
 def fresh_architecture(stage1: Path) -> tuple[dict, str]:
     """The stage-1 model's architecture (so "no pretraining" has the same size) and its flux normalisation."""
     cfg = json.loads((stage1 / "config.json").read_text())
@@ -435,14 +441,14 @@ def run(cfg: dict) -> dict:
 
     # ---- SpectraFM chain
     s1 = cfg["stage1"]
-    if reusable(s1.get("reuse")):
-        stage1 = Path(s1["reuse"])
+    stage1 = first_reusable(s1.get("reuse"))
+    if stage1 is not None:
         log(f"stage 1: reusing {stage1}")
     else:
         stage1 = train_stage("stage 1", cfg, s1, out / "stage1")
     s2 = cfg["stage2"]
-    if reusable(s2.get("reuse")):
-        stage2 = Path(s2["reuse"])
+    stage2 = first_reusable(s2.get("reuse"))
+    if stage2 is not None:
         log(f"stage 2: reusing {stage2} (its checkpoint selection is whatever that run used)")
     else:
         stage2 = train_stage("stage 2", cfg, s2, out / "stage2", splits=(pool, val, None), model_name_or_path=str(
