@@ -148,40 +148,25 @@ def prepare_data(cfg, out: Path):
 
 
 # ------------------------------------------------------------------------------------------------ SpectraFM runs
-def stage_args(cfg, section: dict, run_dir: Path, **forced):
-    """(ModelArguments, DataArguments, TrainingArguments) from training_defaults < base_config < section < forced."""
-    from transformers import HfArgumentParser, TrainingArguments
-
-    from spectrafm_hf.training.run import DataArguments, ModelArguments
-
+def stage_values(cfg, section: dict, run_dir: Path, **forced) -> dict:
+    """The run's argument fields: training_defaults < base_config < section < forced."""
     values = {"dataset_cache_dir": cfg["dataset_cache_dir"], **(cfg.get("training_defaults") or {})}
     if section.get("base_config"):
         values.update(yaml.safe_load(Path(section["base_config"]).read_text()) or {})
     values.update({k: v for k, v in section.items() if k not in ("base_config", "reuse")})
     values.update(forced)
     values["output_dir"] = str(run_dir)
-    parser = HfArgumentParser((ModelArguments, DataArguments, TrainingArguments))
-    return parser.parse_dict(values)
+    return values
 
 
 def train_stage(name, cfg, section, run_dir: Path, splits=None, **forced):
     """Train one SpectraFM stage into ``run_dir`` unless ``run_dir/final`` exists; returns the final folder."""
-    from transformers.trainer_utils import get_last_checkpoint
+    from spectrafm_hf.training.run import train_or_reuse
 
-    from spectrafm_hf.training.run import run_training
-
-    final = run_dir / "final"
-    if (final / "config.json").is_file():
-        log(f"{name}: {final} exists, skipped")
-        return final
-    model_args, data_args, training_args = stage_args(cfg, section, run_dir, **forced)
-    if run_dir.is_dir() and get_last_checkpoint(str(run_dir)):
-        training_args.resume_from_checkpoint = get_last_checkpoint(str(run_dir))
-        log(f"{name}: resuming from {training_args.resume_from_checkpoint}")
     t0 = time.time()
-    log(f"{name}: training ({training_args.max_steps} steps) into {run_dir}")
-    run_training(model_args, data_args, training_args, splits=splits)
-    log(f"{name}: done in {time.time() - t0:.0f} s")
+    final = train_or_reuse(stage_values(cfg, section, run_dir, **forced), splits=splits,
+                           log=lambda msg: log(f"{name}: {msg}"))
+    log(f"{name}: {time.time() - t0:.0f} s")
     return final
 
 

@@ -1,6 +1,6 @@
 """Baselines for the paper's [Fe/H] experiment, trained and evaluated on the same pixel arrays as SpectraFM.
 
-All three take an (n_stars, n_pixels) flux array (NaN = missing or masked pixel) and predict one or several labels
+All take an (n_stars, n_pixels) flux array (NaN = missing or masked pixel) and predict one or several labels
 with a 1-sigma uncertainty:
 
 - `ScratchMLP`: the paper's ``basic_NN`` (Koblischke & Bovy 2024, ``training/basic_NN/TrainingNN.py``): an MLP
@@ -17,7 +17,11 @@ with a 1-sigma uncertainty:
   scatter; test-time labels are found by non-linear least squares (`scipy.optimize.least_squares`) and their
   uncertainties come from the Jacobian.
 
-Everything is numpy/scipy except the MLP (torch).
+- `GradientBoostingBaseline`: gradient-boosted regression trees on the raw pixels (scikit-learn's
+  ``HistGradientBoostingRegressor``, which handles missing pixels natively), one label per model; the number of
+  trees is chosen by early stopping on the validation set when one is given; sigma = the validation residual RMS.
+
+Everything is numpy/scipy except the MLP (torch) and the trees (scikit-learn, the ``baselines`` extra).
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-__all__ = ["ScratchMLP", "RidgeBaseline", "CannonBaseline", "prepare_flux"]
+__all__ = ["ScratchMLP", "RidgeBaseline", "GradientBoostingBaseline", "CannonBaseline", "prepare_flux"]
 
 
 def prepare_flux(X, fill: float = 1.0) -> np.ndarray:
@@ -276,6 +280,54 @@ class RidgeBaseline:
         mean = (prepare_flux(X) - self.x_mean_) @ self.coef_ + self.y_mean_
         sigma = np.broadcast_to(self.sigma_, mean.shape).copy()
         return (mean[:, 0], sigma[:, 0]) if self._squeeze else (mean, sigma)
+
+
+# ============================================================================================== boosted trees
+class GradientBoostingBaseline:
+    """Gradient-boosted trees for one label (scikit-learn ``HistGradientBoostingRegressor``).
+
+    Args:
+        max_iter: trees fitted; with a validation set, predictions use the number with the lowest validation MSE.
+        learning_rate, max_leaf_nodes, l2_regularization: passed to scikit-learn.
+        seed: random state.
+    """
+
+    def __init__(self, max_iter: int = 500, learning_rate: float = 0.1, max_leaf_nodes: int = 31,
+                 l2_regularization: float = 0.0, seed: int = 0):
+        self.params = dict(max_iter=int(max_iter), learning_rate=float(learning_rate),
+                           max_leaf_nodes=int(max_leaf_nodes), l2_regularization=float(l2_regularization))
+        self.seed = int(seed)
+
+    def fit(self, X, y, X_val=None, y_val=None):
+        try:
+            from sklearn.ensemble import HistGradientBoostingRegressor
+        except ImportError as e:
+            raise ImportError("GradientBoostingBaseline needs scikit-learn: pip install 'spectrafm-hf[baselines]'") from e
+        X = np.asarray(X, np.float64)
+        y = np.asarray(y, np.float64)
+        ok = np.isfinite(y)
+        has_val = X_val is not None and y_val is not None
+        model = HistGradientBoostingRegressor(**self.params, random_state=self.seed, early_stopping=False)
+        model.fit(X[ok], y[ok])
+        if has_val:
+            Xv, yv = np.asarray(X_val, np.float64), np.asarray(y_val, np.float64)
+            okv = np.isfinite(yv)
+            # validation MSE after each tree; predictions use the best number of trees
+            mse = np.array([np.mean((p - yv[okv]) ** 2) for p in model.staged_predict(Xv[okv])])
+            self.n_trees_ = int(np.argmin(mse)) + 1
+            self.sigma_ = float(np.sqrt(mse[self.n_trees_ - 1]))
+        else:
+            self.n_trees_ = int(model.n_iter_)
+            self.sigma_ = float(np.sqrt(np.mean((model.predict(X[ok]) - y[ok]) ** 2)))
+        self.model_ = model
+        return self
+
+    def predict(self, X) -> tuple[np.ndarray, np.ndarray]:
+        """(mean, sigma); sigma is the same for every star (validation residual RMS, else training RMS)."""
+        for k, mean in enumerate(self.model_.staged_predict(np.asarray(X, np.float64)), start=1):
+            if k == self.n_trees_:
+                return mean, np.full(mean.shape, self.sigma_)
+        raise RuntimeError("the fitted model has fewer trees than chosen")  # cannot happen
 
 
 # ============================================================================================== the Cannon

@@ -140,9 +140,9 @@ class SpectraFMProcessor(FeatureExtractionMixin):
         their median and MAD-std. ``per_pixel``: ``flux`` is (n_spectra, n_pixels) on the grid ``wavelength``.
         """
         flux = np.asarray(flux, dtype=np.float64)
+        if self.divide_by_median and flux.ndim == 2:  # as normalize_arrays does per spectrum
+            flux = flux / np.nanmedian(flux, axis=1, keepdims=True)
         if self.flux_normalization == "global":
-            if self.divide_by_median and flux.ndim == 2:
-                flux = flux / np.nanmedian(flux, axis=1, keepdims=True)
             self.flux_center = float(np.nanmedian(flux))
             self.flux_scale = float(_mad_std(flux.ravel()))
         else:

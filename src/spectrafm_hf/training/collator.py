@@ -137,10 +137,11 @@ class SpectraCollator:
         batch["labels"] = torch.as_tensor(scaled, dtype=torch.float32)
         batch["label_err"] = torch.as_tensor(scaled_err, dtype=torch.float32)
         if self.input_label_names and self.input_label_prob > 0:
-            rng = np.random.default_rng([self.seed, 7, -1 if self.deterministic else (self.epoch or 0),
+            rng = np.random.default_rng([self.seed, 7, int(self.deterministic), self.epoch or 0,
                                          zlib.crc32("".join(str(f.get("object_id", "")) for f in features).encode())])
             known = np.asarray([[f.get(n, np.nan) for n in self.input_label_names] for f in features], np.float64)
-            known = self.processor.scale_labels(known, self.input_label_names)
+            known = np.stack([self.processor.scale_inputs(n, known[:, k]) for k, n in
+                              enumerate(self.input_label_names)], 1)  # labels and scalar inputs (magnitudes)
             given = np.isfinite(known) & (rng.random(known.shape) < self.input_label_prob)
             batch["input_values"] = torch.as_tensor(np.where(given, known, 0.0), dtype=torch.float32)
             batch["input_ids"] = self.input_ids.expand(len(features), -1)

@@ -31,8 +31,8 @@ from .freezing import freeze
 from .info import TrainingInfoCallback, training_info, write_training_info
 from .metrics import label_metrics, make_compute_metrics
 
-__all__ = ["ModelArguments", "DataArguments", "SpectraFMTrainer", "parse_args", "run_training", "run_evaluation",
-           "select_stars", "add_labels"]
+__all__ = ["ModelArguments", "DataArguments", "SpectraFMTrainer", "parse_args", "args_from_dict", "run_training",
+           "train_or_reuse", "run_evaluation", "select_stars", "add_labels", "fit_scalar_inputs"]
 
 
 @dataclass
@@ -50,6 +50,8 @@ class ModelArguments:
     lora_dropout: float = 0.0
     lora_target_modules: list[str] = field(default_factory=lambda: ["dense_1", "dense_2", "out_proj"])
     flux_normalization: str = field(default="global", metadata={"help": "fresh model: global | per_pixel"})
+    divide_by_median: bool = field(default=False, metadata={"help": "fresh model: divide each spectrum by its median "
+                                                                    "first (flux-calibrated spectra such as Gaia XP)"})
 
 
 @dataclass
@@ -108,6 +110,12 @@ def parse_args(argv=None):
             raise SystemExit(f"unknown keys in the YAML file: {unknown}")
         parser.set_defaults(**values)
     return parser.parse_args_into_dataclasses(args=argv)
+
+
+def args_from_dict(values: dict):
+    """(ModelArguments, DataArguments, TrainingArguments) from one flat dict of their fields (a YAML preset)."""
+    parser = HfArgumentParser((ModelArguments, DataArguments, TrainingArguments))
+    return parser.parse_dict(values)
 
 
 # ---------------------------------------------------------------------------------------------------- data
@@ -186,22 +194,44 @@ def add_labels(model: SpectraFMModel, processor: SpectraFMProcessor, names, trai
     return bigger, processor
 
 
+def fit_scalar_inputs(processor: SpectraFMProcessor, names, train_dataset):
+    """Median / robust-sigma scalers of non-spectra inputs (e.g. magnitudes) that have none yet."""
+    for name in names:
+        if name in processor.scalar_centers:
+            continue
+        if name not in train_dataset.column_names:
+            raise ValueError(f"scalar input {name!r} is not a column of the training set ({train_dataset.column_names})")
+        v = np.asarray(train_dataset[name], np.float64)
+        v = v[np.isfinite(v)]
+        if not v.size:
+            raise ValueError(f"scalar input {name!r} has no finite value in the training set")
+        center = float(np.median(v))
+        scale = float(1.4826 * np.median(np.abs(v - center))) or float(np.std(v)) or 1.0
+        processor.scalar_centers[name], processor.scalar_scales[name] = center, scale
+    return processor
+
+
 def build_model(model_args: ModelArguments, train_dataset, label_names):
     if model_args.model_name_or_path:
         path = resolve_model(model_args.model_name_or_path)
         model = SpectraFMModel.from_pretrained(path, **model_args.config_overrides)
         processor = SpectraFMProcessor.from_pretrained(path)
         model, processor = add_labels(model, processor, label_names, train_dataset)
+        fit_scalar_inputs(processor, model.config.scalar_input_names, train_dataset)
         return model, processor
     cfg = SpectraFMConfig(**{"label_names": label_names, **model_args.config_overrides})
     processor = SpectraFMProcessor(label_names=cfg.label_names, context_length=cfg.context_length,
-                                   flux_normalization=model_args.flux_normalization)
+                                   divide_by_median=model_args.divide_by_median)
+    processor.flux_normalization = model_args.flux_normalization  # per_pixel: its arrays are set by fit_flux below
+    fit_scalar_inputs(processor, cfg.scalar_input_names, train_dataset)
     sample = train_dataset.select(range(min(len(train_dataset), 2000))).with_format("numpy")
     flux = [np.asarray(r["flux"], np.float64) for r in sample]
     flux = [np.where(np.asarray(r["ivar"]) > 0, f, np.nan) if len(r["ivar"]) else f for r, f in zip(sample, flux)]
     if model_args.flux_normalization == "per_pixel":
         processor.fit_flux(np.stack(flux), np.asarray(sample[0]["wavelength"], np.float64))
     else:
+        if model_args.divide_by_median:  # spectra of different lengths: divide one by one
+            flux = [f / np.nanmedian(f) for f in flux]
         processor.fit_flux(np.concatenate(flux))
     labels = np.column_stack([np.asarray(train_dataset[n], np.float64) for n in cfg.label_names])
     processor.fit_labels(labels, cfg.label_names)
@@ -309,6 +339,26 @@ def run_training(model_args: ModelArguments, data_args: DataArguments, training_
                           card_info={"base_model": base if base and "/" in base and not Path(base).exists() else None,
                                      "metrics": metrics})
     return trainer, metrics
+
+
+def train_or_reuse(values: dict, splits=None, log=print) -> Path:
+    """Train one run from a flat dict of argument fields into ``values["output_dir"]``; a run whose ``final/``
+    folder exists is reused as it is, an interrupted one resumes from its last checkpoint. Returns ``final/``."""
+    from transformers.trainer_utils import get_last_checkpoint
+
+    run_dir = Path(values["output_dir"])
+    final = run_dir / "final"
+    if (final / "config.json").is_file():
+        log(f"{run_dir}: final model exists, reused")
+        return final
+    model_args, data_args, training_args = args_from_dict(values)
+    last = get_last_checkpoint(str(run_dir)) if run_dir.is_dir() else None
+    if last:
+        training_args.resume_from_checkpoint = last
+        log(f"{run_dir}: resuming from {last}")
+    log(f"{run_dir}: training ({training_args.max_steps} steps)")
+    run_training(model_args, data_args, training_args, splits=splits)
+    return final
 
 
 def run_evaluation(model_path, data_args: DataArguments, label_names=None, seed: int = 0, n_repeats: int = 1,

