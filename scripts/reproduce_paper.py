@@ -79,9 +79,10 @@ def make_test_set(cfg):
 
     t = cfg["test"]
     obs = cfg["observed"]
-    s = synth.generate(int(t["n"]), instrument="apogee", seed=int(t["seed"]), observed=True,
+    instrument = t.get("instrument", "apogee")
+    s = synth.generate(int(t["n"]), instrument=instrument, seed=int(t["seed"]), observed=True,
                        continuum=obs.get("continuum", "true"), metal_poor_fraction=float(t["metal_poor_fraction"]))
-    table = arrays_to_table([f"reproduce-test-{t['seed']}-{i}" for i in range(s.n)], "apogee", s.wavelength, s.flux,
+    table = arrays_to_table([f"reproduce-test-{t['seed']}-{i}" for i in range(s.n)], instrument, s.wavelength, s.flux,
                             labels=s.labels, label_err=s.label_err, ivar=s.ivar, mask=s.mask)
     return datasets.Dataset(table)
 
@@ -188,13 +189,17 @@ def fresh_architecture(stage1: Path) -> tuple[dict, str]:
     return {k: cfg[k] for k in ARCH_KEYS if k in cfg}, proc.get("flux_normalization", "global")
 
 
-def predict_spectrafm(model_dir: Path, test, lo, hi, pred_cfg) -> pd.DataFrame:
+def predict_spectrafm(model_dir: Path, test, lo, hi, pred_cfg, known_names=()) -> pd.DataFrame:
+    """[Fe/H] of the test stars in [lo, hi] A (None = the whole spectrum); ``known_names``: catalogue labels of the
+    test stars given to the model as input tokens."""
     from spectrafm_hf.data import row_to_spectrum
     from spectrafm_hf.pipeline import SpectraFMPipeline
 
     pipe = SpectraFMPipeline.from_pretrained(model_dir, device="cpu" if pred_cfg.get("cpu", True) else None)
-    spectra = [row_to_spectrum(row).crop(lo, hi) for row in test.with_format("numpy")]
-    table = pipe.predict(spectra, labels=["FE_H"], seed=int(pred_cfg.get("seed", 0)),
+    rows = test.with_format("numpy")
+    spectra = [row_to_spectrum(row) if lo is None else row_to_spectrum(row).crop(lo, hi) for row in rows]
+    known = {n: np.asarray(test[n], np.float64) for n in known_names} or None
+    table = pipe.predict(spectra, labels=["FE_H"], known=known, seed=int(pred_cfg.get("seed", 0)),
                          n_repeats=int(pred_cfg.get("n_repeats", 1)))
     return pd.DataFrame({"FE_H_pred": table["FE_H"].to_numpy(), "FE_H_sigma": table["FE_H_err"].to_numpy()})
 

@@ -101,7 +101,7 @@ def test_reruns_reuse_trained_models(tiny):
         _script().main([str(REPO / "scripts" / "configs" / "real_xp_tiny.yaml"), "--output_dir", str(out),
                         "--experiments", "xp_full"])
     log = buffer.getvalue()
-    assert "training (" not in log and log.count("final model exists, reused") == 2
+    assert "training (" not in log and log.count("exists, skipped") == 2
 
 
 def test_gradient_boosting_learns_a_known_function_and_picks_trees_on_validation(rng):

@@ -188,3 +188,58 @@ def test_scratch_mlp_is_the_papers_network_and_keeps_its_best_validation_epoch(o
     mse = np.mean(((mean - yv) / mlp.y_std_[0]) ** 2)
     assert mse == pytest.approx(mlp.history_[mlp.best_epoch_ - 1]["val_mse"], rel=1e-4)
     assert nll[mlp.best_epoch_ - 1] < nll[0]
+
+
+# ------------------------------------------------------------------------------------------- beyond the paper
+BEYOND_COLUMNS = ["experiment", "model", "n_train", "split", "n", "bias", "mae", "rmse", "robust_scatter",
+                  "coverage68", "coverage95"]
+
+
+@pytest.fixture(scope="module")
+def beyond(tiny, tmp_path_factory):
+    """scripts/beyond_paper.py beyond_paper_tiny.yaml on the tiny reproduction's models and data."""
+    out, _ = tiny
+    spec = importlib.util.spec_from_file_location("beyond_paper", REPO / "scripts" / "beyond_paper.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    beyond_out = tmp_path_factory.mktemp("beyond")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    buffer = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(buffer):
+            assert script.main([str(REPO / "scripts" / "configs" / "beyond_paper_tiny.yaml"), "--output_dir",
+                                str(beyond_out), "--reproduce_output_dir", str(out)]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    return beyond_out, buffer.getvalue()
+
+
+def test_beyond_paper_writes_the_learning_curve_known_logg_and_second_instrument(tiny, beyond):
+    out, _ = tiny
+    beyond_out, log = beyond
+    table = pd.read_csv(beyond_out / "results" / "beyond_paper.csv")
+    assert list(table.columns) == BEYOND_COLUMNS
+    lc = table[table.experiment == "learning_curve"]
+    assert set(lc.model) == {"spectrafm_stage3", "scratch_nn", "ridge"} and sorted(lc.n_train.unique()) == [12, 24]
+    # 24 stars = the reproduction's stage-3 set: its model is reused, not retrained
+    assert "learning curve n=24" not in log and "learning curve n=12" in log
+    reproduced = pd.read_csv(out / "results" / "paper_reproduction.csv")
+    a = lc[(lc.model == "spectrafm_stage3") & (lc.n_train == 24) & (lc.split == "all")].rmse.item()
+    b = reproduced[(reproduced.model == "spectrafm_stage3") & (reproduced.split == "all")].rmse.item()
+    assert a == pytest.approx(b, rel=1e-4)
+    assert set(table[table.experiment == "known_logg"].model) == {"spectrafm_stage3", "spectrafm_stage3_known_logg"}
+    info = json.loads((beyond_out / "known_logg" / "final" / "training_info.json").read_text())
+    assert info["config"]["data"]["input_label_names"] == ["LOGG"] and info["config"]["data"]["input_label_prob"] == 1
+    si = table[table.experiment == "second_instrument"]
+    assert set(si.model) == {"spectrafm_apogee_gaia_rvs_pretrained", "spectrafm_apogee_pretrained",
+                             "spectrafm_no_pretraining", "scratch_nn", "ridge"}
+    assert (si[si.split == "all"].n == 60).all() and (si[si.split == "feh_lt_-1"].n > 0).all()
+    filled = table[table.n > 0]
+    assert np.isfinite(filled[BEYOND_COLUMNS[5:]].to_numpy(float)).all()
+    summary = json.loads((beyond_out / "results" / "summary.json").read_text())
+    assert set(summary["figures"]) == {"learning_curve", "second_instrument"}
+    # the RVS models read RVS spectra: their training data were Gaia RVS rows
+    cfg = json.loads((beyond_out / "second_instrument" / "spectrafm_no_pretraining" / "final" / "config.json")
+                     .read_text())
+    assert cfg["label_names"] == ["FE_H"]

@@ -349,14 +349,14 @@ def train_or_reuse(values: dict, splits=None, log=print) -> Path:
     run_dir = Path(values["output_dir"])
     final = run_dir / "final"
     if (final / "config.json").is_file():
-        log(f"{run_dir}: final model exists, reused")
+        log(f"{final} exists, skipped")
         return final
     model_args, data_args, training_args = args_from_dict(values)
     last = get_last_checkpoint(str(run_dir)) if run_dir.is_dir() else None
     if last:
         training_args.resume_from_checkpoint = last
-        log(f"{run_dir}: resuming from {last}")
-    log(f"{run_dir}: training ({training_args.max_steps} steps)")
+        log(f"resuming from {last}")
+    log(f"training ({training_args.max_steps} steps) into {run_dir}")
     run_training(model_args, data_args, training_args, splits=splits)
     return final
 
