@@ -39,7 +39,9 @@ def test_converted_pipeline_reproduces_the_original_forward(converted):
     assert table["n_subsets"].item() == 1 and table["n_pixels"].item() == 300
     for label in LABELS:
         ref_mean, ref_sigma = reference_predict(original, idx, flux, label)
-        assert table[label].item() == pytest.approx(ref_mean, rel=2e-5, abs=2e-5 * abs(ref_mean) + 1e-6)
+        # float32 through ~8M parameters along two kernel paths: agreement to ~1e-5 relative (a wrong mapping of
+        # any weight gives O(1) differences)
+        assert table[label].item() == pytest.approx(ref_mean, rel=1e-4, abs=1e-6)
         assert table[f"{label}_err"].item() == pytest.approx(ref_sigma, rel=1e-4)
 
 

@@ -49,6 +49,7 @@ def test_default_config_is_the_paper_network():
         (dict(label_names=["A", "A"]), "unique"),
         (dict(wavelength_range=0), "wavelength_range"),
         (dict(context_length=0), "context_length"),
+        (dict(attention_dropout_mode="heads"), "attention_dropout_mode"),
     ],
 )
 def test_config_rejects_bad_arguments(kwargs, match):
@@ -251,3 +252,31 @@ def test_code_shipped_with_checkpoints_matches_the_package():
     for folder in (TINY, src / "resources" / "models" / "spectrafm-base"):
         for name in ("configuration_spectrafm.py", "modeling_spectrafm.py"):
             assert (folder / name).read_text() == (src / name).read_text(), f"{folder.name}/{name} is stale"
+
+
+def test_key_dropout_masks_keys_not_probabilities_and_keeps_the_extra_slot():
+    model = small_model(attention_dropout=0.5)
+    attn = model.encoder[0].attention
+    mask = torch.ones(64, 1, 1, 21, dtype=torch.bool)
+    mask[:, ..., 15:20] = False  # padding stays padding
+    torch.manual_seed(0)
+    dropped = attn._drop_keys(mask, 0.5)
+    assert dropped.shape == (64, attn.num_heads, 1, 21)
+    assert not dropped[..., 15:20].any() and dropped[..., -1].all()  # the bias key/value slot is never dropped
+    frac = 1 - dropped[..., :15].float().mean().item()
+    assert 0.4 < frac < 0.6  # about p of the real keys, drawn per spectrum and head
+    assert (dropped[:, 0] != dropped[:, 1]).any()
+    # training mode differs from eval (dropout acts), eval is deterministic; the paper's mode also runs
+    flux, wave = random_batch(b=2, n=60)
+    model.eval()
+    with torch.no_grad():
+        a, b = model(flux, wave).mean, model(flux, wave).mean
+    assert torch.equal(a, b)
+    model.train()
+    torch.manual_seed(1)
+    with torch.no_grad():
+        c = model(flux, wave).mean
+    assert not torch.allclose(a, c)
+    paper = small_model(attention_dropout=0.5, attention_dropout_mode="probabilities").train()
+    with torch.no_grad():
+        assert torch.isfinite(paper(flux, wave).mean).all()

@@ -96,6 +96,7 @@ def convert_original_checkpoint(original_dir, output_dir) -> SpectraFMModel:
         head_dims=head_dims,
         hidden_dropout=float(nn_cfg.get("encoder_dropout_rate", 0.05)),
         attention_dropout=float(nn_cfg.get("encoder_dropout_rate", 0.05)),
+        attention_dropout_mode="probabilities",  # the paper's nn.MultiheadAttention semantics
         context_length=int(nn_cfg.get("context_length", 512)),
         label_names=label_names,
         log_variance_bounds=[-80.0, 80.0],  # no clamp in the original: keep its outputs untouched

@@ -134,6 +134,15 @@ class SpectraFMAttention(nn.Module):
             self.bias_k = self.bias_v = None
         self.out_proj = nn.Linear(d, d)
 
+    def _drop_keys(self, mask, p):
+        """(B, 1, 1, Lk) key mask -> (B, heads, 1, Lk) with each key dropped with probability p (DropKey); the
+        extra key/value slot stays, and a row left without any key keeps its original mask."""
+        keep = torch.rand(mask.shape[0], self.num_heads, 1, mask.shape[-1], device=mask.device) >= p
+        if self.bias_k is not None:
+            keep[..., -1] = True
+        dropped = mask & keep
+        return torch.where(dropped.any(-1, keepdim=True), dropped, mask)
+
     def forward(self, query, context, key_mask, output_attentions=False):
         """query (B, Lq, d); context (B, Lk, d); key_mask (B, Lk) bool, True = may be attended to."""
         b, lq, d = query.shape
@@ -150,12 +159,14 @@ class SpectraFMAttention(nn.Module):
         k = k.view(b, lk, self.num_heads, self.head_dim).transpose(1, 2)
         v = v.view(b, lk, self.num_heads, self.head_dim).transpose(1, 2)
         mask = key_mask[:, None, None, :]
+        dropout = self.dropout if self.training else 0.0
+        if dropout > 0 and self.config.attention_dropout_mode == "keys":
+            mask = self._drop_keys(mask, dropout)
+            dropout = 0.0
         attention = eager_attention_forward
         if not output_attentions:
             attention = ALL_ATTENTION_FUNCTIONS.get_interface(self.config._attn_implementation, eager_attention_forward)
-        out, weights = attention(
-            self, q, k, v, mask, dropout=self.dropout if self.training else 0.0, scaling=self.head_dim**-0.5
-        )
+        out, weights = attention(self, q, k, v, mask, dropout=dropout, scaling=self.head_dim**-0.5)
         out = out.reshape(b, lq, d)
         return self.out_proj(out), weights
 
