@@ -375,7 +375,9 @@ def build_parser() -> argparse.ArgumentParser:
     model_opts(q)
     q.add_argument("--labels", nargs="+", default=None, help="labels to predict (default: all the model's)")
     q.add_argument("--output", "-o", default=None, help="table.csv | table.fits | table.parquet (default: stdout)")
-    q.add_argument("--resume", action="store_true", help="skip files already in --output and append the rest (the table is also rewritten every minute while running, and on Ctrl-C, so an interrupted run can be resumed)")
+    q.add_argument("--resume", action="store_true",
+                   help="skip files already in --output and append the rest (the table is rewritten every minute "
+                        "while running and on Ctrl-C, so an interrupted run can be resumed)")
     q.add_argument("--rows", choices=["all", "first"], default="all",
                    help="for multi-spectrum files: every spectrum or only the first (e.g. apStar's combined row)")
     q.add_argument("--n-repeats", type=int, default=1, help="independent pixel permutations per spectrum")
