@@ -262,7 +262,11 @@ def cmd_finetune(args) -> int:
     model_args, data_args, training_args = parse_args(args.rest)
     if not model_args.model_name_or_path:
         model_args.model_name_or_path = DEFAULT_MODEL
-    _, metrics = run_training(model_args, data_args, training_args)
+    try:
+        _, metrics = run_training(model_args, data_args, training_args)
+    except (ValueError, KeyError, FileNotFoundError) as e:  # bad data or arguments: one clear line, exit 2
+        _err(f"finetune: {e}")
+        return FAILED
     print(json.dumps({k: v for k, v in metrics.items() if k.endswith(("rmse", "coverage68"))}, indent=1))
     print(f"wrote {Path(training_args.output_dir) / 'final'}", file=sys.stderr)
     return OK
@@ -282,6 +286,15 @@ def cmd_evaluate(args) -> int:
         _err(str(e))
         return FAILED
     names = args.labels or pipe.label_names
+    missing = [n for n in names if n not in ds.column_names]
+    if args.labels and missing:  # asked for by name: the data must have them
+        _err(f"{args.data}: no column for the labels {missing}; the columns found are {ds.column_names}")
+        return FAILED
+    if len(missing) == len(names):
+        _err(f"{args.data}: none of the model's labels {names} is a column; the columns found are {ds.column_names}")
+        return FAILED
+    if missing:
+        _err(f"note: {args.data} has no column for {missing}; metrics for the others")
     table = pipe.predict([row_to_spectrum(r) for r in ds], labels=names, seed=args.seed)
     metrics = {}
     for name in names:
