@@ -26,6 +26,7 @@ import argparse
 import json
 import os
 import resource
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -198,7 +199,7 @@ def main():
     results = {"machine": {**hardware(), "versions": library_versions(),
                            "env": {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}},
                "load_average_at_start": os.getloadavg(), "note": args.note,
-               "command": "OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 python " + " ".join(
+               "command": "OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 python " + shlex.join(
                    [str(Path(__file__).relative_to(REPO))] + sys.argv[1:])}
     if "data_path" not in args.skip:
         r = run_part("data_path", args, ["--steps", args.steps, "--warmup", args.warmup])
