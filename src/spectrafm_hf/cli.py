@@ -28,6 +28,7 @@ import numpy as np
 
 DEFAULT_MODEL = "spectrafm-base"
 OK, PARTIAL, FAILED = 0, 1, 2
+FLUSH_SECONDS = 60.0  # predict --output: rewrite the table at most this often while running (for --resume)
 
 
 def _err(msg):
@@ -149,49 +150,67 @@ def cmd_predict(args) -> int:
         done_sources = set(previous["source"].astype(str)) if "source" in previous else set()
     todo = [p for p in paths if p not in done_sources]
     frames, failures, n_spectra, t0 = [], [], 0, time.time()
+    n_done, interrupted, last_flush = 0, False, time.time()
+
+    def result_table():
+        return pd.concat(([previous] if previous is not None else []) + frames, ignore_index=True)
+
     show_progress = len(todo) > 5 and sys.stderr.isatty() and not args.quiet
     iterator = todo
     if show_progress:
         from tqdm.auto import tqdm
 
         iterator = tqdm(todo, unit="file", desc="predict")
-    for path in iterator:
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                spectra = [_prepare(s, pipe) for s in read(path, strict=True)]
-            if args.rows == "first":
-                spectra = spectra[:1]
-            table = pipe.predict(spectra, labels=args.labels, seed=args.seed, n_repeats=args.n_repeats)
-        except Exception as e:  # noqa: BLE001 - one bad file must not stop the others
-            failures.append((path, f"{type(e).__name__}: {e}"))
-            _err(f"FAILED {path}: {e}")
-            continue
-        table["source"] = path
-        table["hdu"] = [s.meta.get("hdu") for s in spectra]
-        table["row"] = [s.meta.get("row") for s in spectra]
-        if "object_id" not in table:
-            table["object_id"] = [s.meta.get("object_id") for s in spectra]
-        table["flag"] = [_flags(r, pipe) for r in table.to_dict("records")]
-        frames.append(table)
-        n_spectra += len(table)
+    try:
+        for path in iterator:
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    spectra = [_prepare(s, pipe) for s in read(path, strict=True)]
+                if args.rows == "first":
+                    spectra = spectra[:1]
+                table = pipe.predict(spectra, labels=args.labels, seed=args.seed, n_repeats=args.n_repeats)
+            except Exception as e:  # noqa: BLE001 - one bad file must not stop the others
+                failures.append((path, f"{type(e).__name__}: {e}"))
+                _err(f"FAILED {path}: {e}")
+                n_done += 1
+                continue
+            table["source"] = path
+            table["hdu"] = [s.meta.get("hdu") for s in spectra]
+            table["row"] = [s.meta.get("row") for s in spectra]
+            if "object_id" not in table:
+                table["object_id"] = [s.meta.get("object_id") for s in spectra]
+            table["flag"] = [_flags(r, pipe) for r in table.to_dict("records")]
+            frames.append(table)
+            n_spectra += len(table)
+            n_done += 1
+            if args.output and time.time() - last_flush > FLUSH_SECONDS:
+                # a hard kill (OOM, SIGKILL, a lost node) keeps everything up to here: rerun with --resume
+                write_table(result_table(), args.output)
+                last_flush = time.time()
+    except KeyboardInterrupt:  # Ctrl-C / SIGINT: keep what is done, say how to continue
+        interrupted = True
     if frames or previous is not None:
-        result = pd.concat(([previous] if previous is not None else []) + frames, ignore_index=True)
+        result = result_table()
         if args.output:
             write_table(result, args.output)
         else:
             print(result.to_csv(index=False), end="")
-        if args.plot and len(result) and {"TEFF", "LOGG"} <= set(result.columns):
+        if args.plot and len(result) and {"TEFF", "LOGG"} <= set(result.columns) and not interrupted:
             from .plots import plot_kiel
 
             plot_kiel(result["TEFF"], result["LOGG"], result.get("FE_H"), path=args.plot)
     elapsed = time.time() - t0
-    summary = (f"{n_spectra} spectra from {len(todo) - len(failures)} files in {elapsed:.1f} s"
+    summary = (f"{n_spectra} spectra from {n_done - len(failures)} files in {elapsed:.1f} s"
                + (f"; {len(failures)} files failed" if failures else "")
                + (f"; {len(paths) - len(todo)} already done" if len(paths) != len(todo) else "")
                + (f"; wrote {args.output}" if args.output and (frames or previous is not None) else ""))
     print(summary, file=sys.stderr)
-    if not frames and failures:
+    if interrupted:
+        _err(f"interrupted after {n_done} of {len(todo)} files"
+             + (f"; rerun with --resume -o {args.output} to do the other {len(todo) - n_done}" if args.output else ""))
+        return PARTIAL if frames or previous is not None else FAILED
+    if not frames and previous is None and failures:
         return FAILED
     return PARTIAL if failures else OK
 
@@ -243,7 +262,11 @@ def cmd_finetune(args) -> int:
     model_args, data_args, training_args = parse_args(args.rest)
     if not model_args.model_name_or_path:
         model_args.model_name_or_path = DEFAULT_MODEL
-    _, metrics = run_training(model_args, data_args, training_args)
+    try:
+        _, metrics = run_training(model_args, data_args, training_args)
+    except (ValueError, KeyError, FileNotFoundError) as e:  # bad data or arguments: one clear line, exit 2
+        _err(f"finetune: {e}")
+        return FAILED
     print(json.dumps({k: v for k, v in metrics.items() if k.endswith(("rmse", "coverage68"))}, indent=1))
     print(f"wrote {Path(training_args.output_dir) / 'final'}", file=sys.stderr)
     return OK
@@ -263,6 +286,15 @@ def cmd_evaluate(args) -> int:
         _err(str(e))
         return FAILED
     names = args.labels or pipe.label_names
+    missing = [n for n in names if n not in ds.column_names]
+    if args.labels and missing:  # asked for by name: the data must have them
+        _err(f"{args.data}: no column for the labels {missing}; the columns found are {ds.column_names}")
+        return FAILED
+    if len(missing) == len(names):
+        _err(f"{args.data}: none of the model's labels {names} is a column; the columns found are {ds.column_names}")
+        return FAILED
+    if missing:
+        _err(f"note: {args.data} has no column for {missing}; metrics for the others")
     table = pipe.predict([row_to_spectrum(r) for r in ds], labels=names, seed=args.seed)
     metrics = {}
     for name in names:
@@ -356,7 +388,9 @@ def build_parser() -> argparse.ArgumentParser:
     model_opts(q)
     q.add_argument("--labels", nargs="+", default=None, help="labels to predict (default: all the model's)")
     q.add_argument("--output", "-o", default=None, help="table.csv | table.fits | table.parquet (default: stdout)")
-    q.add_argument("--resume", action="store_true", help="skip files already in --output and append the rest")
+    q.add_argument("--resume", action="store_true",
+                   help="skip files already in --output and append the rest (the table is rewritten every minute "
+                        "while running and on Ctrl-C, so an interrupted run can be resumed)")
     q.add_argument("--rows", choices=["all", "first"], default="all",
                    help="for multi-spectrum files: every spectrum or only the first (e.g. apStar's combined row)")
     q.add_argument("--n-repeats", type=int, default=1, help="independent pixel permutations per spectrum")

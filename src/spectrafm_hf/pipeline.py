@@ -279,6 +279,54 @@ class SpectraFMPipeline:
         return pd.DataFrame({"wavelength": spectrum.wavelength, "flux": spectrum.flux, "attention": result})
 
     # ------------------------------------------------------------------ few-shot fine-tuning
+    def _label_arrays(self, labels, label_names, label_err, n_spectra):
+        """``fit``'s labels (array or table) -> (names, values (n, q), errors (n, q) or None), checked."""
+        from .data.schema import require_columns
+
+        def is_table(x):
+            return isinstance(x, (pd.DataFrame, Mapping))
+
+        if is_table(labels):
+            table = labels if isinstance(labels, pd.DataFrame) else pd.DataFrame(dict(labels))
+            columns = [str(c) for c in table.columns]
+            if not label_names:
+                names = [n for n in self.label_names if n in columns]
+                if not names:
+                    require_columns(columns, self.label_names, what="labels table has none of the model's labels",
+                                    hint="name the ones to fit with label_names=[...]")
+            else:
+                names = [label_names] if isinstance(label_names, str) else list(label_names)
+                require_columns(columns, names, what="labels table")
+            if len(table) != n_spectra:
+                raise ValueError(f"labels table has {len(table)} rows for {n_spectra} spectra")
+            values = table[names].to_numpy(dtype=np.float64)
+            if label_err is None and all(f"{n}_err" in columns for n in names):
+                label_err = table[[f"{n}_err" for n in names]]
+        else:
+            names = list(self.label_names if not label_names else
+                         [label_names] if isinstance(label_names, str) else label_names)
+            values = np.asarray(labels, dtype=np.float64)
+            if values.ndim <= 1 and values.size == n_spectra * len(names):
+                values = values.reshape(n_spectra, len(names))
+            if values.shape != (n_spectra, len(names)):
+                raise ValueError(f"labels has shape {values.shape}; {n_spectra} spectra and the labels {names} need "
+                                 f"({n_spectra}, {len(names)}) (pass label_names=[...] or a table with named columns)")
+        if label_err is not None:
+            if is_table(label_err):
+                err_table = label_err if isinstance(label_err, pd.DataFrame) else pd.DataFrame(dict(label_err))
+                err_cols = [str(c) for c in err_table.columns]
+                wanted = [n if n in err_cols and f"{n}_err" not in err_cols else f"{n}_err" for n in names]
+                require_columns(err_cols, wanted, what="label_err table")
+                label_err = err_table[wanted].to_numpy(dtype=np.float64)
+            label_err = np.asarray(label_err, dtype=np.float64)
+            if label_err.ndim == 1 and label_err.size == values.size:
+                label_err = label_err.reshape(values.shape)
+            try:
+                label_err = np.broadcast_to(label_err, values.shape)
+            except ValueError:
+                raise ValueError(f"label_err has shape {label_err.shape}; the labels have {values.shape}") from None
+        return names, values, label_err
+
     def fit(
         self,
         spectra: Sequence[Spectrum],
@@ -299,15 +347,20 @@ class SpectraFMPipeline:
         queries (NaN labels are ignored by the loss; ``label_err`` enters the variance). ``freeze`` takes the
         paper's options (``"decoder"``, ``"encoder"``, ``"encoder_block_2"``, ``"embeddings"``).
         For full Trainer/Accelerate runs (checkpoints, evaluation, Hub) use ``scripts/finetune.py``.
+
+        ``labels`` is an array ``(n_spectra, n_labels)`` in the order of ``label_names``, or a table (pandas
+        DataFrame or a mapping of columns) with one row per spectrum: its columns named in ``label_names`` (default:
+        those of its columns the model predicts) are used, other columns are ignored, and when ``label_err`` is not
+        given its ``<LABEL>_err`` columns are the uncertainties. A missing label column raises a ValueError naming it
+        and the columns found. ``label_err`` may be an array or a table too; NaN errors count as 0.
         """
         from .training.freezing import freeze as freeze_parts
 
         spectra = _as_list(spectra)
-        names = list(label_names or self.label_names)
+        names, labels, label_err = self._label_arrays(labels, label_names, label_err, len(spectra))
         _, query_ids = self._query_ids(names)
-        labels = np.asarray(labels, dtype=np.float64).reshape(len(spectra), len(names))
         target, target_err = self.processor.scale_labels(
-            labels, names, np.zeros_like(labels) if label_err is None else label_err
+            labels, names, np.zeros_like(labels) if label_err is None else np.nan_to_num(label_err, nan=0.0)
         )
         prepared = []
         for s in spectra:

@@ -31,7 +31,9 @@ __all__ = ["SpectraFMProcessor"]
 def _mad_std(x, axis=None):
     """Robust standard deviation: 1.4826 * median(|x - median(x)|), ignoring NaN (astropy's mad_std)."""
     med = np.nanmedian(x, axis=axis, keepdims=True)
-    return 1.482602218505602 * np.nanmedian(np.abs(x - med), axis=axis)
+    dev = x - med
+    np.abs(dev, out=dev)  # in place: one temporary the size of x, not two
+    return 1.482602218505602 * np.nanmedian(dev, axis=axis)
 
 
 class SpectraFMProcessor(FeatureExtractionMixin):

@@ -1,7 +1,8 @@
 """Datasets: the one schema, `datasets` builders for every source, and helpers."""
 
 from .builder import SpectraFMDatasetConfig, SpectraFMDatasets, load_spectra_dataset
-from .schema import DEFAULT_LABEL_NAMES, arrays_to_table, features, row_to_spectrum, spectra_to_table
+from .schema import (DEFAULT_LABEL_NAMES, arrays_to_table, features, require_columns, row_to_spectrum,
+                     spectra_to_table)
 
 __all__ = [
     "DEFAULT_LABEL_NAMES",
@@ -10,6 +11,7 @@ __all__ = [
     "arrays_to_table",
     "features",
     "load_spectra_dataset",
+    "require_columns",
     "row_to_spectrum",
     "spectra_to_table",
 ]

@@ -157,7 +157,7 @@ class SpectraFMDatasets(datasets.ArrowBasedBuilder):
                        else glob.glob(cfg.data_dir))
         if not paths:
             raise FileNotFoundError(f"no files found at {cfg.data_dir}")
-        table = _read_label_table(cfg.label_table) if cfg.label_table else None
+        table = _read_label_table(cfg.label_table, cfg.label_names) if cfg.label_table else None
         split_of = {}
         if table is not None and "split" in table.columns:
             split_of = dict(zip(table["object_id"].astype(str), table["split"].astype(str)))
@@ -168,6 +168,12 @@ class SpectraFMDatasets(datasets.ArrowBasedBuilder):
                 oid = str(s.meta.get("object_id") or Path(path).stem)
                 s.meta["object_id"] = oid
                 groups.setdefault(split_of.get(oid, "train"), []).append(s)
+        if table is not None:
+            ids = set(table["object_id"].astype(str))
+            found = [s.meta["object_id"] for g in groups.values() for s in g]
+            if not ids.intersection(found):
+                raise ValueError(f"{cfg.label_table}: no object_id of the label table matches one of the {len(found)} "
+                                 f"spectra in {cfg.data_dir} (table: {sorted(ids)[:3]}...; spectra: {found[:3]}...)")
         return [datasets.SplitGenerator(name=name, gen_kwargs={"files": spectra, "labels": table})
                 for name, spectra in groups.items()]
 
@@ -198,6 +204,12 @@ class SpectraFMDatasets(datasets.ArrowBasedBuilder):
         from astropy.table import Table
 
         star = Table.read(cfg.label_table, hdu=1)
+        from .schema import require_columns
+
+        require_columns(star.colnames, ["APOGEE_ID"] + (["SNR", "STARFLAG", "VSCATTER", "ASPCAPFLAG"]
+                                                        if cfg.paper_cuts else []),
+                        what=f"{cfg.label_table} (allStar)", hint="paper_cuts=False needs only APOGEE_ID")
+        _check_label_columns(star.colnames, cfg.label_names, cfg.label_table)
         keep = np.ones(len(star), bool)
         if cfg.paper_cuts:
             keep &= np.asarray(star["SNR"]) > 200
@@ -237,7 +249,24 @@ class SpectraFMDatasets(datasets.ArrowBasedBuilder):
         return [datasets.SplitGenerator(name=k, gen_kwargs={"files": v, "labels": table}) for k, v in splits.items() if v]
 
 
-def _read_label_table(path):
+def _check_label_columns(columns, label_names, path):
+    """A label table may lack some of the labels (they are NaN for every star, with a warning) but not all of
+    them; columns that are not labels are ignored."""
+    present = [n for n in label_names if n in columns]
+    if not present:
+        from .schema import require_columns
+
+        require_columns(columns, label_names, what=f"{path}: the label table has none of the labels",
+                        hint="pass label_names=[...] with the labels it has")
+    missing = [n for n in label_names if n not in columns]
+    if missing:
+        import warnings
+
+        warnings.warn(f"{path}: the label table has no column for {missing}; those labels are NaN for every star "
+                      f"(found labels {present})", stacklevel=3)
+
+
+def _read_label_table(path, label_names=DEFAULT_LABEL_NAMES):
     import pandas as pd
 
     path = str(path)
@@ -251,6 +280,8 @@ def _read_label_table(path):
         table = Table.read(path).to_pandas()
     if "object_id" not in table.columns:
         raise ValueError(f"{path}: the label table needs an 'object_id' column; it has {list(table.columns)}")
+    if set(table.columns) - {"object_id", "split"}:  # a table with only object_id (+ split) assigns splits
+        _check_label_columns(list(table.columns), label_names, path)
     return table
 
 

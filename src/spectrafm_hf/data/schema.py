@@ -22,9 +22,27 @@ from datasets import Features, List, Value
 
 from ..spectrum import Spectrum
 
-__all__ = ["DEFAULT_LABEL_NAMES", "features", "arrays_to_table", "spectra_to_table", "row_to_spectrum"]
+__all__ = ["DEFAULT_LABEL_NAMES", "features", "arrays_to_table", "spectra_to_table", "row_to_spectrum",
+           "require_columns"]
 
 DEFAULT_LABEL_NAMES = ["TEFF", "LOGG", "O_FE", "MG_FE", "FE_H"]
+
+
+def require_columns(columns, required, what: str = "label table", hint: str = "") -> None:
+    """Raise a ValueError naming the ``required`` columns missing from ``columns`` and the columns that were found
+    (with the ones that differ only in case or underscores pointed out). Extra columns are never an error."""
+    columns = [str(c) for c in columns]
+    missing = [str(n) for n in required if str(n) not in columns]
+    if not missing:
+        return
+    def key(name):
+        return name.lower().replace("_", "").replace(" ", "")
+
+    loose = {key(c): c for c in columns}
+    near = [f"{loose[key(m)]!r} for {m!r}" for m in missing if key(m) in loose]
+    raise ValueError(f"{what}: missing column{'s' if len(missing) > 1 else ''} {missing}; the columns found are "
+                     f"{columns}" + (f" (similar names: {', '.join(near)})" if near else "")
+                     + (f"; {hint}" if hint else ""))
 
 
 def features(label_names: Sequence[str] = DEFAULT_LABEL_NAMES) -> Features:
