@@ -4,7 +4,7 @@
     python scripts/convert_bossbrain.py                                   # once: the optical emulator (PyPI)
     python scripts/miles_fewshot.py scripts/configs/miles_fewshot_cpu.yaml    # CPU preset (~25 CPU-minutes)
     python scripts/miles_fewshot.py scripts/configs/miles_fewshot_tiny.yaml   # toy scale, committed 40-star subset
-    ... [--output_dir DIR] [--results_dir DIR] [--results_csv FILE]
+    ... [--output_dir DIR] [--results_dir DIR] [--results_csv FILE] [--data_dir MILES_DATA]
 
 1. **Pretraining** (synthetic only): SpectraFM (a small fresh model) on spectra of the bossbrain optical emulators
    (`spectrafm_hf.synth.optical`; Teff 3500-6000 K, logg 0-3.5, [M/H] -2.5..0.5 uniform, alpha trend), degraded
@@ -279,11 +279,14 @@ def main(argv=None):
     parser.add_argument("--output_dir")
     parser.add_argument("--results_dir")
     parser.add_argument("--results_csv")
+    parser.add_argument("--data_dir", help="MILES data (a mangadap wheel, FITS folder or the shared npz parts)")
     args = parser.parse_args(argv)
     cfg = yaml.safe_load(Path(args.config).read_text())
     for key in ("output_dir", "results_dir", "results_csv"):
         if getattr(args, key):
             cfg[key] = getattr(args, key)
+    if args.data_dir:
+        cfg["dataset"] = {**(cfg.get("dataset") or {}), "data_dir": args.data_dir}
     run(cfg)
     return 0
 
