@@ -11,7 +11,9 @@
    to MILES: FWHM 2.5 A, vacuum, the MILES pixel grid, S/N 100. Labels TEFF, LOGG, FE_H (= the emulator's [M/H]).
 2. **Few-shot fine-tuning** on ``n_stars`` (100) MILES stars with [Fe/H] > -1 drawn from the MILES *train* split
    (several seeded draws), [Fe/H] only. Baselines on the same stars: SpectraFM without pretraining (same
-   architecture, fresh), the paper's scratch network (`ScratchMLP`) and ridge regression.
+   architecture, fresh, every weight trained), the paper's scratch network (`ScratchMLP`) and ridge regression.
+   The pretrained model is fine-tuned as in the paper's stage 3 (``finetune_pretrained``: decoder and second
+   encoder block frozen); ``spectrafm_synthetic_only`` is the pretrained model before fine-tuning (no MILES star).
 3. **Test**: every other labelled MILES star in the emulator's Teff range (the rest of the train split and the
    whole test split; the validation split is never tested), reported for ``all``, ``feh_lt_-1``, ``feh_ge_-1``,
    ``giants`` (logg < 3.5) and ``dwarfs`` (logg >= 3.5, outside the emulator's logg range).
@@ -123,9 +125,17 @@ def miles_sets(cfg, draw_seeds):
     return out
 
 
-def synthetic_sets(cfg, wavelength):
+def synthetic_sets(cfg, wavelength, cache: Path | None = None):
+    """(train, validation) synthetic Datasets; saved under ``cache`` (``save_to_disk``) and reused from there."""
+    import datasets
+
     from spectrafm_hf.synth.optical import load_optical_emulator, random_optical_emulator, synthetic_miles_dataset
 
+    if cache is not None and (cache / "validation" / "dataset_info.json").is_file():
+        spec = json.loads((cache / "synthetic.json").read_text())
+        if spec == cfg["synthetic"]:
+            log(f"synthetic: reusing {cache}")
+            return datasets.load_from_disk(str(cache / "train")), datasets.load_from_disk(str(cache / "validation"))
     s = dict(cfg["synthetic"])
     path = s.pop("emulator", None)
     em = random_optical_emulator(seed=0) if path == "random" else load_optical_emulator(path)
@@ -136,6 +146,10 @@ def synthetic_sets(cfg, wavelength):
     train = synthetic_miles_dataset(int(s["n_train"]), wavelength, em, seed=seed, label_names=LABELS, **kw)
     val = synthetic_miles_dataset(int(s["n_validation"]), wavelength, em, seed=seed + 1, label_names=LABELS, **kw)
     log(f"synthetic: {len(train)} + {len(val)} spectra from {em.source} in {time.time() - t:.0f} s")
+    if cache is not None:
+        train.save_to_disk(str(cache / "train"))
+        val.save_to_disk(str(cache / "validation"))
+        (cache / "synthetic.json").write_text(json.dumps(cfg["synthetic"]))
     return train, val
 
 
@@ -162,11 +176,12 @@ def run(cfg):
         if (pre_dir / "final" / "config.json").is_file():
             pretrained = pre_dir / "final"
         else:
-            syn_train, syn_val = synthetic_sets(cfg, sets["wavelength"])
+            syn_train, syn_val = synthetic_sets(cfg, sets["wavelength"], out / "synthetic")
             pretrained = train_or_reuse(rd.spectrafm_values(cfg, pre_dir, cfg["pretrain"]["steps"], LABELS),
                                         splits=(syn_train, syn_val, None), log=lambda m: log(f"pretrain: {m}"))
     Xv, Yv = rd.flux_matrix(val), rd.frame(val, ["FE_H"])[["FE_H"]].to_numpy()
-    fine = dict(e.get("finetune") or {})
+    fine = dict(e.get("finetune") or {})  # SpectraFM without pretraining (and the default for the pretrained one)
+    fine_pre = dict(e.get("finetune_pretrained") or {})  # extra fields for the pretrained model
     rows, truths = [], {}
     for draw in draws:
         few, test = sets[draw]
@@ -177,13 +192,17 @@ def run(cfg):
             variants["spectrafm"] = pretrained
         for model, start in variants.items():
             extra = dict(fine)
-            if start is not None:
-                extra.update(model_name_or_path=str(start), config_overrides={})
+            if start is not None:  # the paper's stage 3: decoder and second encoder block frozen
+                extra.update(fine_pre, model_name_or_path=str(start), config_overrides={})
             final = train_or_reuse(rd.spectrafm_values(cfg, out / f"{model}_draw{draw}", e["steps"], ["FE_H"],
                                                        **extra),
                                    splits=(few, val, None), log=lambda m: log(f"draw {draw}: {m}"))
             pred = runner.cached(f"{model}_draw{draw}", lambda: rd.predict_spectrafm(final, test, ["FE_H"]))
             rows += rd.metrics_rows(EXPERIMENT, model, pred, truth, ["FE_H"], draw=draw)
+        if pretrained is not None and e.get("report_synthetic_only", True):  # no MILES star seen at all
+            pred = runner.cached(f"spectrafm_synthetic_only_draw{draw}",
+                                 lambda: rd.predict_spectrafm(pretrained, test, ["FE_H"]))
+            rows += rd.metrics_rows(EXPERIMENT, "spectrafm_synthetic_only", pred, truth, ["FE_H"], draw=draw)
         X, Y = rd.flux_matrix(few), rd.frame(few, ["FE_H"])[["FE_H"]].to_numpy()
         Xt = rd.flux_matrix(test)
         for kind, params in (e.get("baselines") or {}).items():
