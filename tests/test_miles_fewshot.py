@@ -67,6 +67,12 @@ def test_tiny_preset_writes_every_model_split_and_draw(tiny):
     assert np.isfinite(summary["result"]["metal_poor_rmse_ratio"])
     assert (tiny / "results" / "miles_fewshot_fe_h.png").stat().st_size > 1000
     assert (tiny / "pretrain_synthetic" / "final" / "config.json").is_file()
+    info = {m: json.loads((tiny / f"{m}_draw77" / "final" / "training_info.json").read_text())
+            for m in ("spectrafm", "spectrafm_no_pretraining")}
+    # the pretrained model is fine-tuned with the decoder and second encoder block frozen, the fresh one fully
+    assert info["spectrafm"]["trainable_parameters"] < info["spectrafm"]["total_parameters"]
+    fresh = info["spectrafm_no_pretraining"]
+    assert fresh["trainable_parameters"] == fresh["total_parameters"]
 
 
 def test_tiny_preset_reuses_its_runs(tiny):
