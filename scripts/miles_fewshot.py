@@ -13,7 +13,9 @@
    (several seeded draws), [Fe/H] only. Baselines on the same stars: SpectraFM without pretraining (same
    architecture, fresh, every weight trained), the paper's scratch network (`ScratchMLP`) and ridge regression.
    The pretrained model is fine-tuned as in the paper's stage 3 (``finetune_pretrained``: decoder and second
-   encoder block frozen); ``spectrafm_synthetic_only`` is the pretrained model before fine-tuning (no MILES star).
+   encoder block frozen); ``spectrafm_synthetic_only`` is the pretrained model before fine-tuning (no MILES star);
+   ``ablations`` adds other fine-tuning recipes of the pretrained model as further models (optionally on some
+   draws only).
 3. **Test**: every other labelled MILES star in the emulator's Teff range (the rest of the train split and the
    whole test split; the validation split is never tested), reported for ``all``, ``feh_lt_-1``, ``feh_ge_-1``,
    ``giants`` (logg < 3.5) and ``dwarfs`` (logg >= 3.5, outside the emulator's logg range).
@@ -187,13 +189,17 @@ def run(cfg):
         few, test = sets[draw]
         truth = rd.frame(test, ["FE_H", "LOGG", "TEFF"])
         truths[draw] = truth
-        variants = {"spectrafm_no_pretraining": None}
+        variants = {"spectrafm_no_pretraining": (None, {})}
         if pretrained is not None:
-            variants["spectrafm"] = pretrained
-        for model, start in variants.items():
+            variants["spectrafm"] = (pretrained, fine_pre)
+            for name, v in (e.get("ablations") or {}).items():  # other fine-tuning recipes of the pretrained model
+                v = dict(v)
+                if draw in [int(d) for d in v.pop("draws", draws)]:
+                    variants[name] = (pretrained, v)
+        for model, (start, recipe) in variants.items():
             extra = dict(fine)
             if start is not None:  # the paper's stage 3: decoder and second encoder block frozen
-                extra.update(fine_pre, model_name_or_path=str(start), config_overrides={})
+                extra.update(recipe, model_name_or_path=str(start), config_overrides={})
             final = train_or_reuse(rd.spectrafm_values(cfg, out / f"{model}_draw{draw}", e["steps"], ["FE_H"],
                                                        **extra),
                                    splits=(few, val, None), log=lambda m: log(f"draw {draw}: {m}"))
@@ -255,6 +261,10 @@ def summarise(table: pd.DataFrame, cfg) -> dict:
             if other in stats:
                 out["result"][f"metal_poor_rmse_ratio_{other}_over_spectrafm"] = (
                     stats[other][mp]["rmse_mean"] / stats["spectrafm"][mp]["rmse_mean"])
+        out["result"]["metal_poor_rmse_ratio_scratch_over_each_model"] = {
+            m: stats["scratch_nn"][mp]["rmse_mean"] / stats[m][mp]["rmse_mean"] for m in stats}
+    if cfg.get("notes"):
+        out["notes"] = list(cfg["notes"])
     return out
 
 
@@ -264,7 +274,7 @@ def figure(cfg, runner, table, truth, draw, results: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    models = list(dict.fromkeys(table.model))
+    models = [m for m in dict.fromkeys(table.model) if (table[table.model == m].draw == draw).any()]
     fig, axes = plt.subplots(1, len(models), figsize=(4.0 * len(models), 4.2), squeeze=False)
     giant = truth.LOGG.to_numpy() < 3.5
     for ax, model in zip(axes[0], models):

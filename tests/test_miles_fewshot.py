@@ -57,10 +57,10 @@ def test_tiny_preset_writes_every_model_split_and_draw(tiny):
     assert list(table.columns) == COLUMNS
     assert set(table.experiment) == {"miles_fewshot"} and set(table.label) == {"FE_H"}
     assert set(table.model) == {"spectrafm", "spectrafm_no_pretraining", "scratch_nn", "ridge",
-                                "spectrafm_synthetic_only"}
+                                "spectrafm_synthetic_only", "spectrafm_embeddings_only"}
     assert set(table.split) == {"all", "feh_lt_-1", "feh_ge_-1", "giants", "dwarfs"}
     assert set(table.draw) == {77, 78}
-    assert len(table) == 5 * 5 * 2
+    assert len(table) == 5 * 5 * 2 + 5  # the ablation runs on draw 77 only
     summary = json.loads((tiny / "results" / "miles_summary.json").read_text())
     assert {"fe_h", "result", "data", "figure", "goal"} <= set(summary)
     assert summary["fe_h"]["spectrafm"]["feh_lt_-1"]["draws"] == 2
