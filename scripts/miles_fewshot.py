@@ -1,0 +1,324 @@
+#!/usr/bin/env python
+"""The paper's few-shot transfer experiment on a REAL instrument: MILES (optical, R ~ 2000, flux-calibrated).
+
+    python scripts/convert_bossbrain.py                                   # once: the optical emulator (PyPI)
+    python scripts/miles_fewshot.py scripts/configs/miles_fewshot_cpu.yaml    # CPU preset (~25 CPU-minutes)
+    python scripts/miles_fewshot.py scripts/configs/miles_fewshot_tiny.yaml   # toy scale, committed 40-star subset
+    ... [--output_dir DIR] [--results_dir DIR] [--results_csv FILE] [--data_dir MILES_DATA]
+
+1. **Pretraining** (synthetic only): SpectraFM (a small fresh model) on spectra of the bossbrain optical emulators
+   (`spectrafm_hf.synth.optical`; Teff 3500-6000 K, logg 0-3.5, [M/H] -2.5..0.5 uniform, alpha trend), degraded
+   to MILES: FWHM 2.5 A, vacuum, the MILES pixel grid, S/N 100. Labels TEFF, LOGG, FE_H (= the emulator's [M/H]).
+2. **Few-shot fine-tuning** on ``n_stars`` (100) MILES stars with [Fe/H] > -1 drawn from the MILES *train* split
+   (several seeded draws), [Fe/H] only. Baselines on the same stars: SpectraFM without pretraining (same
+   architecture, fresh, every weight trained), the paper's scratch network (`ScratchMLP`) and ridge regression.
+   The pretrained model is fine-tuned as in the paper's stage 3 (``finetune_pretrained``: decoder and second
+   encoder block frozen); ``spectrafm_synthetic_only`` is the pretrained model before fine-tuning (no MILES star);
+   ``ablations`` adds other fine-tuning recipes of the pretrained model as further models (optionally on some
+   draws only).
+3. **Test**: every other labelled MILES star in the emulator's Teff range (the rest of the train split and the
+   whole test split; the validation split is never tested), reported for ``all``, ``feh_lt_-1``, ``feh_ge_-1``,
+   ``giants`` (logg < 3.5) and ``dwarfs`` (logg >= 3.5, outside the emulator's logg range).
+
+Hygiene: checkpoints, MLP epochs and ridge alphas are chosen on the MILES *validation* split's stars with
+[Fe/H] > -1 only; no test star and no metal-poor MILES star is seen before the final evaluation (the pretraining
+sees only synthetic spectra, selected on a synthetic validation set). Both MILES and synthetic spectra are
+divided by the same running-percentile pseudo-continuum (`pseudo_continuum_normalize`), since MILES is
+flux-calibrated and the emulator continuum-normalised. Outputs: ``results_csv`` (experiment, model, label, split,
+n, bias, rmse, robust_scatter, coverage68, mae, coverage95, draw), ``miles_fewshot_fe_h.png`` and
+``miles_summary.json`` in ``results_dir``; per-star predictions under ``output_dir/predictions`` (each training run
+and prediction is reused when it exists; delete it to redo it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import yaml
+
+HERE = Path(__file__).resolve().parent
+COLUMNS = ["experiment", "model", "label", "split", "n", "bias", "rmse", "robust_scatter", "coverage68", "mae",
+           "coverage95", "draw"]
+EXPERIMENT = "miles_fewshot"
+LABELS = ["TEFF", "LOGG", "FE_H"]
+
+
+def _real_data_module():
+    spec = importlib.util.spec_from_file_location("real_data", HERE / "real_data.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+rd = _real_data_module()
+
+
+def log(msg):
+    print(f"[miles_fewshot {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+# ------------------------------------------------------------------------------------------------ data
+def miles_tables(cfg):
+    """MILES as (arrays, normalised flux, usable mask, in-domain mask)."""
+    from spectrafm_hf.data.real import load_miles_arrays
+    from spectrafm_hf.synth.optical import pseudo_continuum_normalize
+
+    d = cfg["dataset"]
+    a = load_miles_arrays(d.get("data_dir"))
+    good = a.mask if a.mask is not None else np.ones(a.flux.shape, bool)
+    good = good & (a.flux != 0)
+    flux, _ = pseudo_continuum_normalize(a.flux, good, **(cfg.get("normalize") or {}))
+    good = good & np.isfinite(flux)
+    keep = np.ones(len(a), bool)
+    for name in LABELS:
+        keep &= np.isfinite(a.labels[name])
+    for name, (lo, hi) in (cfg.get("domain") or {}).items():
+        v = a.labels[name]
+        keep &= (v >= lo if lo is not None else True) & (v <= hi if hi is not None else True)
+    return a, flux, good, keep
+
+
+def to_dataset(a, flux, good, index):
+    import datasets
+
+    from spectrafm_hf.data.schema import arrays_to_table, features
+
+    index = np.asarray(index, int)
+    values = np.stack([a.labels[n][index] for n in LABELS], axis=1)
+    mask = [g if not g.all() else np.zeros(0, bool) for g in good[index]]
+    table = arrays_to_table(object_id=list(a.object_id[index]), instrument="miles", wavelength=a.wavelength,
+                            flux=np.where(good[index], flux[index], 0.0), labels=values, label_names=LABELS,
+                            mask=mask, lsf_sigma=a.lsf_sigma)
+    return datasets.Dataset(table, info=datasets.DatasetInfo(features=features(LABELS)))
+
+
+def miles_sets(cfg, draw_seeds):
+    """{"val": validation-split stars with [Fe/H] > min_feh, draw: (few-shot train, test)} as Datasets."""
+    a, flux, good, keep = miles_tables(cfg)
+    e = cfg["fewshot"]
+    min_feh = float(e.get("min_feh", -1.0))
+    feh = a.labels["FE_H"]
+    split_of = np.empty(len(a), object)
+    for name, idx in a.splits.items():
+        split_of[idx] = name
+    train_pool = np.flatnonzero(keep & (split_of == "train") & (feh > min_feh))
+    val = np.flatnonzero(keep & (split_of == "validation") & (feh > min_feh))
+    testable = np.flatnonzero(keep & (split_of != "validation"))
+    out = {"val": to_dataset(a, flux, good, val), "wavelength": a.wavelength,
+           "counts": {"in_domain": int(keep.sum()), "train_pool_feh_gt_min": int(train_pool.size),
+                      "validation_feh_gt_min": int(val.size)}}
+    n = int(e["n_stars"])
+    for draw in draw_seeds:
+        rng = np.random.default_rng(int(draw))
+        few = np.sort(rng.choice(train_pool, min(n, train_pool.size), replace=False))
+        test = np.setdiff1d(testable, few)
+        if (feh[few] <= min_feh).any() or (feh[val] <= min_feh).any():
+            raise AssertionError("a few-shot training or validation star is metal-poor")
+        if set(few) & set(test) or set(val) & (set(few) | set(test)):
+            raise AssertionError("a star is in two sets")
+        out[draw] = (to_dataset(a, flux, good, few), to_dataset(a, flux, good, test))
+    return out
+
+
+def synthetic_sets(cfg, wavelength, cache: Path | None = None):
+    """(train, validation) synthetic Datasets; saved under ``cache`` (``save_to_disk``) and reused from there."""
+    import datasets
+
+    from spectrafm_hf.synth.optical import load_optical_emulator, random_optical_emulator, synthetic_miles_dataset
+
+    if cache is not None and (cache / "validation" / "dataset_info.json").is_file():
+        spec = json.loads((cache / "synthetic.json").read_text())
+        if spec == cfg["synthetic"]:
+            log(f"synthetic: reusing {cache}")
+            return datasets.load_from_disk(str(cache / "train")), datasets.load_from_disk(str(cache / "validation"))
+    s = dict(cfg["synthetic"])
+    path = s.pop("emulator", None)
+    em = random_optical_emulator(seed=0) if path == "random" else load_optical_emulator(path)
+    kw = {k: s[k] for k in ("snr", "fwhm", "model_fwhm") if k in s}
+    kw["normalize"] = cfg.get("normalize") or {}
+    seed = int(s.get("seed", 0))
+    t = time.time()
+    train = synthetic_miles_dataset(int(s["n_train"]), wavelength, em, seed=seed, label_names=LABELS, **kw)
+    val = synthetic_miles_dataset(int(s["n_validation"]), wavelength, em, seed=seed + 1, label_names=LABELS, **kw)
+    log(f"synthetic: {len(train)} + {len(val)} spectra from {em.source} in {time.time() - t:.0f} s")
+    if cache is not None:
+        train.save_to_disk(str(cache / "train"))
+        val.save_to_disk(str(cache / "validation"))
+        (cache / "synthetic.json").write_text(json.dumps(cfg["synthetic"]))
+    return train, val
+
+
+# ------------------------------------------------------------------------------------------------ experiment
+def run(cfg):
+    from spectrafm_hf.training.run import train_or_reuse
+
+    out = Path(cfg["output_dir"])
+    out.mkdir(parents=True, exist_ok=True)
+    results = Path(cfg.get("results_dir") or out / "results")
+    results.mkdir(parents=True, exist_ok=True)
+    csv_path = Path(cfg.get("results_csv") or results / "real_data_miles.csv")
+    t0 = time.time()
+    e = cfg["fewshot"]
+    draws = [int(d) for d in e.get("draws", [77])]
+    sets = miles_sets(cfg, draws)
+    val = sets["val"]
+    log(f"MILES: {sets['counts']}, validation ([Fe/H] > {e.get('min_feh', -1.0)}) {len(val)}")
+    runner = rd.Runner(cfg, out)
+
+    pre_dir = out / "pretrain_synthetic"
+    pretrained = None
+    if cfg.get("pretrain"):
+        if (pre_dir / "final" / "config.json").is_file():
+            pretrained = pre_dir / "final"
+        else:
+            syn_train, syn_val = synthetic_sets(cfg, sets["wavelength"], out / "synthetic")
+            pretrained = train_or_reuse(rd.spectrafm_values(cfg, pre_dir, cfg["pretrain"]["steps"], LABELS),
+                                        splits=(syn_train, syn_val, None), log=lambda m: log(f"pretrain: {m}"))
+    Xv, Yv = rd.flux_matrix(val), rd.frame(val, ["FE_H"])[["FE_H"]].to_numpy()
+    fine = dict(e.get("finetune") or {})  # SpectraFM without pretraining (and the default for the pretrained one)
+    fine_pre = dict(e.get("finetune_pretrained") or {})  # extra fields for the pretrained model
+    rows, truths = [], {}
+    for draw in draws:
+        few, test = sets[draw]
+        truth = rd.frame(test, ["FE_H", "LOGG", "TEFF"])
+        truths[draw] = truth
+        variants = {"spectrafm_no_pretraining": (None, {})}
+        if pretrained is not None:
+            variants["spectrafm"] = (pretrained, fine_pre)
+            for name, v in (e.get("ablations") or {}).items():  # other fine-tuning recipes of the pretrained model
+                v = dict(v)
+                if draw in [int(d) for d in v.pop("draws", draws)]:
+                    variants[name] = (pretrained, v)
+        for model, (start, recipe) in variants.items():
+            extra = dict(fine)
+            if start is not None:  # the paper's stage 3: decoder and second encoder block frozen
+                extra.update(recipe, model_name_or_path=str(start), config_overrides={})
+            final = train_or_reuse(rd.spectrafm_values(cfg, out / f"{model}_draw{draw}", e["steps"], ["FE_H"],
+                                                       **extra),
+                                   splits=(few, val, None), log=lambda m: log(f"draw {draw}: {m}"))
+            pred = runner.cached(f"{model}_draw{draw}", lambda: rd.predict_spectrafm(final, test, ["FE_H"]))
+            rows += rd.metrics_rows(EXPERIMENT, model, pred, truth, ["FE_H"], draw=draw)
+        if pretrained is not None and e.get("report_synthetic_only", True):  # no MILES star seen at all
+            pred = runner.cached(f"spectrafm_synthetic_only_draw{draw}",
+                                 lambda: rd.predict_spectrafm(pretrained, test, ["FE_H"]))
+            rows += rd.metrics_rows(EXPERIMENT, "spectrafm_synthetic_only", pred, truth, ["FE_H"], draw=draw)
+        X, Y = rd.flux_matrix(few), rd.frame(few, ["FE_H"])[["FE_H"]].to_numpy()
+        Xt = rd.flux_matrix(test)
+        for kind, params in (e.get("baselines") or {}).items():
+            name = "scratch_nn" if kind == "mlp" else kind
+            pred = runner.cached(f"{name}_draw{draw}",
+                                 lambda: rd.fit_baseline(kind, params, X, Y, Xv, Yv, Xt, ["FE_H"]))
+            rows += rd.metrics_rows(EXPERIMENT, name, pred, truth, ["FE_H"], draw=draw)
+    table = pd.DataFrame(rows)[COLUMNS]
+    csv_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = csv_path.with_suffix(".tmp")
+    table.to_csv(tmp, index=False, float_format="%.6g")
+    tmp.replace(csv_path)
+    summary = summarise(table, cfg)
+    summary["data"] = {**sets["counts"], "n_stars": int(e["n_stars"]), "draws": draws,
+                       "test_stars": {str(d): len(truths[d]) for d in draws},
+                       "test_feh_lt_-1": {str(d): int((truths[d].FE_H < -1).sum()) for d in draws},
+                       "domain": cfg.get("domain"), "normalize": cfg.get("normalize"),
+                       "synthetic": cfg.get("synthetic"), "pretrain_steps": (cfg.get("pretrain") or {}).get("steps")}
+    summary["figure"] = str(figure(cfg, runner, table, truths[draws[0]], draws[0], results))
+    (results / "miles_summary.json").write_text(json.dumps(summary, indent=2, default=float))
+    log(f"done in {time.time() - t0:.0f} s: {csv_path}, {results / 'miles_summary.json'}")
+    show = table[table.split.isin(["all", "feh_lt_-1"])]
+    with pd.option_context("display.width", 200, "display.max_rows", 400):
+        print(show.to_string(index=False, float_format="%.3f"))
+    return summary
+
+
+def summarise(table: pd.DataFrame, cfg) -> dict:
+    stats = {}
+    for (model, split), g in table.groupby(["model", "split"]):
+        stats.setdefault(model, {})[split] = {
+            "n_mean": float(g.n.mean()), "draws": int(len(g)),
+            **{f"{k}_{s}": float(getattr(g[k], s)(**({"ddof": 0} if s == "std" else {})))
+               for k in ("rmse", "bias", "robust_scatter", "coverage68", "coverage95") for s in ("mean", "std")}}
+    out = {"experiment": EXPERIMENT, "label": "FE_H", "fe_h": stats,
+           "goal": {"metal_poor_rmse_ratio_scratch_over_spectrafm": ">= 3", "coverage68_spectrafm": [0.63, 0.73]}}
+    if "scratch_nn" in stats and "spectrafm" in stats:
+        mp = "feh_lt_-1"
+        ratio = stats["scratch_nn"][mp]["rmse_mean"] / stats["spectrafm"][mp]["rmse_mean"]
+        per_draw = {}
+        for d, g in table[(table.split == mp)].groupby("draw"):
+            r = g.set_index("model").rmse
+            per_draw[str(int(d))] = float(r["scratch_nn"] / r["spectrafm"])
+        cov = stats["spectrafm"]["all"]["coverage68_mean"]
+        out["result"] = {"metal_poor_rmse_ratio": ratio, "metal_poor_rmse_ratio_per_draw": per_draw,
+                         "ratio_goal_met": bool(ratio >= 3.0), "coverage68_all": cov,
+                         "coverage68_goal_met": bool(0.63 <= cov <= 0.73),
+                         "coverage68_metal_poor": stats["spectrafm"][mp]["coverage68_mean"]}
+        for other in ("spectrafm_no_pretraining", "ridge"):
+            if other in stats:
+                out["result"][f"metal_poor_rmse_ratio_{other}_over_spectrafm"] = (
+                    stats[other][mp]["rmse_mean"] / stats["spectrafm"][mp]["rmse_mean"])
+        out["result"]["metal_poor_rmse_ratio_scratch_over_each_model"] = {
+            m: stats["scratch_nn"][mp]["rmse_mean"] / stats[m][mp]["rmse_mean"] for m in stats}
+    if cfg.get("notes"):
+        out["notes"] = list(cfg["notes"])
+    return out
+
+
+def figure(cfg, runner, table, truth, draw, results: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    models = [m for m in dict.fromkeys(table.model) if (table[table.model == m].draw == draw).any()]
+    fig, axes = plt.subplots(1, len(models), figsize=(4.0 * len(models), 4.2), squeeze=False)
+    giant = truth.LOGG.to_numpy() < 3.5
+    for ax, model in zip(axes[0], models):
+        pred = pd.read_csv(runner.pred_dir / f"{model}_draw{draw}.csv")
+        x, y, s = truth.FE_H.to_numpy(), pred.FE_H_pred.to_numpy(), pred.FE_H_sigma.to_numpy()
+        ax.axvspan(-3.0, -1.0, color="0.93", zorder=0)
+        ax.errorbar(x[giant], y[giant], yerr=s[giant], fmt="o", ms=3, lw=0.5, alpha=0.7, label="giants (logg<3.5)")
+        ax.errorbar(x[~giant], y[~giant], yerr=s[~giant], fmt="s", ms=3, lw=0.5, alpha=0.6,
+                    label="dwarfs (logg>=3.5)")
+        ax.plot([-3, 1], [-3, 1], "k-", lw=0.8)
+        r = table[(table.model == model) & (table.draw == draw)].set_index("split")
+        ax.set_title(f"{model}\nRMSE all {r.rmse['all']:.2f}, [Fe/H]<-1 {r.rmse['feh_lt_-1']:.2f}", fontsize=9)
+        ax.set_xlim(-3, 1)
+        ax.set_ylim(-3, 1)
+        ax.set_xlabel("MILES [Fe/H]")
+        ax.set_ylabel("predicted [Fe/H]")
+        ax.legend(fontsize=7, loc="upper left")
+    fig.suptitle(f"MILES few-shot: {cfg['fewshot']['n_stars']} stars with [Fe/H] > -1 (draw {draw}); "
+                 "grey: metal-poor, never seen", fontsize=10)
+    fig.tight_layout()
+    path = results / "miles_fewshot_fe_h.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("config")
+    parser.add_argument("--output_dir")
+    parser.add_argument("--results_dir")
+    parser.add_argument("--results_csv")
+    parser.add_argument("--data_dir", help="MILES data (a mangadap wheel, FITS folder or the shared npz parts)")
+    args = parser.parse_args(argv)
+    cfg = yaml.safe_load(Path(args.config).read_text())
+    for key in ("output_dir", "results_dir", "results_csv"):
+        if getattr(args, key):
+            cfg[key] = getattr(args, key)
+    if args.data_dir:
+        cfg["dataset"] = {**(cfg.get("dataset") or {}), "data_dir": args.data_dir}
+    run(cfg)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
