@@ -21,8 +21,9 @@ Experiments (each training run is skipped when its ``final/`` folder exists; del
 Hygiene: checkpoints, MLP epochs and ridge alphas are chosen on the validation split only (for ``xp_fewshot``, on
 validation stars with [Fe/H] > -1 only); no test star is seen before the final evaluation. Splits are the
 builder's seeded hash splits (``spectrafm_hf.data.real``). Outputs: ``results_csv`` (experiment, model, label,
-split, n, bias, rmse, robust_scatter, coverage68, plus mae and coverage95), figures and ``summary.json`` in
-``results_dir``; per-star predictions under ``output_dir/predictions``.
+split, n, bias, rmse, robust_scatter, coverage68, plus mae and coverage95; ``include_results`` adds the rows of
+experiments run by other scripts, e.g. ``miles_fewshot.py``), figures and ``summary.json`` in ``results_dir``;
+per-star predictions under ``output_dir/predictions``.
 """
 
 from __future__ import annotations
@@ -394,6 +395,12 @@ def run(cfg, experiments):
     if "xp_multimodal" in experiments and cfg.get("xp_multimodal"):
         rows += xp_multimodal(cfg, runner, train, val, test)
     table = pd.DataFrame(rows)
+    for extra in cfg.get("include_results") or []:  # rows of experiments run by other scripts (miles_fewshot.py)
+        if Path(extra).is_file():
+            other = pd.read_csv(extra)
+            table = pd.concat([table[~table.experiment.isin(other.experiment.unique())], other], ignore_index=True)
+        else:
+            log(f"WARNING: {extra} not found; its rows are not in {csv_path}")
     table = table[COLUMNS + [c for c in table.columns if c not in COLUMNS]]
     csv_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = csv_path.with_suffix(".tmp")
