@@ -41,3 +41,10 @@ if __name__ == "__main__":
     with open(os.path.join(out, f"rank{rank}.json"), "w") as f:
         json.dump({"rank": rank, "world_size": int(os.environ.get("WORLD_SIZE", 1)), "lrs": recorder.lrs,
                    "weights_sha256": digest, "global_step": trainer.state.global_step}, f)
+    # a clean shutdown: a rank that exits while the other still holds the gloo group can abort at teardown
+    # ("terminate called without an active exception")
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
