@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 from conftest import TESTS, TINY
@@ -42,6 +43,20 @@ def test_predict_resume_skips_done_files(tmp_path, capsys):
     assert "1 already done" in err
     table = pd.read_parquet(out)
     assert table["source"].nunique() == 4 and (table["source"] == str(first)).sum() == 1
+
+
+def test_predict_files_sharing_forward_passes_match_each_file_alone(tmp_path):
+    """Files are predicted together (their spectra share forward passes); every row must equal that file's own."""
+    together = tmp_path / "together.csv"
+    assert main(["predict", str(FIXTURES), "--model", str(TINY), "-o", str(together), "--quiet"]) == 0
+    table = pd.read_csv(together)
+    for path in sorted(FIXTURES.iterdir()):
+        alone = tmp_path / f"{path.stem}.csv"
+        assert main(["predict", str(path), "--model", str(TINY), "-o", str(alone), "--quiet"]) == 0
+        mine, theirs = table[table["source"] == str(path)].reset_index(drop=True), pd.read_csv(alone)
+        assert len(mine) == len(theirs) >= 1
+        for col in ("TEFF", "LOGG", "FE_H", "FE_H_err", "n_pixels"):
+            assert np.allclose(mine[col], theirs[col], rtol=1e-5, atol=1e-6), (path.name, col)
 
 
 def test_predict_fits_output_has_units(tmp_path):

@@ -29,6 +29,7 @@ import numpy as np
 DEFAULT_MODEL = "spectrafm-base"
 OK, PARTIAL, FAILED = 0, 1, 2
 FLUSH_SECONDS = 60.0  # predict --output: rewrite the table at most this often while running (for --resume)
+SPECTRA_PER_PREDICTION = 64  # predict: spectra of consecutive files share forward passes (small files fill a batch)
 
 
 def _err(msg):
@@ -100,7 +101,7 @@ def read_table(path):
     return pd.read_csv(path)
 
 
-def _load_pipeline(name, device=None, batch_size=256):
+def _load_pipeline(name, device=None, batch_size=None):
     from .hub import resolve_model
     from .pipeline import SpectraFMPipeline
 
@@ -126,6 +127,22 @@ def _flags(row, pipe) -> str:
         if v is not None and np.isfinite(v) and not lo <= v <= hi:
             flags.append(f"{name}_outside_training_range")
     return ";".join(flags)
+
+
+def _predict_files(pipe, files, args):
+    """One prediction for the spectra of several files; a table per file, in order, each row tagged with its source."""
+    spectra = [s for _, file_spectra in files for s in file_spectra]
+    if not spectra:
+        return []
+    table = pipe.predict(spectra, labels=args.labels, seed=args.seed, n_repeats=args.n_repeats)
+    table["source"] = [path for path, file_spectra in files for _ in file_spectra]
+    table["hdu"] = [s.meta.get("hdu") for s in spectra]
+    table["row"] = [s.meta.get("row") for s in spectra]
+    if "object_id" not in table:
+        table["object_id"] = [s.meta.get("object_id") for s in spectra]
+    table["flag"] = [_flags(r, pipe) for r in table.to_dict("records")]
+    bounds = np.cumsum([0] + [len(file_spectra) for _, file_spectra in files])
+    return [table.iloc[a:b].reset_index(drop=True) for a, b in zip(bounds[:-1], bounds[1:])]
 
 
 # ---------------------------------------------------------------------------------------------------- commands
@@ -161,33 +178,50 @@ def cmd_predict(args) -> int:
         from tqdm.auto import tqdm
 
         iterator = tqdm(todo, unit="file", desc="predict")
+    pending, n_pending = [], 0  # files read, not yet predicted: (path, spectra)
+
+    def predict_pending():
+        nonlocal n_spectra, n_done, last_flush, n_pending
+        try:
+            results = _predict_files(pipe, pending, args)
+        except Exception:  # noqa: BLE001 - a spectrum the model refuses: find its file, keep the others
+            results = []
+            for path, spectra in pending:
+                try:
+                    results += _predict_files(pipe, [(path, spectra)], args)
+                except Exception as e:  # noqa: BLE001 - one bad file must not stop the others
+                    failures.append((path, f"{type(e).__name__}: {e}"))
+                    _err(f"FAILED {path}: {e}")
+                    n_done += 1
+        for table in results:
+            frames.append(table)
+            n_spectra += len(table)
+            n_done += 1
+        pending.clear()
+        n_pending = 0
+        if args.output and time.time() - last_flush > FLUSH_SECONDS:
+            # a hard kill (OOM, SIGKILL, a lost node) keeps everything up to here: rerun with --resume
+            write_table(result_table(), args.output)
+            last_flush = time.time()
+
     try:
         for path in iterator:
             try:
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")
                     spectra = [_prepare(s, pipe) for s in read(path, strict=True)]
-                if args.rows == "first":
-                    spectra = spectra[:1]
-                table = pipe.predict(spectra, labels=args.labels, seed=args.seed, n_repeats=args.n_repeats)
+                if not spectra:
+                    raise ValueError("no spectrum in this file")
             except Exception as e:  # noqa: BLE001 - one bad file must not stop the others
                 failures.append((path, f"{type(e).__name__}: {e}"))
                 _err(f"FAILED {path}: {e}")
                 n_done += 1
                 continue
-            table["source"] = path
-            table["hdu"] = [s.meta.get("hdu") for s in spectra]
-            table["row"] = [s.meta.get("row") for s in spectra]
-            if "object_id" not in table:
-                table["object_id"] = [s.meta.get("object_id") for s in spectra]
-            table["flag"] = [_flags(r, pipe) for r in table.to_dict("records")]
-            frames.append(table)
-            n_spectra += len(table)
-            n_done += 1
-            if args.output and time.time() - last_flush > FLUSH_SECONDS:
-                # a hard kill (OOM, SIGKILL, a lost node) keeps everything up to here: rerun with --resume
-                write_table(result_table(), args.output)
-                last_flush = time.time()
+            pending.append((path, spectra[:1] if args.rows == "first" else spectra))
+            n_pending += len(pending[-1][1])
+            if n_pending >= SPECTRA_PER_PREDICTION:
+                predict_pending()
+        predict_pending()
     except KeyboardInterrupt:  # Ctrl-C / SIGINT: keep what is done, say how to continue
         interrupted = True
     if frames or previous is not None:
@@ -394,7 +428,8 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--rows", choices=["all", "first"], default="all",
                    help="for multi-spectrum files: every spectrum or only the first (e.g. apStar's combined row)")
     q.add_argument("--n-repeats", type=int, default=1, help="independent pixel permutations per spectrum")
-    q.add_argument("--batch-size", type=int, default=256, help="pixel subsets per forward pass")
+    q.add_argument("--batch-size", type=int, default=None,
+                   help="pixel subsets per forward pass (default: sized to the CPU cache; 512 on a GPU)")
     q.add_argument("--plot", default=None, help="also write a Kiel diagram of the predictions (PNG)")
     q.add_argument("--quiet", action="store_true", help="no progress bar")
     q.set_defaults(func=cmd_predict)

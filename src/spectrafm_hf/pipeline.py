@@ -67,6 +67,21 @@ def _as_list(spectra) -> list[Spectrum]:
     return spectra
 
 
+# On a CPU, a forward pass whose largest activation (subsets x pixels x widest feed-forward layer) stays near the
+# last-level cache is fastest: 8 subsets of 512 pixels for the paper's network ran 1.33x faster per star than 256
+# (benchmarks/bench_model.py, "inference_batch_size"). A GPU wants large batches.
+CPU_ACTIVATIONS_PER_FORWARD = 2**23
+GPU_SUBSETS_PER_FORWARD = 512
+
+
+def default_batch_size(config, device) -> int:
+    """Pixel subsets per forward pass when none is given: cache-sized on a CPU, large on an accelerator."""
+    if torch.device(device).type != "cpu":
+        return GPU_SUBSETS_PER_FORWARD
+    widest = max([config.hidden_size, *config.encoder_ffn_dims, *config.decoder_ffn_dims])
+    return max(1, CPU_ACTIVATIONS_PER_FORWARD // (config.context_length * widest))
+
+
 class SpectraFMPipeline:
     """A model and its processor, with ``predict``, ``embed``, ``attention`` and ``fit``.
 
@@ -74,22 +89,22 @@ class SpectraFMPipeline:
         model: a [`SpectraFMModel`].
         processor: the [`SpectraFMProcessor`] saved with it.
         device: torch device (default: CUDA when available, else CPU).
-        batch_size: pixel subsets per forward pass.
+        batch_size: pixel subsets per forward pass (default: `default_batch_size`; the results do not depend on it).
     """
 
-    def __init__(self, model: SpectraFMModel, processor: SpectraFMProcessor, device=None, batch_size: int = 256):
+    def __init__(self, model: SpectraFMModel, processor: SpectraFMProcessor, device=None, batch_size: int | None = None):
         missing = [n for n in model.config.label_names if n not in processor.label_names]
         if missing:
             raise ValueError(f"the processor has no label scaling for {missing}; it knows {processor.label_names}")
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.model = model.to(self.device).eval()
         self.processor = processor
-        self.batch_size = int(batch_size)
+        self.batch_size = int(batch_size or default_batch_size(model.config, self.device))
         self.chunk_size = 512  # spectra prepared at once by predict(): bounds memory for any number of spectra
 
     # ------------------------------------------------------------------ loading and saving
     @classmethod
-    def from_pretrained(cls, name_or_path: str | os.PathLike, device=None, batch_size: int = 256, **kwargs):
+    def from_pretrained(cls, name_or_path: str | os.PathLike, device=None, batch_size: int | None = None, **kwargs):
         """Load a saved pipeline folder (config.json, model.safetensors, preprocessor_config.json), a Hub id in the
         local cache, or the name of a checkpoint embedded in the package (see `spectrafm_hf.hub.resolve_model`)."""
         from .hub import resolve_model
