@@ -72,8 +72,8 @@ def matmul_rate(device=torch.device("cpu"), dtype=torch.float32, seconds=3.0, n=
     return 2 * n**3 / best
 
 
-def time_train_step(cfg, batch, n_pix, n_queries, steps, device=torch.device("cpu"), amp_dtype=None):
-    """Best seconds of one step (forward, loss, backward, AdamW) over `steps` after a warm-up; and its FLOPs."""
+def train_step_fn(cfg, batch, n_pix, n_queries, device=torch.device("cpu"), amp_dtype=None):
+    """A closure running one training step (forward, loss, backward, AdamW) on a fixed random batch; its FLOPs."""
     torch.manual_seed(0)
     model = SpectraFMModel(cfg).to(device).train()
     opt = torch.optim.AdamW(model.parameters(), 1e-4)
@@ -89,16 +89,14 @@ def time_train_step(cfg, batch, n_pix, n_queries, steps, device=torch.device("cp
         opt.step()
         opt.zero_grad(set_to_none=True)
 
+    return step, 3 * 2 * forward_macs(cfg, n_pix, n_queries) * batch
+
+
+def time_train_step(cfg, batch, n_pix, n_queries, steps, device=torch.device("cpu"), amp_dtype=None):
+    """Best seconds of one training step over `steps` after a warm-up; and its FLOPs."""
+    step, flops = train_step_fn(cfg, batch, n_pix, n_queries, device, amp_dtype)
     step()  # warm-up
-    sync(device)
-    best = float("inf")
-    for _ in range(steps):
-        t = time.perf_counter()
-        step()
-        sync(device)
-        best = min(best, time.perf_counter() - t)
-    flops = 3 * 2 * forward_macs(cfg, n_pix, n_queries) * batch
-    return best, flops
+    return best_time(step, steps, device), flops
 
 
 def best_time(fn, repeats, device=torch.device("cpu")):
