@@ -233,3 +233,18 @@ def test_predict_stream_takes_a_generator_and_yields_chunks(tiny_pipeline, rng):
     assert [len(t) for t in tables] == [2, 2, 1]
     streamed = pd.concat(tables, ignore_index=True)
     pd.testing.assert_frame_equal(streamed, tiny_pipeline.predict(spectra), check_exact=False, rtol=1e-4, atol=1e-6)
+
+
+def test_results_do_not_depend_on_the_batch_size_and_the_cpu_default_is_cache_sized(tiny_pipeline, rng):
+    from spectrafm_hf import SpectraFMConfig
+    from spectrafm_hf.pipeline import default_batch_size
+
+    spectra = [fake_apogee_spectrum(rng, n=n) for n in (500, 130, 64)]
+    default = tiny_pipeline.predict(spectra)
+    tiny_pipeline.batch_size = 1
+    pd.testing.assert_frame_equal(default, tiny_pipeline.predict(spectra), check_exact=False, rtol=1e-5, atol=1e-6)
+    # about 4096 pixels per forward pass on a CPU: 8 subsets for the paper's 512-pixel context, 16 for 256
+    assert default_batch_size(SpectraFMConfig(), "cpu") == 8
+    assert default_batch_size(SpectraFMConfig(context_length=256), "cpu") == 16
+    assert default_batch_size(SpectraFMConfig(), "cuda") == 512
+    assert SpectraFMPipeline(tiny_pipeline.model, tiny_pipeline.processor, device="cpu", batch_size=3).batch_size == 3

@@ -67,19 +67,18 @@ def _as_list(spectra) -> list[Spectrum]:
     return spectra
 
 
-# On a CPU, a forward pass whose largest activation (subsets x pixels x widest feed-forward layer) stays near the
-# last-level cache is fastest: 8 subsets of 512 pixels for the paper's network ran 1.33x faster per star than 256
-# (benchmarks/bench_model.py, "inference_batch_size"). A GPU wants large batches.
-CPU_ACTIVATIONS_PER_FORWARD = 2**23
+# On a CPU, small forward passes are fastest (their activations stay in cache): 8 subsets of 512 pixels ran the
+# paper's network 1.3x faster per star than 256, and 16 of 256 pixels ran spectrafm-base 1.2x faster than 128
+# (benchmarks/bench_model.py, "seconds_per_star_by_batch_size"). A GPU wants large batches.
+CPU_TOKENS_PER_FORWARD = 4096
 GPU_SUBSETS_PER_FORWARD = 512
 
 
 def default_batch_size(config, device) -> int:
-    """Pixel subsets per forward pass when none is given: cache-sized on a CPU, large on an accelerator."""
+    """Pixel subsets per forward pass when none is given: about 4096 pixels on a CPU, 512 subsets on a GPU."""
     if torch.device(device).type != "cpu":
         return GPU_SUBSETS_PER_FORWARD
-    widest = max([config.hidden_size, *config.encoder_ffn_dims, *config.decoder_ffn_dims])
-    return max(1, CPU_ACTIVATIONS_PER_FORWARD // (config.context_length * widest))
+    return max(1, CPU_TOKENS_PER_FORWARD // config.context_length)
 
 
 class SpectraFMPipeline:
