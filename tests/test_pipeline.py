@@ -248,3 +248,13 @@ def test_results_do_not_depend_on_the_batch_size_and_the_cpu_default_is_cache_si
     assert default_batch_size(SpectraFMConfig(context_length=256), "cpu") == 16
     assert default_batch_size(SpectraFMConfig(), "cuda") == 512
     assert SpectraFMPipeline(tiny_pipeline.model, tiny_pipeline.processor, device="cpu", batch_size=3).batch_size == 3
+
+
+def test_bf16_autocast_moves_predictions_far_less_than_their_uncertainty(tiny_pipeline, rng):
+    spectra = [fake_apogee_spectrum(rng, n=n) for n in (300, 120)]
+    fp32 = tiny_pipeline.predict(spectra)
+    bf16 = SpectraFMPipeline(tiny_pipeline.model, tiny_pipeline.processor, device="cpu", bf16=True).predict(spectra)
+    for name in tiny_pipeline.label_names:
+        change = (bf16[name] - fp32[name]).abs()
+        assert (change > 0).any(), name  # it did run in bf16
+        assert (change < 0.05 * fp32[f"{name}_err"]).all(), name

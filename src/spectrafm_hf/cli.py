@@ -101,11 +101,11 @@ def read_table(path):
     return pd.read_csv(path)
 
 
-def _load_pipeline(name, device=None, batch_size=None):
+def _load_pipeline(name, device=None, batch_size=None, bf16=False):
     from .hub import resolve_model
     from .pipeline import SpectraFMPipeline
 
-    return SpectraFMPipeline.from_pretrained(resolve_model(name), device=device, batch_size=batch_size)
+    return SpectraFMPipeline.from_pretrained(resolve_model(name), device=device, batch_size=batch_size, bf16=bf16)
 
 
 def _prepare(spectrum, pipe):
@@ -156,7 +156,7 @@ def cmd_predict(args) -> int:
         _err("no input files found")
         return FAILED
     try:
-        pipe = _load_pipeline(args.model, args.device, args.batch_size)
+        pipe = _load_pipeline(args.model, args.device, args.batch_size, args.bf16)
     except Exception as e:  # noqa: BLE001 - report any loading problem in one line
         _err(f"cannot load model {args.model!r}: {e}")
         return FAILED
@@ -430,6 +430,8 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--n-repeats", type=int, default=1, help="independent pixel permutations per spectrum")
     q.add_argument("--batch-size", type=int, default=None,
                    help="pixel subsets per forward pass (default: sized to the CPU cache; 512 on a GPU)")
+    q.add_argument("--bf16", action="store_true",
+                   help="bfloat16 autocast: for GPUs and CPUs with bf16 units (AVX-512 BF16, AMX); slow on others")
     q.add_argument("--plot", default=None, help="also write a Kiel diagram of the predictions (PNG)")
     q.add_argument("--quiet", action="store_true", help="no progress bar")
     q.set_defaults(func=cmd_predict)
