@@ -59,6 +59,19 @@ def test_predict_files_sharing_forward_passes_match_each_file_alone(tmp_path):
             assert np.allclose(mine[col], theirs[col], rtol=1e-5, atol=1e-6), (path.name, col)
 
 
+def test_resume_knows_a_file_done_under_another_spelling_of_its_path(tmp_path, monkeypatch, capsys):
+    data = tmp_path / "data"
+    shutil.copytree(FIXTURES, data)
+    out = tmp_path / "labels.csv"
+    first = sorted(data.iterdir())[0]
+    assert main(["predict", str(first), "--model", str(TINY), "-o", str(out), "--quiet"]) == 0  # absolute path
+    monkeypatch.chdir(tmp_path)
+    assert main(["predict", "./data/", "--model", str(TINY), "-o", str(out), "--resume", "--quiet"]) == 0
+    assert "1 already done" in capsys.readouterr().err
+    table = pd.read_csv(out)
+    assert len(table) == len(list(data.iterdir())) and table["source"].map(lambda p: Path(p).resolve()).is_unique
+
+
 def test_predict_fits_output_has_units(tmp_path):
     from astropy.io import fits
 

@@ -164,8 +164,9 @@ def cmd_predict(args) -> int:
     previous = None
     if args.resume and args.output and Path(args.output).exists():
         previous = read_table(args.output)
-        done_sources = set(previous["source"].astype(str)) if "source" in previous else set()
-    todo = [p for p in paths if p not in done_sources]
+        # the same file however it is spelled (relative, absolute, through a link)
+        done_sources = {os.path.realpath(p) for p in previous["source"].astype(str)} if "source" in previous else set()
+    todo = [p for p in paths if os.path.realpath(p) not in done_sources]
     frames, failures, n_spectra, t0 = [], [], 0, time.time()
     n_done, interrupted, last_flush = 0, False, time.time()
 
