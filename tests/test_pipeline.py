@@ -258,3 +258,14 @@ def test_bf16_autocast_moves_predictions_far_less_than_their_uncertainty(tiny_pi
         change = (bf16[name] - fp32[name]).abs()
         assert (change > 0).any(), name  # it did run in bf16
         assert (change < 0.05 * fp32[f"{name}_err"]).all(), name
+
+
+def test_compiled_forward_gives_the_same_predictions_and_saves_the_plain_module(tiny_pipeline, rng, tmp_path):
+    spectra = [fake_apogee_spectrum(rng, n=n) for n in (300, 120)]
+    compiled = SpectraFMPipeline(tiny_pipeline.model, tiny_pipeline.processor, device="cpu", compile=True)
+    assert compiled._forward is not compiled.model
+    pd.testing.assert_frame_equal(tiny_pipeline.predict(spectra), compiled.predict(spectra), check_exact=False,
+                                  rtol=1e-5, atol=1e-6)
+    compiled.save_pretrained(tmp_path / "saved")  # parameter names as in the plain model
+    assert SpectraFMPipeline.from_pretrained(tmp_path / "saved").predict(spectra[0])["FE_H"].item() == pytest.approx(
+        tiny_pipeline.predict(spectra[0])["FE_H"].item(), rel=1e-6)

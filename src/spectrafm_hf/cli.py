@@ -101,11 +101,12 @@ def read_table(path):
     return pd.read_csv(path)
 
 
-def _load_pipeline(name, device=None, batch_size=None, bf16=False):
+def _load_pipeline(name, device=None, batch_size=None, bf16=False, compile=False):
     from .hub import resolve_model
     from .pipeline import SpectraFMPipeline
 
-    return SpectraFMPipeline.from_pretrained(resolve_model(name), device=device, batch_size=batch_size, bf16=bf16)
+    return SpectraFMPipeline.from_pretrained(resolve_model(name), device=device, batch_size=batch_size, bf16=bf16,
+                                             compile=compile)
 
 
 def _prepare(spectrum, pipe):
@@ -156,7 +157,7 @@ def cmd_predict(args) -> int:
         _err("no input files found")
         return FAILED
     try:
-        pipe = _load_pipeline(args.model, args.device, args.batch_size, args.bf16)
+        pipe = _load_pipeline(args.model, args.device, args.batch_size, args.bf16, args.compile)
     except Exception as e:  # noqa: BLE001 - report any loading problem in one line
         _err(f"cannot load model {args.model!r}: {e}")
         return FAILED
@@ -179,10 +180,10 @@ def cmd_predict(args) -> int:
         from tqdm.auto import tqdm
 
         iterator = tqdm(todo, unit="file", desc="predict")
-    pending, n_pending = [], 0  # files read, not yet predicted: (path, spectra)
+    pending = []  # files read, not yet predicted: (path, spectra)
 
     def predict_pending():
-        nonlocal n_spectra, n_done, last_flush, n_pending
+        nonlocal n_spectra, n_done, last_flush
         try:
             results = _predict_files(pipe, pending, args)
         except Exception:  # noqa: BLE001 - a spectrum the model refuses: find its file, keep the others
@@ -199,7 +200,6 @@ def cmd_predict(args) -> int:
             n_spectra += len(table)
             n_done += 1
         pending.clear()
-        n_pending = 0
         if args.output and time.time() - last_flush > FLUSH_SECONDS:
             # a hard kill (OOM, SIGKILL, a lost node) keeps everything up to here: rerun with --resume
             write_table(result_table(), args.output)
@@ -219,8 +219,7 @@ def cmd_predict(args) -> int:
                 n_done += 1
                 continue
             pending.append((path, spectra[:1] if args.rows == "first" else spectra))
-            n_pending += len(pending[-1][1])
-            if n_pending >= SPECTRA_PER_PREDICTION:
+            if sum(len(file_spectra) for _, file_spectra in pending) >= SPECTRA_PER_PREDICTION:
                 predict_pending()
         predict_pending()
     except KeyboardInterrupt:  # Ctrl-C / SIGINT: keep what is done, say how to continue
@@ -433,6 +432,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="pixel subsets per forward pass (default: sized to the CPU cache; 512 on a GPU)")
     q.add_argument("--bf16", action="store_true",
                    help="bfloat16 autocast: for GPUs and CPUs with bf16 units (AVX-512 BF16, AMX); slow on others")
+    q.add_argument("--compile", action="store_true",
+                   help="torch.compile the network: ~1.1x faster on many spectra, after a first call of tens of s")
     q.add_argument("--plot", default=None, help="also write a Kiel diagram of the predictions (PNG)")
     q.add_argument("--quiet", action="store_true", help="no progress bar")
     q.set_defaults(func=cmd_predict)

@@ -68,8 +68,8 @@ def _as_list(spectra) -> list[Spectrum]:
 
 
 # On a CPU, small forward passes are fastest (their activations stay in cache): 8 subsets of 512 pixels ran the
-# paper's network 1.3x faster per star than 256, and 16 of 256 pixels ran spectrafm-base 1.2x faster than 128
-# (benchmarks/bench_model.py, "seconds_per_star_by_batch_size"). A GPU wants large batches.
+# paper's network 1.3x faster per star than 256 (benchmarks/bench_model.py), and 16 of 256 pixels ran spectrafm-base
+# 1.26x faster than 128 (benchmarks/bench_cpu_choices.py). A GPU wants large batches.
 CPU_TOKENS_PER_FORWARD = 4096
 GPU_SUBSETS_PER_FORWARD = 512
 
@@ -90,12 +90,15 @@ class SpectraFMPipeline:
         device: torch device (default: CUDA when available, else CPU).
         batch_size: pixel subsets per forward pass (default: `default_batch_size`; the results do not depend on it).
         bf16: run the network under bfloat16 autocast: for GPUs, and CPUs with bf16 units (AVX-512 BF16, AMX), where
-            it ran 1.3-1.5x faster than fp32 and moved [Fe/H] by < 0.001 dex (benchmarks/bench_bf16.py); CPUs
+            it ran 1.33x faster than fp32 and moved [Fe/H] by < 0.001 dex (benchmarks/bench_bf16.py); CPUs
             without them run it far slower.
+        compile: run the forward pass through `torch.compile` (inductor): 1.09x faster inference on this project's
+            CPU (benchmarks/bench_cpu_choices.py), after a first call that compiles for tens of seconds; needs a C++
+            compiler on a CPU.
     """
 
     def __init__(self, model: SpectraFMModel, processor: SpectraFMProcessor, device=None, batch_size: int | None = None,
-                 bf16: bool = False):
+                 bf16: bool = False, compile: bool = False):
         missing = [n for n in model.config.label_names if n not in processor.label_names]
         if missing:
             raise ValueError(f"the processor has no label scaling for {missing}; it knows {processor.label_names}")
@@ -104,12 +107,15 @@ class SpectraFMPipeline:
         self.processor = processor
         self.batch_size = int(batch_size or default_batch_size(model.config, self.device))
         self.bf16 = bool(bf16)
+        self.compile = bool(compile)
+        # the module itself stays uncompiled, so saving and fine-tuning see the same parameters
+        self._forward = torch.compile(self.model) if self.compile else self.model
         self.chunk_size = 512  # spectra prepared at once by predict(): bounds memory for any number of spectra
 
     # ------------------------------------------------------------------ loading and saving
     @classmethod
     def from_pretrained(cls, name_or_path: str | os.PathLike, device=None, batch_size: int | None = None,
-                        bf16: bool = False, **kwargs):
+                        bf16: bool = False, compile: bool = False, **kwargs):
         """Load a saved pipeline folder (config.json, model.safetensors, preprocessor_config.json), a Hub id in the
         local cache, or the name of a checkpoint embedded in the package (see `spectrafm_hf.hub.resolve_model`)."""
         from .hub import resolve_model
@@ -119,7 +125,7 @@ class SpectraFMPipeline:
         model = SpectraFMModel.from_pretrained(path, **kwargs)
         processor = SpectraFMProcessor.from_pretrained(
             path, **{k: v for k, v in kwargs.items() if k in ("cache_dir", "revision", "local_files_only", "token")})
-        return cls(model, processor, device=device, batch_size=batch_size, bf16=bf16)
+        return cls(model, processor, device=device, batch_size=batch_size, bf16=bf16, compile=compile)
 
     def save_pretrained(self, path: str | os.PathLike, **kwargs):
         """Write the model and the processor into ``path`` (atomically: a temporary folder renamed into place)."""
@@ -159,7 +165,7 @@ class SpectraFMPipeline:
             sl = slice(start, start + self.batch_size)
             rows = batch["flux"][sl].shape[0]
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
-                out = self.model(
+                out = self._forward(
                     flux=batch["flux"][sl].to(self.device),
                     wavelength=batch["wavelength"][sl].to(self.device),
                     observed_mask=batch["observed_mask"][sl].to(self.device),
@@ -423,4 +429,5 @@ class SpectraFMPipeline:
                 raise FloatingPointError(f"loss became {loss} at step {step}")
         for p in model.parameters():
             p.requires_grad_(True)
-        return SpectraFMPipeline(model.eval(), copy.deepcopy(self.processor), self.device, self.batch_size, self.bf16)
+        return SpectraFMPipeline(model.eval(), copy.deepcopy(self.processor), self.device, self.batch_size, self.bf16,
+                                 self.compile)
