@@ -109,7 +109,7 @@ def test_pretraining_writes_a_loadable_resumable_documented_checkpoint(pretraine
     [
         (dict(), None),
         (dict(freeze=["decoder", "encoder_block_2"]), "decoder.0.dense_1.weight"),
-        (dict(lora_r=2, lora_target_modules=["dense_1", "dense_2"]), "embedding_layer.embeddings"),
+        (dict(lora_r=2, lora_target_modules=["q_proj", "v_proj", "dense_1"]), "embedding_layer.embeddings"),
     ],
     ids=["full", "paper-stage3-freeze", "lora"],
 )
@@ -131,8 +131,9 @@ def test_finetune_variants(pretrained, dsd, tmp_path, model_kw, expect_frozen):
         "lora" in str(model_kw)
     if expect_frozen:
         assert torch.equal(before[expect_frozen], after[expect_frozen])
-    if "lora_r" in model_kw:
+    if "lora_r" in model_kw:  # merged into the FFN and the (packed on disk) attention projections alike
         assert not torch.equal(before["encoder.0.dense_1.weight"], after["encoder.0.dense_1.weight"])
+        assert not torch.equal(before["encoder.0.attention.in_proj_weight"], after["encoder.0.attention.in_proj_weight"])
     pipe = SpectraFMPipeline.from_pretrained(tmp_path / "ft" / "final", device="cpu")
     assert np.isfinite(pipe.predict(__import__("spectrafm_hf.data", fromlist=["x"]).row_to_spectrum(
         dsd["test"][0]))["FE_H"]).all()

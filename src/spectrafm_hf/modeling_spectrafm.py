@@ -23,6 +23,26 @@ from transformers.utils import ModelOutput
 
 from .configuration_spectrafm import SpectraFMConfig
 
+# On disk, attention keeps ``nn.MultiheadAttention``'s packed ``in_proj_weight``/``in_proj_bias`` (the paper's layout
+# and every checkpoint saved so far); in memory it is three ``nn.Linear`` so that LoRA (peft) can reach q, k and v.
+# transformers splits on load and packs again on save through this conversion.
+_PACKED_PROJECTIONS = {
+    "attention.in_proj_weight": ["attention.q_proj.weight", "attention.k_proj.weight", "attention.v_proj.weight"],
+    "attention.in_proj_bias": ["attention.q_proj.bias", "attention.k_proj.bias", "attention.v_proj.bias"],
+}
+try:
+    from transformers.conversion_mapping import register_checkpoint_conversion_mapping
+    from transformers.core_model_loading import Chunk, WeightConverter
+
+    register_checkpoint_conversion_mapping(
+        "spectrafm",
+        [WeightConverter(source_patterns=k, target_patterns=v, operations=[Chunk(dim=0)])
+         for k, v in _PACKED_PROJECTIONS.items()],
+        overwrite=True,
+    )
+except ImportError as err:  # pragma: no cover - transformers without the v5 weight-conversion API
+    raise ImportError("SpectraFM needs transformers' checkpoint conversion mapping (transformers >= 5.0)") from err
+
 
 @dataclass
 class SpectraFMOutput(ModelOutput):
@@ -115,8 +135,9 @@ class SpectraFMEmbeddings(nn.Module):
 
 
 class SpectraFMAttention(nn.Module):
-    """Multi-head attention with ``nn.MultiheadAttention``'s parameter layout (packed q/k/v projection) and one
-    learned extra key/value slot appended after the keys (``add_bias_kv``)."""
+    """Multi-head attention with separate q/k/v projections (saved packed, as ``nn.MultiheadAttention``'s
+    ``in_proj_weight``/``in_proj_bias``) and one learned extra key/value slot appended after the keys
+    (``add_bias_kv``)."""
 
     def __init__(self, config, num_heads):
         super().__init__()
@@ -125,14 +146,27 @@ class SpectraFMAttention(nn.Module):
         self.dropout = config.attention_dropout
         self.config = config  # read at call time: set_attn_implementation() switches eager/sdpa
         self.is_causal = False
-        self.in_proj_weight = nn.Parameter(torch.empty(3 * d, d))
-        self.in_proj_bias = nn.Parameter(torch.empty(3 * d))
+        self.q_proj = nn.Linear(d, d)
+        self.k_proj = nn.Linear(d, d)
+        self.v_proj = nn.Linear(d, d)
+        for proj in (self.q_proj, self.k_proj, self.v_proj):
+            proj._is_attention_projection = True  # initialised together, as one packed matrix (_init_weights)
         if config.add_bias_kv:
             self.bias_k = nn.Parameter(torch.empty(1, 1, d))
             self.bias_v = nn.Parameter(torch.empty(1, 1, d))
         else:
             self.bias_k = self.bias_v = None
         self.out_proj = nn.Linear(d, d)
+        self._register_load_state_dict_pre_hook(self._split_packed_projections)
+
+    @staticmethod
+    def _split_packed_projections(state_dict, prefix, *args):
+        """``load_state_dict`` with the packed layout (the paper's state dicts, files saved by older versions)."""
+        for kind in ("weight", "bias"):
+            packed = state_dict.pop(f"{prefix}in_proj_{kind}", None)
+            if packed is not None:
+                for name, part in zip(("q_proj", "k_proj", "v_proj"), packed.chunk(3, dim=0)):
+                    state_dict[f"{prefix}{name}.{kind}"] = part
 
     def _drop_keys(self, mask, p):
         """(B, 1, 1, Lk) key mask -> (B, heads, 1, Lk) with each key dropped with probability p (DropKey); the
@@ -146,10 +180,7 @@ class SpectraFMAttention(nn.Module):
     def forward(self, query, context, key_mask, output_attentions=False):
         """query (B, Lq, d); context (B, Lk, d); key_mask (B, Lk) bool, True = may be attended to."""
         b, lq, d = query.shape
-        w_q, w_kv = self.in_proj_weight.split([d, 2 * d])
-        b_q, b_kv = self.in_proj_bias.split([d, 2 * d])
-        q = F.linear(query, w_q, b_q)
-        k, v = F.linear(context, w_kv, b_kv).chunk(2, dim=-1)
+        q, k, v = self.q_proj(query), self.k_proj(context), self.v_proj(context)
         if self.bias_k is not None:
             k = torch.cat([k, self.bias_k.expand(b, 1, d)], dim=1)
             v = torch.cat([v, self.bias_v.expand(b, 1, d)], dim=1)
@@ -208,18 +239,22 @@ class SpectraFMPreTrainedModel(PreTrainedModel):
     accepts_loss_kwargs = False
 
     def _init_weights(self, module):
-        # Torch's own defaults, as the paper used them: kaiming-uniform Linear, Xavier attention projections.
-        if isinstance(module, nn.Linear):
+        # Torch's own defaults, as the paper used them: kaiming-uniform Linear, Xavier over the packed (3d, d)
+        # attention projection with zero bias.
+        if isinstance(module, SpectraFMAttention):
+            packed = torch.empty(3 * module.q_proj.out_features, module.q_proj.in_features)
+            init.xavier_uniform_(packed)
+            for proj, part in zip((module.q_proj, module.k_proj, module.v_proj), packed.chunk(3, dim=0)):
+                init.copy_(proj.weight, part)
+                init.zeros_(proj.bias)
+            if module.bias_k is not None:
+                init.xavier_normal_(module.bias_k)
+                init.xavier_normal_(module.bias_v)
+        elif isinstance(module, nn.Linear) and not getattr(module, "_is_attention_projection", False):
             init.kaiming_uniform_(module.weight, a=math.sqrt(5))
             if module.bias is not None:
                 bound = 1.0 / math.sqrt(module.weight.shape[1])
                 init.uniform_(module.bias, -bound, bound)
-        elif isinstance(module, SpectraFMAttention):
-            init.xavier_uniform_(module.in_proj_weight)
-            init.zeros_(module.in_proj_bias)
-            if module.bias_k is not None:
-                init.xavier_normal_(module.bias_k)
-                init.xavier_normal_(module.bias_v)
         elif isinstance(module, SpectraFMEmbeddings):
             bound = self.config.embedding_init_bound
             init.uniform_(module.embeddings, -bound, bound)

@@ -48,7 +48,9 @@ class ModelArguments:
                                                      "the end so the result is a plain SpectraFM folder."})
     lora_alpha: int = 16
     lora_dropout: float = 0.0
-    lora_target_modules: list[str] = field(default_factory=lambda: ["dense_1", "dense_2", "out_proj"])
+    lora_target_modules: list[str] = field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "out_proj", "dense_1", "dense_2"],
+        metadata={"help": "module names LoRA adapts: attention q_proj/k_proj/v_proj/out_proj, FFN dense_1/dense_2"})
     flux_normalization: str = field(default="global", metadata={"help": "fresh model: global | per_pixel"})
     divide_by_median: bool = field(default=False, metadata={"help": "fresh model: divide each spectrum by its median "
                                                                     "first (flux-calibrated spectra such as Gaia XP)"})
