@@ -1,5 +1,7 @@
 """The datasets builders write the one schema, for synthetic, observed-domain and survey-file sources."""
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -84,3 +86,72 @@ def test_apogee_dr17_config_applies_the_paper_cuts(tmp_path):
     assert len(rows_out) == 1 and rows_out[0]["object_id"] == star_id
     assert rows_out[0]["TEFF"] == pytest.approx(5200.0) and rows_out[0]["TEFF_err"] == pytest.approx(10.0)
     assert len(rows_out[0]["flux"]) == 8575
+
+
+def test_files_config_generators_get_paths_and_read_block_by_block(tmp_path, monkeypatch):
+    """_split_generators reads no spectrum (only paths go to the generators), so a large folder never sits in
+    memory; a split with no spectrum at all is simply empty."""
+    import spectrafm_hf.instruments as instruments
+
+    labels = pd.DataFrame({"object_id": ["2M19485057+5005279"], "TEFF": [5226.0], "split": ["test"]})
+    labels.to_csv(tmp_path / "labels.csv", index=False)
+    builder = SpectraFMDatasets(config_name="files", cache_dir=str(tmp_path / "c"), label_table=str(tmp_path / "labels.csv"),
+                                data_dir=str(TESTS / "fixtures" / "apogee"), label_names=["TEFF"], block_size=1)
+    calls = []
+    real_read = instruments.read
+    monkeypatch.setattr(instruments, "read", lambda *a, **k: calls.append(a[0]) or real_read(*a, **k))
+    gens = builder._split_generators(None)
+    assert not calls and {g.name for g in gens} == {"train", "test"}
+    assert all(isinstance(p, str) for g in gens for p in g.gen_kwargs["files"])
+    builder.download_and_prepare()
+    dsd = builder.as_dataset()
+    assert len(dsd["test"]) == 2 and set(dsd["test"]["object_id"]) == {"2M19485057+5005279"}  # apStar + aspcapStar
+    assert len(dsd["train"]) == 2 and np.isnan(dsd["train"]["TEFF"]).all()
+
+
+def test_files_config_refuses_a_label_table_that_matches_nothing(tmp_path):
+    pd.DataFrame({"object_id": ["nobody"], "TEFF": [5000.0]}).to_csv(tmp_path / "labels.csv", index=False)
+    with pytest.raises(ValueError, match="no object_id of the label table matches"):
+        load_spectra_dataset("files", cache_dir=str(tmp_path / "c"), data_dir=str(TESTS / "fixtures" / "apogee"),
+                             label_table=str(tmp_path / "labels.csv"), label_names=["TEFF"])
+
+
+def test_builder_cache_follows_the_generating_code(tmp_path, monkeypatch):
+    """The Arrow cache is keyed by the package version and a fingerprint of the generating code: a changed
+    generator builds afresh instead of reusing rows written by the old code."""
+    import spectrafm_hf
+    from spectrafm_hf.data import builder as builder_module
+
+    kw = dict(config_name="synthetic_apogee", cache_dir=str(tmp_path), n_train=4, n_validation=0, n_test=0)
+    first = SpectraFMDatasets(**kw)
+    assert str(first.config.version) == spectrafm_hf.__version__
+    assert first.hash == builder_module.generator_fingerprint() and len(first.hash) == 16
+    first.download_and_prepare()
+    assert first.hash in first.cache_dir
+    same = SpectraFMDatasets(**kw)
+    assert same.cache_dir == first.cache_dir  # unchanged code: the cache is reused
+    monkeypatch.setattr(builder_module, "generator_fingerprint", lambda: "0123456789abcdef")
+    changed = SpectraFMDatasets(**kw)
+    assert changed.cache_dir != first.cache_dir and "0123456789abcdef" in changed.cache_dir
+
+
+def test_generator_fingerprint_changes_with_any_generating_file(tmp_path):
+    import shutil
+
+    from spectrafm_hf.data import builder as builder_module
+
+    package = Path(builder_module.__file__).resolve().parent.parent
+    copy = tmp_path / "pkg"
+    for entry in builder_module._GENERATING_CODE:
+        src, dst = package / entry, copy / entry
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        if src.is_dir():
+            shutil.copytree(src, dst, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy(src, dst)
+    base = builder_module._fingerprint(copy, "0.1.0")
+    assert base == builder_module._fingerprint(package, "0.1.0")  # content, not location
+    assert builder_module._fingerprint(copy, "0.2.0") != base
+    target = copy / "synth" / "realism.py"
+    target.write_text(target.read_text() + "\n# changed\n")
+    assert builder_module._fingerprint(copy, "0.1.0") != base

