@@ -1,6 +1,7 @@
 """Datasets: the one schema, `datasets` builders for every source, and helpers."""
 
 from .builder import SpectraFMDatasetConfig, SpectraFMDatasets, load_spectra_dataset
+from .publish import load_published_dataset, push_dataset
 from .schema import (DEFAULT_LABEL_NAMES, arrays_to_table, features, require_columns, row_to_spectrum,
                      spectra_to_table)
 
@@ -10,7 +11,9 @@ __all__ = [
     "SpectraFMDatasets",
     "arrays_to_table",
     "features",
+    "load_published_dataset",
     "load_spectra_dataset",
+    "push_dataset",
     "require_columns",
     "row_to_spectrum",
     "spectra_to_table",

@@ -61,6 +61,12 @@ class DataArguments:
     dataset_config: str = field(default="synthetic_apogee", metadata={"help": "a SpectraFMDatasets config name"})
     dataset_kwargs: dict = field(default_factory=dict, metadata={"help": "builder arguments (n_train, seed, ...)"})
     dataset_cache_dir: str | None = None
+    dataset_name: str | None = field(default=None, metadata={"help": "a Hub dataset id (org/name, published with "
+                                                                      "spectrafm push-dataset) instead of a builder"})
+    dataset_subset: str | None = field(default=None, metadata={"help": "its configuration (e.g. apogee)"})
+    dataset_revision: str | None = None
+    data_files: dict = field(default_factory=dict, metadata={"help": "or Parquet files per split, e.g. {train: "
+                                                                     "shards/train-*.parquet, validation: ...}"})
     pixel_range: list[int] | None = field(default=None, metadata={"help": "APOGEE 7514-grid pixel window [start, "
                                                                           "end) to read (the paper's stages)"})
     wavelength_window: list[float] | None = field(default=None, metadata={"help": "or a window in vacuum Angstrom"})
@@ -174,10 +180,19 @@ def check_label_columns(dataset, label_names, input_label_names=(), split="train
 
 
 def load_data(data_args: DataArguments):
-    from ..data import load_spectra_dataset
+    """(train, eval, test) from a builder config (``dataset_config`` + ``dataset_kwargs``), or from a Hub dataset
+    (``dataset_name``/``dataset_subset``/``dataset_revision``) or Parquet ``data_files`` in the package's schema."""
+    from ..data import load_published_dataset, load_spectra_dataset
 
-    dsd = load_spectra_dataset(data_args.dataset_config, cache_dir=data_args.dataset_cache_dir,
-                               **data_args.dataset_kwargs)
+    if data_args.dataset_name or data_args.data_files:
+        dsd = load_published_dataset(data_args.dataset_name, data_args.dataset_subset,
+                                     data_files=data_args.data_files or None, revision=data_args.dataset_revision,
+                                     cache_dir=data_args.dataset_cache_dir)
+    else:
+        dsd = load_spectra_dataset(data_args.dataset_config, cache_dir=data_args.dataset_cache_dir,
+                                   **data_args.dataset_kwargs)
+    if "train" not in dsd:
+        raise ValueError(f"the dataset has no 'train' split (splits: {sorted(dsd)})")
     train = select_stars(dsd["train"], data_args.train_selection, data_args.max_train_stars, data_args.selection_seed)
     evald = dsd[data_args.eval_split] if data_args.eval_split in dsd else None
     if evald is not None and data_args.max_eval_stars and len(evald) > data_args.max_eval_stars:
