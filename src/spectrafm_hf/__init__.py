@@ -22,12 +22,20 @@ SpectraFMConfig.register_for_auto_class()
 SpectraFMModel.register_for_auto_class("AutoModel")
 
 from .pipeline import SpectraFMPipeline  # noqa: E402  (needs the registrations above)
+from .stellar_labels_task import StellarLabelsPipeline  # noqa: E402
+
+from transformers.pipelines import PIPELINE_REGISTRY  # noqa: E402
+
+# transformers.pipeline("stellar-labels", model=...) -> StellarLabelsPipeline (model via AutoModel, processor via
+# AutoFeatureExtractor)
+PIPELINE_REGISTRY.register_pipeline("stellar-labels", pipeline_class=StellarLabelsPipeline, pt_model=AutoModel)
 
 __all__ = [
     "SpectraFMConfig",
     "SpectraFMModel",
     "SpectraFMOutput",
     "SpectraFMPreTrainedModel",
+    "StellarLabelsPipeline",
     "SpectraFMProcessor",
     "SpectraFMPipeline",
     "Spectrum",
