@@ -30,7 +30,14 @@ from transformers.pipelines import PIPELINE_REGISTRY  # noqa: E402
 # AutoFeatureExtractor)
 PIPELINE_REGISTRY.register_pipeline("stellar-labels", pipeline_class=StellarLabelsPipeline, pt_model=AutoModel)
 
+from .default_model import DEFAULT_MODEL_ALIAS, DEFAULT_MODEL_ID, ensure_default_model_in_cache  # noqa: E402
+
+# AutoModel/AutoConfig/AutoFeatureExtractor.from_pretrained("spectrafm-base") work offline on a fresh install
+ensure_default_model_in_cache()
+
 __all__ = [
+    "DEFAULT_MODEL_ALIAS",
+    "DEFAULT_MODEL_ID",
     "SpectraFMConfig",
     "SpectraFMModel",
     "SpectraFMOutput",
