@@ -24,6 +24,7 @@ from .checkpoint_folder import (
     _read_json,
     _write_json,
     as_folder,
+    is_weights_file,
     record_local_details,
     redact_local_details,
     stage,
@@ -33,7 +34,6 @@ __all__ = ["push_pipeline", "push_trainer_checkpoint", "TRAINER_STATE_FILES"]
 
 # The files of a Trainer checkpoint-N/ folder needed to resume from it (besides the model files).
 TRAINER_STATE_FILES = re.compile(r"^(optimizer\.pt|scheduler\.pt|scaler\.pt|rng_state(_\d+)?\.pth|trainer_state\.json)$")
-STALE_WEIGHTS = ["*.safetensors", "model.safetensors.index.json"]
 
 
 def _check_online(repo_id: str):
@@ -44,6 +44,19 @@ def _check_online(repo_id: str):
         raise OfflineModeIsEnabled(
             f"Cannot push to {repo_id!r}: offline mode is enabled (HF_HUB_OFFLINE=1). Unset HF_HUB_OFFLINE to push."
         )
+
+
+def _stale_weights(api, repo_id: str, revision: str | None, uploaded: list[str]) -> list[str] | None:
+    """Top-level weight files of the repo that this upload does not replace (an earlier sharded save), by exact
+    name: a pattern such as ``*.safetensors`` would also delete ``last-checkpoint/`` and ``checkpoint-N/`` weights."""
+    from huggingface_hub.errors import RevisionNotFoundError
+
+    try:
+        files = api.list_repo_files(repo_id, repo_type="model", revision=revision)
+    except RevisionNotFoundError:
+        return None
+    stale = [f for f in files if "/" not in f and is_weights_file(f) and f not in uploaded]
+    return stale or None
 
 
 def _uploaded(staging: Path) -> list[str]:
@@ -71,8 +84,9 @@ def push_pipeline(
     ``spectrafm_hf``), and ``README.md``: ``card`` (a `ModelCard` or its text) if given, else the folder's
     README.md, else ``render_model_card(folder, repo_id=repo_id, **card_info)``. ``training_info.json`` and the
     generated card hold no absolute local paths or host details unless ``record_local_paths=True`` (or
-    ``SPECTRAFM_RECORD_LOCAL_PATHS=1``). Stale ``*.safetensors`` in the repo are deleted in the same commit. The
-    folder itself is not modified.
+    ``SPECTRAFM_RECORD_LOCAL_PATHS=1``). Stale top-level weight files in the repo (shards of an earlier save) are
+    deleted in the same commit; sub-folders such as ``last-checkpoint/`` are kept. The folder itself is not
+    modified.
 
     Raises:
         huggingface_hub.errors.OfflineModeIsEnabled: at once when ``HF_HUB_OFFLINE=1``.
@@ -107,7 +121,7 @@ def push_pipeline(
             commit_message=commit_message,
             revision=revision,
             create_pr=create_pr,
-            delete_patterns=STALE_WEIGHTS,
+            delete_patterns=_stale_weights(api, repo_id, revision, uploaded),
         )
     info.uploaded_files = uploaded
     return info
