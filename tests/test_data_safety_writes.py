@@ -59,7 +59,8 @@ def _planted(folder: Path, before: dict[str, str]) -> dict[str, str]:
 
 
 def _leftovers(*folders: Path) -> list[str]:
-    return [p.name for f in folders if f.is_dir() for p in f.iterdir() if ".tmp" in p.name or "spectrafm-save" in p.name]
+    return [p.name for f in folders if f.is_dir() for p in f.iterdir()
+            if ".tmp" in p.name or "spectrafm-save" in p.name]
 
 
 @pytest.fixture(scope="module")
@@ -272,6 +273,13 @@ def test_training_info_and_cards_hold_no_local_paths_or_host(tmp_path, monkeypat
     assert str(tmp_path) in str(render_model_card(folder, repo_id="org/x", record_local_paths=True))
     assert redact_local_details({"u": "https://huggingface.co/org/x", "l": "[Fe/H]", "r": "runs/ft"}) == \
         {"u": "https://huggingface.co/org/x", "l": "[Fe/H]", "r": "runs/ft"}  # URLs, labels, relative paths stay
+    assert info["config"]["data"]["cache"].startswith("spectra#")  # ~/ paths too
+    win = redact_local_details({"p": "C:\\Users\\alice\\labels.csv"})["p"]
+    assert win.startswith("labels.csv#") and "alice" not in win
+    monkeypatch.chdir("/")  # relative to "/" would still spell the whole path
+    assert redact_local_details({"p": str(data_dir)})["p"].startswith("data#")
+    monkeypatch.chdir(tmp_path)  # inside the working directory: a relative name
+    assert redact_local_details({"p": str(data_dir / "a.fits")})["p"] == "data/a.fits"
 
 
 def test_pushed_training_info_of_an_old_folder_is_redacted(fake_hub, tmp_path, monkeypatch):  # noqa: F811

@@ -154,21 +154,22 @@ def record_local_details(flag: bool | None = None) -> bool:
 _ABS_PATH = re.compile(r"(?<![\w:/.~-])(?:~?/|[A-Za-z]:[\\/])[^\s'\",;()\[\]{}<>|]*")
 
 
-def _path_name(path: str, base: Path) -> str:
+def _path_name(path: str, base: Path | None) -> str:
     full = os.path.normpath(os.path.expanduser(path))
-    try:
-        rel = os.path.relpath(full, base)
-        if not rel.startswith(".."):
-            return rel
-    except ValueError:  # another drive
-        pass
-    name = os.path.basename(full.rstrip("/\\")) or "root"
+    if base is not None and os.path.isabs(full):
+        try:
+            rel = os.path.relpath(full, base)
+            if not rel.startswith(".."):
+                return rel
+        except ValueError:  # another drive
+            pass
+    name = re.split(r"[\\/]", full.rstrip("/\\"))[-1] or "root"  # a Windows path is split on its \\ too
     return f"{name}#{hashlib.sha256(full.encode()).hexdigest()[:8]}"
 
 
 def _host_words() -> list[str]:
     words = set()
-    for get in (socket.gethostname, socket.getfqdn, getpass.getuser):
+    for get in (socket.gethostname, getpass.getuser):  # no getfqdn: it may wait on DNS
         with contextlib.suppress(Exception):
             w = get()
             if w and len(w) >= 2 and w not in ("localhost", "root"):
@@ -179,11 +180,14 @@ def _host_words() -> list[str]:
 
 def redact_local_details(value, base: str | os.PathLike | None = None):
     """A copy of a JSON-like ``value`` without absolute local paths or host details: a path inside ``base``
-    (default: the working directory) becomes relative to it, any other absolute path becomes
-    ``<basename>#<sha256[:8]>`` of the full path (distinct paths stay distinct, none can be read back); the host
-    name and user name, where they stand as a word (e.g. in ``logging_dir``'s ``runs/Dec02_10-00-00_<host>``),
-    become ``<host>``/``<user>``. Keys and non-string values are kept."""
+    (default: the working directory; not when that holds the home folder, as ``/`` does) becomes relative to it,
+    any other absolute path becomes ``<basename>#<sha256[:8]>`` of the full path (distinct paths stay distinct,
+    none can be read back); the host name and user name, where they stand as a word (e.g. in ``logging_dir``'s
+    ``runs/Dec02_10-00-00_<host>``), become ``<host>``/``<user>``. Keys and non-string values are kept."""
     base = Path(base if base is not None else os.getcwd()).resolve()
+    home = Path.home().resolve()
+    if home != base and home.is_relative_to(base):  # "/" or "/home": relative names would still name the user
+        base = None
     words = _host_words()
     host_re = re.compile(r"(?<![A-Za-z0-9])(" + "|".join(map(re.escape, words)) + r")(?![A-Za-z0-9])") if words \
         else None

@@ -20,7 +20,7 @@ looked for. ``transformers.AutoModel.from_pretrained`` itself only knows 1, 3 an
 Where the other Hub jobs live
 -----------------------------
 This module finds checkpoints and installs them into the cache. It re-exports the names of the modules below, so
-``from spectrafm_hf.hub import ...`` keeps working for every name it had:
+``from spectrafm_hf.hub import ...`` keeps working for every public name it had:
 
 - `spectrafm_hf.checkpoint_folder`: the allow-list of files a checkpoint folder holds, recognising a folder of
   ours, adding the model code files (:func:`ensure_remote_code`), redacting local paths and host details;
@@ -68,6 +68,10 @@ __all__ = [
 ]
 
 EMBEDDED_DIR = PACKAGE_DIR / "resources" / "models"
+# Old names, kept importable but no longer used: which files are copied or uploaded is now the explicit allow-list
+# spectrafm_hf.checkpoint_folder.CHECKPOINT_FILES (a suffix rule took every .txt/.yaml/.json, secrets included).
+CHECKPOINT_SUFFIXES = (".json", ".safetensors", ".py", ".md")
+CHECKPOINT_EXCLUDE = ("trainer_state.json", "training_args.json")
 
 
 class CheckpointNotFoundError(FileNotFoundError):

@@ -33,7 +33,8 @@ from .checkpoint_folder import (
 __all__ = ["push_pipeline", "push_trainer_checkpoint", "TRAINER_STATE_FILES"]
 
 # The files of a Trainer checkpoint-N/ folder needed to resume from it (besides the model files).
-TRAINER_STATE_FILES = re.compile(r"^(optimizer\.pt|scheduler\.pt|scaler\.pt|rng_state(_\d+)?\.pth|trainer_state\.json)$")
+TRAINER_STATE_FILES = re.compile(
+    r"^(optimizer\.pt|scheduler\.pt|scaler\.pt|rng_state(_\d+)?\.pth|trainer_state\.json)$")
 
 
 def _check_online(repo_id: str):
