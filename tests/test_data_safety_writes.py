@@ -20,7 +20,13 @@ from spectrafm_hf import SpectraFMPipeline
 from spectrafm_hf.checkpoint_folder import is_spectrafm_folder, redact_local_details
 from spectrafm_hf.cli import main
 from spectrafm_hf.convert import convert_original_checkpoint
-from spectrafm_hf.hub import ForeignFolderError, atomic_directory, push_pipeline, render_model_card
+from spectrafm_hf.hub import (
+    ForeignFolderError,
+    atomic_directory,
+    install_to_cache,
+    push_pipeline,
+    render_model_card,
+)
 from spectrafm_hf.training.info import training_info, write_training_info
 
 SECRET = "hf_PLANTEDsecretTOKEN0123456789abcdef"
@@ -109,6 +115,23 @@ def test_overwrite_replaces_only_our_files(pipe, tmp_path):
     assert not (proj / "preprocessor_config.json").is_symlink()
     assert link_target.read_text() == "{}"
     assert SpectraFMPipeline.from_pretrained(proj, device="cpu").label_names == pipe.label_names
+
+
+def test_another_models_folder_is_not_taken_for_ours(pipe, tmp_path):
+    other = tmp_path / "bert"  # only file names a checkpoint uses, but another model's
+    other.mkdir()
+    (other / "config.json").write_text('{"model_type": "bert"}')
+    (other / "model.safetensors").write_bytes(b"bert weights")
+    before = _hashes(other)
+    with pytest.raises(ForeignFolderError, match="model_type 'bert'"):
+        pipe.save_pretrained(other)
+    assert _hashes(other) == before
+    clone = tmp_path / "clone"  # a fresh clone of an empty Hub repo: hidden entries only
+    (clone / ".git").mkdir(parents=True)
+    (clone / ".gitattributes").write_text("*.safetensors filter=lfs\n")
+    pipe.save_pretrained(clone)
+    assert (clone / ".gitattributes").read_text() == "*.safetensors filter=lfs\n" and (clone / ".git").is_dir()
+    assert is_spectrafm_folder(clone)
 
 
 def test_our_own_model_folder_is_updated_in_place_without_overwrite(pipe, tmp_path):
@@ -228,6 +251,9 @@ def test_push_uploads_the_allow_list_only_and_says_what(fake_hub, tmp_path, caps
     assert "uploaded 6 files: README.md, config.json, configuration_spectrafm.py" in out
     assert "notes.txt" not in out and "secrets.yaml" not in out
     assert set(_pushed(fake_hub, "org/allow-cli")) - {".gitattributes"} == expected
+
+    snapshot = install_to_cache(folder, "org/allow", cache_dir=tmp_path / "cache")  # the local cache: same list
+    assert {p.name for p in snapshot.iterdir()} == OURS
 
 
 def test_push_leaves_visibility_to_the_hub_unless_asked(fake_hub, tmp_path):  # noqa: F811

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import tempfile
@@ -24,15 +25,28 @@ def check_target(target, overwrite: bool = False):
         raise NotADirectoryError(f"cannot save a checkpoint into {target}: it exists and is not a folder")
     if not target.is_dir() or overwrite or is_spectrafm_folder(target):
         return
+    visible = sorted(p.name for p in target.iterdir() if not p.name.startswith("."))
+    if not visible:
+        return  # empty, or only hidden entries (.git of a fresh clone): nothing of the user's can be replaced
     foreign = foreign_entries(target)
-    if foreign:
-        shown = ", ".join(foreign[:8]) + (f", ... ({len(foreign)} in all)" if len(foreign) > 8 else "")
-        raise ForeignFolderError(
-            f"refusing to save a checkpoint into {target}: the folder is not a SpectraFM model folder and holds "
-            f"other files ({shown}). Choose a new or empty folder, or pass overwrite=True to write the checkpoint's "
-            "files there anyway (only config.json, the weights, preprocessor_config.json and the other checkpoint "
-            "files are replaced; nothing else is touched)."
-        )
+    if foreign:  # the user's files: data, notes, sub-folders
+        what = "holds other files"
+    else:  # only names a checkpoint uses, but not a SpectraFM checkpoint (another model, or no config.json)
+        foreign, what = visible, f"holds a checkpoint that is not a SpectraFM one ({_model_type(target)})"
+    shown = ", ".join(foreign[:8]) + (f", ... ({len(foreign)} in all)" if len(foreign) > 8 else "")
+    raise ForeignFolderError(
+        f"refusing to save a checkpoint into {target}: the folder is not a SpectraFM model folder and {what}: "
+        f"{shown}. Choose a new or empty folder, or pass overwrite=True to write the checkpoint's files there "
+        "anyway (only config.json, the weights, preprocessor_config.json and the other checkpoint files are "
+        "replaced; nothing else is touched)."
+    )
+
+
+def _model_type(folder: Path) -> str:
+    try:
+        return f"config.json has model_type {json.loads((folder / 'config.json').read_text()).get('model_type')!r}"
+    except (OSError, ValueError, AttributeError):
+        return "no readable config.json"
 
 
 def _umask_mode(mode: int) -> int:
