@@ -70,8 +70,10 @@ def atomic_directory(target: str | os.PathLike, overwrite: bool = False):
       completely in a hidden temporary folder inside ``target``, then moved in one by one (``os.replace``, atomic
       per file; ``config.json`` last). Stale weight files of an earlier save (``model-0000x-of-0000y.safetensors``,
       the index) are removed so the folder cannot mix two checkpoints; every other file stays.
-    - ``target`` holds anything else: `ForeignFolderError` (a `FileExistsError`) naming the folder and the
-      foreign files, before anything is written.
+      A folder holding only hidden entries (``.git`` of a fresh clone) is written the same way; hidden entries are
+      never touched.
+    - ``target`` holds anything else (the user's files, or another model's checkpoint): `ForeignFolderError` (a
+      `FileExistsError`) naming the folder and those files, before anything is written.
     """
     target = Path(target).expanduser().resolve()
     check_target(target, overwrite)

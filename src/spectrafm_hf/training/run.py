@@ -293,7 +293,8 @@ def _apply_lora(model, model_args):
 
 
 # ---------------------------------------------------------------------------------------------------- runs
-def save_pipeline_folder(model, processor, folder, info: dict, metrics: dict | None = None, overwrite: bool = False):
+def save_pipeline_folder(model, processor, folder, info: dict, metrics: dict | None = None,
+                         overwrite: bool = False):
     """config.json + model.safetensors + code + preprocessor_config.json + training_info.json, written atomically
     and without touching other files (`spectrafm_hf.safe_write.atomic_directory`: a folder holding files that are
     not ours is refused unless ``overwrite``)."""
