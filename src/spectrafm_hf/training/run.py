@@ -24,9 +24,9 @@ from transformers import HfArgumentParser, Trainer, TrainingArguments, set_seed
 from ..configuration_spectrafm import SpectraFMConfig
 from ..grids import apogee_wavelength_7514
 from ..hub import resolve_model
-from ..safe_write import atomic_directory, check_target
 from ..modeling_spectrafm import SpectraFMModel
 from ..processing_spectrafm import SpectraFMProcessor
+from ..safe_write import atomic_directory, check_target
 from .collator import EpochCallback, SpectraCollator
 from .freezing import freeze
 from .info import TrainingInfoCallback, training_info, write_training_info
