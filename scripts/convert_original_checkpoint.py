@@ -17,10 +17,12 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("original_dir")
     parser.add_argument("output_dir")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="write into a folder holding other files (only the checkpoint's files are replaced)")
     args = parser.parse_args(argv)
     try:
-        model = convert_original_checkpoint(args.original_dir, args.output_dir)
-    except (FileNotFoundError, ValueError) as e:
+        model = convert_original_checkpoint(args.original_dir, args.output_dir, overwrite=args.overwrite)
+    except (FileNotFoundError, FileExistsError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(f"wrote {args.output_dir}: labels {model.config.label_names}, {model.num_parameters():,} parameters")

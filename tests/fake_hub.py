@@ -138,6 +138,8 @@ class FakeHub:
         self.blob_dir = self.root / "blobs"
         self.blob_dir.mkdir(parents=True, exist_ok=True)
         self.lfs = lfs
+        # visibility of a repo created without "private"/"visibility" (an organisation that defaults to private)
+        self.default_private = False
         self.repos: dict[tuple[str, str], Repo] = {}
         self.requests: list[tuple[str, str, int]] = []  # (method, path, status) of every request
         self.errors: list[str] = []  # tracebacks of requests the server failed on (a bug here, or in a client)
@@ -327,7 +329,12 @@ class FakeHub:
         repo_type = body.get("type") or "model"
         name = body["name"]
         repo_id = name if "/" in name else f"{body.get('organization') or 'user'}/{name}"
-        private = body.get("private") or body.get("visibility") == "private"
+        if body.get("private") is not None:
+            private = bool(body["private"])
+        elif body.get("visibility") is not None:
+            private = body["visibility"] == "private"
+        else:
+            private = self.default_private
         url = f"{self.endpoint}/{URL_PREFIX[repo_type]}{repo_id}"
         with self._lock:
             if (repo_type, repo_id) in self.repos:

@@ -6,7 +6,7 @@
     spectrafm finetune CONFIG.yaml [--field value ...]       (scripts/finetune.py's arguments)
     spectrafm evaluate --model DIR --data set.parquet
     spectrafm info MODEL
-    spectrafm push FOLDER ORG/NAME
+    spectrafm push FOLDER ORG/NAME [--private | --public]
     spectrafm install [--model spectrafm-base]               (puts the default model in the local HF cache)
 
 Exit codes: 0 = everything worked; 1 = some inputs failed (the others were processed and written); 2 = nothing could
@@ -383,6 +383,8 @@ def cmd_push(args) -> int:
         _err(f"push failed: {e}")
         return FAILED
     print(f"pushed {args.folder} to {args.repo_id}: {getattr(info, 'commit_url', info)}")
+    files = getattr(info, "uploaded_files", None) or []
+    print(f"uploaded {len(files)} files: {', '.join(files)}")
     return OK
 
 
@@ -475,7 +477,10 @@ def build_parser() -> argparse.ArgumentParser:
     q = sub.add_parser("push", help="publish a model folder (with its card) to the Hugging Face Hub")
     q.add_argument("folder")
     q.add_argument("repo_id")
-    q.add_argument("--private", action="store_true")
+    vis = q.add_mutually_exclusive_group()
+    vis.add_argument("--private", dest="private", action="store_true", default=None,
+                     help="create the repo private (default: the Hub's default for you or your organisation)")
+    vis.add_argument("--public", dest="private", action="store_false", help="create the repo public")
     q.set_defaults(func=cmd_push)
 
     q = sub.add_parser("install", help="put a model into the local HF cache so AutoModel.from_pretrained(name) "

@@ -10,6 +10,7 @@ the processor's ``per_pixel`` normalisation, so the converted pipeline reproduce
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 
@@ -18,7 +19,7 @@ import torch
 
 from .configuration_spectrafm import SpectraFMConfig
 from .grids import apogee_wavelength_7514
-from .hub import atomic_directory
+from .safe_write import atomic_directory
 from .modeling_spectrafm import SpectraFMModel
 from .processing_spectrafm import SpectraFMProcessor
 
@@ -59,9 +60,27 @@ def _map_key(key: str) -> str | None:
     return None
 
 
-def convert_original_checkpoint(original_dir, output_dir) -> SpectraFMModel:
+def _check_output(original_dir, output_dir):
+    """The output must not be the original folder (its config.json would be replaced by ours)."""
+    src, out = Path(original_dir).expanduser().resolve(), Path(output_dir).expanduser().resolve()
+    same = src == out or (out.is_dir() and src.is_dir() and os.path.samefile(src, out))
+    if same:
+        raise ValueError(f"output folder {output_dir} is the original checkpoint folder {original_dir}: converting "
+                         "in place would replace its config.json; choose another output folder")
+    for name in ("weights.pt", "config.json", "embed_map.npz"):  # the same files reached through links
+        a, b = src / name, out / name
+        if a.exists() and b.exists() and os.path.samefile(a, b):
+            raise ValueError(f"{b} is the original checkpoint's {name} ({a}); choose another output folder")
+
+
+def convert_original_checkpoint(original_dir, output_dir, overwrite: bool = False) -> SpectraFMModel:
     """Convert ``original_dir`` (the paper's format) into ``output_dir`` (config.json, model.safetensors,
-    preprocessor_config.json). Returns the converted model."""
+    preprocessor_config.json). Returns the converted model.
+
+    ``output_dir`` may not be ``original_dir`` (`ValueError`). It is written like
+    `SpectraFMPipeline.save_pretrained`: a folder holding other files is refused (`FileExistsError`) unless
+    ``overwrite=True``, which replaces only the converted checkpoint's files and nothing else."""
+    _check_output(original_dir, output_dir)
     state, config, embed_map = load_original_folder(original_dir)
     nn_cfg, tok_cfg, norm = config["nn_config"], config["tokenizer_config"], config["norm_config"]
     vocab = list(tok_cfg["vocabs"])
@@ -140,7 +159,7 @@ def convert_original_checkpoint(original_dir, output_dir) -> SpectraFMModel:
         wavelength_coverage=[[float(grid[pix].min()), float(grid[pix].max())]],
         converted_from=str(Path(original_dir).name),
     )
-    with atomic_directory(output_dir) as tmp:
+    with atomic_directory(output_dir, overwrite=overwrite) as tmp:
         model.save_pretrained(tmp)
         processor.save_pretrained(tmp)
     return model

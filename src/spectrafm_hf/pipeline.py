@@ -127,11 +127,15 @@ class SpectraFMPipeline:
             path, **{k: v for k, v in kwargs.items() if k in ("cache_dir", "revision", "local_files_only", "token")})
         return cls(model, processor, device=device, batch_size=batch_size, bf16=bf16, compile=compile)
 
-    def save_pretrained(self, path: str | os.PathLike, **kwargs):
-        """Write the model and the processor into ``path`` (atomically: a temporary folder renamed into place)."""
-        from .hub import atomic_directory
+    def save_pretrained(self, path: str | os.PathLike, overwrite: bool = False, **kwargs):
+        """Write the model and the processor into ``path``, never destroying anything there
+        (`spectrafm_hf.safe_write.atomic_directory`): a new or empty folder, or an earlier SpectraFM save, gets the
+        checkpoint files (a crash leaves no half-written checkpoint); a folder holding other files is refused with
+        a `FileExistsError` naming them, unless ``overwrite=True``, which replaces only the checkpoint's own files
+        (config.json, weights, preprocessor_config.json, code files) and leaves every other file alone."""
+        from .safe_write import atomic_directory
 
-        with atomic_directory(path) as tmp:
+        with atomic_directory(path, overwrite=overwrite) as tmp:
             self.model.save_pretrained(tmp, **kwargs)
             self.processor.save_pretrained(tmp)
         return path

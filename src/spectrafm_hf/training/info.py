@@ -1,4 +1,10 @@
-"""`training_info.json`: what produced a checkpoint (config, data, seed, library versions, hardware)."""
+"""`training_info.json`: what produced a checkpoint (config, data, seed, library versions, hardware).
+
+The record travels with the checkpoint (to the Hub, to colleagues), so by default it holds no absolute local path
+and no host details: paths become relative to the working directory or ``name#hash``, the host and user names are
+replaced (`spectrafm_hf.checkpoint_folder.redact_local_details`), and the hardware is the CPU model, core count and
+accelerators (no kernel build). ``record_local_paths=True`` or ``SPECTRAFM_RECORD_LOCAL_PATHS=1`` keeps them all.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +16,8 @@ import subprocess
 from pathlib import Path
 
 from transformers import TrainerCallback
+
+from ..checkpoint_folder import record_local_details, redact_local_details
 
 __all__ = ["training_info", "write_training_info", "TrainingInfoCallback"]
 
@@ -33,10 +41,11 @@ def _git_commit() -> str | None:
         return None
 
 
-def hardware() -> dict:
+def hardware(full: bool = False) -> dict:
     import torch
 
-    info = {"platform": platform.platform(), "cpu": cpu_model(), "cpu_count": os.cpu_count(),
+    system = platform.platform() if full else f"{platform.system()}-{platform.machine()}"
+    info = {"platform": system, "cpu": cpu_model(), "cpu_count": os.cpu_count(),
             "torch_threads": torch.get_num_threads(), "accelerators": []}
     if torch.cuda.is_available():
         for i in range(torch.cuda.device_count()):
@@ -57,17 +66,22 @@ def library_versions() -> dict:
     return out
 
 
-def training_info(config: dict | None = None, data: dict | None = None, seed: int | None = None, **extra) -> dict:
-    return {
+def training_info(config: dict | None = None, data: dict | None = None, seed: int | None = None, *,
+                  record_local_paths: bool | None = None, **extra) -> dict:
+    """The record; ``record_local_paths`` (default: ``SPECTRAFM_RECORD_LOCAL_PATHS``, else no): keep absolute local
+    paths, host and user names and the full platform string instead of redacting them."""
+    full = record_local_details(record_local_paths)
+    info = {
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "config": config or {},
         "data": data or {},
         "seed": seed,
         "versions": library_versions(),
-        "hardware": hardware(),
+        "hardware": hardware(full),
         "git_commit": _git_commit(),
         **extra,
     }
+    return info if full else redact_local_details(info)
 
 
 def write_training_info(folder, info: dict) -> Path:

@@ -23,9 +23,10 @@ from transformers import HfArgumentParser, Trainer, TrainingArguments, set_seed
 
 from ..configuration_spectrafm import SpectraFMConfig
 from ..grids import apogee_wavelength_7514
-from ..hub import atomic_directory, resolve_model
+from ..hub import resolve_model
 from ..modeling_spectrafm import SpectraFMModel
 from ..processing_spectrafm import SpectraFMProcessor
+from ..safe_write import atomic_directory, check_target
 from .collator import EpochCallback, SpectraCollator
 from .freezing import freeze
 from .info import TrainingInfoCallback, training_info, write_training_info
@@ -103,6 +104,25 @@ class SpectraFMTrainer(Trainer):
 
     def get_test_dataloader(self, test_dataset):
         return self._swap(super().get_test_dataloader, test_dataset)
+
+    def _push_from_checkpoint(self, checkpoint_folder: str) -> None:
+        """``--push_to_hub`` during training: upload the checkpoint's allow-listed files only
+        (`spectrafm_hf.publish.push_trainer_checkpoint`), never the whole output_dir (the Trainer's own push takes
+        every file there, user files and ``training_args.bin`` included, and copies weights into output_dir)."""
+        from transformers.trainer_utils import HubStrategy, SaveStrategy
+
+        from ..publish import push_trainer_checkpoint
+
+        if not self.is_world_process_zero() or self.args.hub_strategy == HubStrategy.END:
+            return
+        self.callback_handler.on_push_begin(self.args, self.state, self.control)
+        step = (f"step {self.state.global_step}" if self.args.save_strategy == SaveStrategy.STEPS
+                else f"epoch {int(self.state.epoch or 0)}")
+        sub = {HubStrategy.CHECKPOINT: "last-checkpoint",
+               HubStrategy.ALL_CHECKPOINTS: Path(checkpoint_folder).name}.get(self.args.hub_strategy)
+        push_trainer_checkpoint(checkpoint_folder, self.hub_model_id, path_in_repo=sub,
+                                commit_message=f"Training in progress, {step}", token=self.args.hub_token,
+                                revision=self.args.hub_revision)
 
 
 # ---------------------------------------------------------------------------------------------------- arguments
@@ -290,9 +310,12 @@ def _apply_lora(model, model_args):
 
 
 # ---------------------------------------------------------------------------------------------------- runs
-def save_pipeline_folder(model, processor, folder, info: dict, metrics: dict | None = None):
-    """config.json + model.safetensors + code + preprocessor_config.json + training_info.json, written atomically."""
-    with atomic_directory(folder) as tmp:
+def save_pipeline_folder(model, processor, folder, info: dict, metrics: dict | None = None,
+                         overwrite: bool = False):
+    """config.json + model.safetensors + code + preprocessor_config.json + training_info.json, written atomically
+    and without touching other files (`spectrafm_hf.safe_write.atomic_directory`: a folder holding files that are
+    not ours is refused unless ``overwrite``)."""
+    with atomic_directory(folder, overwrite=overwrite) as tmp:
         model.save_pretrained(tmp)
         processor.save_pretrained(tmp)
         write_training_info(tmp, {**info, "metrics": metrics or {}})
@@ -305,6 +328,8 @@ def run_training(model_args: ModelArguments, data_args: DataArguments, training_
 
     ``splits`` = (train, eval, test) datasets in the package schema replaces ``data_args.dataset_config``."""
     set_seed(training_args.seed)
+    if training_args.should_save:  # refuse a final/ holding the user's files now, not after the training
+        check_target(Path(training_args.output_dir) / "final")
     training_args.label_names = ["labels"]  # not label_err: HF_NOTES pitfall 2
     training_args.remove_unused_columns = False  # the collator reads columns forward() does not take
     training_args.ddp_find_unused_parameters = False
