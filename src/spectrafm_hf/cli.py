@@ -361,8 +361,10 @@ def _read_previous(path, model, revision):
         raise UsageError(f"--resume: {path} row {incomplete[0] + 1} is incomplete (truncated or damaged table); "
                          f"repair it or write to another --output")
     made_by = set(zip(previous["model"].astype(str), previous["model_revision"].astype(str)))
-    if made_by != {(model, revision)}:
-        others = ", ".join(f"{m} (revision {r})" for m, r in sorted(made_by))
+    # the same weights (revision) under another name or folder are the same model; an unknown revision needs the name
+    other = [(m, r) for m, r in sorted(made_by) if r != revision or (revision == "unknown" and m != model)]
+    if other:
+        others = ", ".join(f"{m} (revision {r})" for m, r in other)
         raise UsageError(f"--resume: {path} holds predictions of {others}; this run uses {model} (revision "
                          f"{revision}); resume with that --model or write to another --output")
     return previous
