@@ -92,7 +92,7 @@ def test_only_the_output_is_created_and_planted_files_stay(tmp_path, capsys):
     five_row_npz(data / "a.npz")
     out_dir = tmp_path / "out"
     out_dir.mkdir()
-    for name in ("labels.csv.bak", ".labels.csv.tmp.keep", "notes.txt", "labels.parquet"):
+    for name in ("labels.csv.bak", ".labels.csv.tmp", "notes.txt", "labels.parquet"):
         (out_dir / name).write_text(f"planted {name}")
     before = snapshot(tmp_path)
     assert predict(data, "-o", out_dir / "labels.csv") == 0

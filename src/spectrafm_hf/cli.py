@@ -121,8 +121,10 @@ def write_table(table, path):
     if path.exists() and _is_read_only(path):
         raise PermissionError(errno.EACCES, "the file is read-only; not replacing it", str(path))
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
     table = _plain_columns(table)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)  # never a user's file
+    os.close(fd)
+    tmp = Path(tmp)
     try:
         if fmt in ("csv", "tsv"):
             table.to_csv(tmp, index=False, sep="," if fmt == "csv" else "\t", compression="gzip" if gz else None)
