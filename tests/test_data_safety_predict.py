@@ -450,3 +450,15 @@ def test_every_documented_exit_code_as_a_real_process(tmp_path):
         assert f"the 5 rows are in {rescued}" in err and len(pd.read_csv(rescued)) == 5
     finally:
         rescued.unlink(missing_ok=True)
+
+
+def test_attention_and_evaluate_outputs_never_overwrite_their_input(tmp_path, capsys, no_model_load):
+    victim = spectrum_csv(tmp_path / "victim.csv")
+    before = victim.read_bytes()
+    assert main(["attention", str(victim), "--model", str(TINY), "-o", str(victim)]) == 2
+    assert main(["attention", str(victim), "--model", str(TINY), "--plot", str(victim)]) == 2
+    data = tmp_path / "set.parquet"
+    data.write_bytes(b"PAR1 a dataset")
+    assert main(["evaluate", "--model", str(TINY), "--data", str(data), "-o", str(data)]) == 2
+    assert victim.read_bytes() == before and data.read_bytes() == b"PAR1 a dataset"
+    assert capsys.readouterr().err.count("refusing to overwrite an input") == 3

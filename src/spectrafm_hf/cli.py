@@ -610,6 +610,15 @@ def cmd_attention(args) -> int:
     from .plots import plot_attention
 
     try:
+        for option, target in (("--output", args.output), ("--plot", args.plot)):
+            if target:
+                if option == "--output":
+                    table_format(target)
+                _check_write_target(target, [args.file], option)
+    except UsageError as e:
+        _err(str(e))
+        return FAILED
+    try:
         pipe = _load_pipeline(args.model, args.device)
         spectrum = _prepare(read(args.file, strict=True)[args.index], pipe)
         table = pipe.attention(spectrum, args.label, seed=args.seed)
@@ -669,6 +678,9 @@ def cmd_evaluate(args) -> int:
     from .training.metrics import label_metrics
 
     try:
+        if args.output:
+            table_format(args.output)
+            _check_write_target(args.output, [args.data], "--output")
         pipe = _load_pipeline(args.model, args.device)
         ds = datasets.Dataset.from_parquet(args.data) if args.data.endswith(".parquet") else \
             datasets.load_from_disk(args.data)
