@@ -462,3 +462,9 @@ def test_attention_and_evaluate_outputs_never_overwrite_their_input(tmp_path, ca
     assert main(["evaluate", "--model", str(TINY), "--data", str(data), "-o", str(data)]) == 2
     assert victim.read_bytes() == before and data.read_bytes() == b"PAR1 a dataset"
     assert capsys.readouterr().err.count("refusing to overwrite an input") == 3
+
+
+def test_a_new_output_folder_is_removed_again_when_nothing_is_written(tmp_path, capsys):
+    (tmp_path / "broken.npz").write_bytes(b"PK\x03\x04 not a zip")
+    assert predict(tmp_path / "broken.npz", "-o", tmp_path / "new" / "deeper" / "labels.csv") == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["broken.npz"]

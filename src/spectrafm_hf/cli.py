@@ -66,6 +66,9 @@ TABLE_FORMATS = {".csv": ("csv", False), ".txt": ("csv", False), ".tsv": ("tsv",
                  ".tsv.gz": ("tsv", True), ".fits.gz": ("fits", True)}
 
 
+PLOT_SUFFIXES = (".png", ".pdf", ".svg", ".jpg", ".jpeg", ".eps", ".tif", ".tiff", ".webp")
+
+
 class UsageError(ValueError):
     """A bad argument, output or --resume table: reported in one line, exit code 2."""
 
@@ -450,26 +453,25 @@ def _predict(args) -> int:
             paths = [p for p in paths if not _same_file(p, output)]
         _check_write_target(output, paths, "--output")
     if args.plot:
-        if Path(args.plot).suffix.lower() not in (".png", ".pdf", ".svg", ".jpg", ".jpeg"):
-            raise UsageError(f"--plot {args.plot}: use a .png, .pdf, .svg or .jpg file name")
+        if Path(args.plot).suffix.lower() not in PLOT_SUFFIXES:
+            raise UsageError(f"--plot {args.plot}: use a file name ending in one of {', '.join(PLOT_SUFFIXES)}")
         _check_write_target(args.plot, paths, "--plot")
-    lock = created = None
-    if output is not None:  # the folder now, so the lock and any write failure show before the predictions
-        created = [d for d in [output.absolute().parent, *output.absolute().parent.parents] if not d.exists()]
-        try:
-            output.parent.mkdir(parents=True, exist_ok=True)
-            lock = OutputLock(output).acquire()
-        except OSError as e:
-            raise UsageError(f"--output {output}: cannot write in its folder ({type(e).__name__}: {e})") from None
-    wrote = False
+    lock, created, wrote = None, [], False
     try:
+        if output is not None:  # the folder and the lock now, so an unwritable folder or a busy output stop us here
+            created = [d for d in [output.absolute().parent, *output.absolute().parent.parents] if not d.exists()]
+            try:
+                output.parent.mkdir(parents=True, exist_ok=True)
+                lock = OutputLock(output).acquire()
+            except OSError as e:
+                raise UsageError(f"--output {output}: cannot write in its folder ({type(e).__name__}: {e})") from None
         code, wrote = _run_predict(args, paths, output, pd)
         return code
     finally:
         if lock is not None:
             lock.release()
         if not wrote:  # nothing written: leave no folders of ours behind
-            for d in created or []:
+            for d in created:
                 with contextlib.suppress(OSError):
                     d.rmdir()
 
