@@ -9,17 +9,26 @@
     spectrafm push FOLDER ORG/NAME [--private | --public]
     spectrafm install [--model spectrafm-base]               (puts the default model in the local HF cache)
 
-Exit codes: 0 = everything worked; 1 = some inputs failed (the others were processed and written); 2 = nothing could
-be done (bad arguments, no model, no readable input).
+Exit codes: 0 = everything worked; 1 = some inputs failed (files or single spectra; the others were processed and
+written); 2 = nothing could be done (bad arguments, no model, no readable input, an output that would overwrite an
+input or is read-only, an unreadable --resume table, another run writing the same output); 3 = the predictions were
+made but --output could not be written: they are in the fallback file named on stderr (or on stdout).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import errno
 import glob
+import gzip
+import hashlib
+import io
 import json
 import os
+import stat
 import sys
+import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -27,7 +36,7 @@ from pathlib import Path
 import numpy as np
 
 DEFAULT_MODEL = "spectrafm-base"
-OK, PARTIAL, FAILED = 0, 1, 2
+OK, PARTIAL, FAILED, WRITE_FAILED = 0, 1, 2, 3
 FLUSH_SECONDS = 60.0  # predict --output: rewrite the table at most this often while running (for --resume)
 SPECTRA_PER_PREDICTION = 64  # predict: spectra of consecutive files share forward passes (small files fill a batch)
 
@@ -51,54 +60,135 @@ def expand_paths(items) -> list[str]:
     return [p for p in out if not (p in seen or seen.add(p))]
 
 
+# table suffix -> (format, gzip-compressed); the longest matching suffix wins
+TABLE_FORMATS = {".csv": ("csv", False), ".txt": ("csv", False), ".tsv": ("tsv", False), ".parquet": ("parquet", False),
+                 ".fits": ("fits", False), ".fit": ("fits", False), ".csv.gz": ("csv", True),
+                 ".tsv.gz": ("tsv", True), ".fits.gz": ("fits", True)}
+
+
+PLOT_SUFFIXES = (".png", ".pdf", ".svg", ".jpg", ".jpeg", ".eps", ".tif", ".tiff", ".webp")
+
+
+class UsageError(ValueError):
+    """A bad argument, output or --resume table: reported in one line, exit code 2."""
+
+
+def table_format(path) -> tuple[str, bool]:
+    """(format, gzip) of a table file from its name; a ValueError listing the supported suffixes otherwise."""
+    name = Path(path).name.lower()
+    for suffix in sorted(TABLE_FORMATS, key=len, reverse=True):
+        if name.endswith(suffix) and len(name) > len(suffix):
+            return TABLE_FORMATS[suffix]
+    raise UsageError(f"{path}: unknown table format (from the file name); use one of {', '.join(TABLE_FORMATS)}")
+
+
+def _plain_value(v):
+    """numpy scalars / 0-d arrays / bytes -> plain Python values, so every writer takes them."""
+    if isinstance(v, np.ndarray) and v.ndim == 0:
+        v = v.item()
+    if isinstance(v, np.generic):
+        v = v.item()
+    if isinstance(v, bytes):
+        v = v.decode("utf-8", "replace")
+    return v
+
+
+def _text_columns(table) -> list:
+    """Columns of Python objects or strings (pandas >= 3 gives strings their own dtype)."""
+    import pandas as pd
+
+    return [c for c in table.columns if table[c].dtype == object or isinstance(table[c].dtype, pd.StringDtype)]
+
+
+def _plain_columns(table):
+    table = table.copy()
+    for col in _text_columns(table):
+        values = table[col].map(_plain_value)
+        kinds = {type(v) for v in values if v is not None and not (isinstance(v, float) and np.isnan(v))}
+        if len(kinds) > 1 or (kinds and not kinds <= {str, int, float, bool}):  # mixed types: all as text
+            values = values.map(lambda v: None if v is None else str(v))
+        table[col] = values
+    return table
+
+
+def _is_read_only(path) -> bool:
+    mode = os.stat(path).st_mode
+    return not (stat.S_IMODE(mode) & 0o222) or not os.access(path, os.W_OK)
+
+
 def write_table(table, path):
-    """Write a pandas table as CSV, FITS (units in the header) or Parquet, atomically."""
+    """Write a pandas table as CSV/TSV, FITS (units in the header) or Parquet (optionally .gz), atomically: a
+    temporary file renamed over the target, removed when anything fails. A read-only target is refused."""
     path = Path(path)
+    fmt, gz = table_format(path)
+    if path.exists() and _is_read_only(path):
+        raise PermissionError(errno.EACCES, "the file is read-only; not replacing it", str(path))
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    suffix = path.suffix.lower()
-    if suffix in (".csv", ".txt"):
-        table.to_csv(tmp, index=False)
-    elif suffix == ".parquet":
-        table.to_parquet(tmp, index=False)
-    elif suffix in (".fits", ".fit"):
-        import pandas as pd
-        from astropy.table import Table
-
-        table = table.copy()
-        for col in table.columns[table.dtypes == object]:  # FITS has no "object": numbers or strings
-            try:
-                table[col] = pd.to_numeric(table[col])
-            except (ValueError, TypeError):
-                table[col] = table[col].map(lambda v: "" if v is None else str(v))
-        from astropy.io import fits
-
-        hdu = fits.table_to_hdu(Table.from_pandas(table))
-        from .pipeline import label_unit
-
-        for i, col in enumerate(table.columns, start=1):  # units in the header; "dex" is written as text
-            unit = label_unit(col)
-            if unit:
-                hdu.header[f"TUNIT{i}"] = unit
-        hdu.header["ORIGIN"] = "spectrafm_hf"
-        fits.HDUList([fits.PrimaryHDU(), hdu]).writeto(tmp, overwrite=True)
-    else:
-        raise ValueError(f"unknown output format {suffix!r}: use .csv, .fits or .parquet")
-    os.replace(tmp, path)
+    table = _plain_columns(table)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)  # never a user's file
+    os.close(fd)
+    tmp = Path(tmp)
+    try:
+        if fmt in ("csv", "tsv"):
+            table.to_csv(tmp, index=False, sep="," if fmt == "csv" else "\t", compression="gzip" if gz else None)
+        elif fmt == "parquet":
+            table.to_parquet(tmp, index=False)
+        else:
+            data = _fits_bytes(table)
+            with (gzip.open(tmp, "wb") if gz else open(tmp, "wb")) as f:
+                f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
     return path
+
+
+def _fits_bytes(table) -> bytes:
+    import pandas as pd
+    from astropy.io import fits
+    from astropy.table import Table
+
+    from .pipeline import label_unit
+
+    table = table.copy()
+    utf8 = {}
+    for col in _text_columns(table):  # FITS has no "object": numbers or strings
+        try:
+            table[col] = pd.to_numeric(table[col])
+        except (ValueError, TypeError):
+            table[col] = table[col].map(lambda v: "" if v is None else str(v))
+            if not table[col].map(str.isascii).all():  # FITS strings are bytes: non-ASCII text is stored as UTF-8
+                utf8[col] = np.array([v.encode("utf-8") for v in table[col]])
+    astropy_table = Table.from_pandas(table)
+    for col, values in utf8.items():
+        astropy_table.replace_column(col, values)
+    hdu = fits.table_to_hdu(astropy_table)
+    for i, col in enumerate(table.columns, start=1):  # units in the header; "dex" is written as text
+        unit = label_unit(col)
+        if unit:
+            hdu.header[f"TUNIT{i}"] = unit
+    hdu.header["ORIGIN"] = "spectrafm_hf"
+    buffer = io.BytesIO()
+    fits.HDUList([fits.PrimaryHDU(), hdu]).writeto(buffer)
+    return buffer.getvalue()
 
 
 def read_table(path):
     import pandas as pd
 
-    suffix = Path(path).suffix.lower()
-    if suffix == ".parquet":
+    fmt, _ = table_format(path)
+    if fmt == "parquet":
         return pd.read_parquet(path)
-    if suffix in (".fits", ".fit"):
+    if fmt == "fits":
         from astropy.table import Table
 
-        return Table.read(path).to_pandas()
-    return pd.read_csv(path)
+        table = Table.read(path).to_pandas()
+        for col in _text_columns(table):  # FITS strings come back as (UTF-8) bytes
+            table[col] = table[col].map(lambda v: v.decode("utf-8", "replace") if isinstance(v, bytes) else v)
+        return table
+    return pd.read_csv(path, sep="," if fmt == "csv" else "\t")
 
 
 def _load_pipeline(name, device=None, batch_size=None, bf16=False, compile=False):
@@ -136,7 +226,8 @@ def _predict_files(pipe, files, args):
     if not spectra:
         return []
     table = pipe.predict(spectra, labels=args.labels, seed=args.seed, n_repeats=args.n_repeats)
-    table["source"] = [path for path, file_spectra in files for _ in file_spectra]
+    # absolute: --resume from another working directory still knows the file
+    table["source"] = [os.path.abspath(path) for path, file_spectra in files for _ in file_spectra]
     table["hdu"] = [s.meta.get("hdu") for s in spectra]
     table["row"] = [s.meta.get("row") for s in spectra]
     if "object_id" not in table:
@@ -146,30 +237,265 @@ def _predict_files(pipe, files, args):
     return [table.iloc[a:b].reset_index(drop=True) for a, b in zip(bounds[:-1], bounds[1:])]
 
 
+def _where(spectrum) -> str:
+    """' (hdu 1, row 2)' for a spectrum of a multi-spectrum file, '' otherwise."""
+    parts = [f"{k} {spectrum.meta[k]}" for k in ("hdu", "row") if spectrum.meta.get(k) is not None]
+    return f" ({', '.join(parts)})" if parts else ""
+
+
+def model_identity(name) -> tuple[str, str]:
+    """(model, revision) written on every predicted row: the embedded name or Hub id (a local folder: its absolute
+    path), and the Hub commit, or for a folder the first 12 hex digits of the SHA-256 of its config and weights."""
+    from .hub import embedded_checkpoints, resolve_model
+
+    where = Path(resolve_model(name))
+    if where.is_dir():
+        model = str(name) if str(name) in embedded_checkpoints() and not Path(name).is_dir() else str(where.resolve())
+        digest = hashlib.sha256()
+        for f in sorted(where.iterdir()):
+            if f.is_file() and (f.suffix in (".safetensors", ".bin") or f.name.endswith("config.json")):
+                digest.update(f.name.encode())
+                with open(f, "rb") as fh:
+                    for block in iter(lambda: fh.read(1 << 20), b""):
+                        digest.update(block)
+        return model, digest.hexdigest()[:12]
+    from huggingface_hub import try_to_load_from_cache
+
+    config = try_to_load_from_cache(str(name), "config.json")
+    return str(name), Path(config).parent.name if isinstance(config, str) else "unknown"
+
+
+class OutputLock:
+    """``.<name>.lock`` beside an output table, held while a run writes it: a second run on the same output stops
+    at once instead of one run's rows silently replacing the other's. An flock (released by the OS when the process
+    dies, so a killed run leaves no stale lock); without fcntl, an O_EXCL file holding the pid."""
+
+    def __init__(self, output):
+        output = Path(output)
+        self.path = output.with_name(f".{output.name}.lock")
+        self.fd = None
+
+    def _busy(self, fd=None):
+        with contextlib.suppress(OSError, ValueError):
+            pid = (os.pread(fd, 32, 0) if fd is not None else self.path.read_bytes()).decode().strip()
+            if pid:
+                return UsageError(f"another spectrafm run (pid {pid}) is writing {self.path.name[1:-5]} "
+                                  f"(lock {self.path}); wait for it to finish or write to another --output")
+        return UsageError(f"another spectrafm run is writing {self.path.name[1:-5]} (lock {self.path}); wait for it "
+                          f"to finish or write to another --output")
+
+    def acquire(self):
+        try:
+            import fcntl
+        except ImportError:  # no flock: an exclusive create
+            try:
+                self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
+            except FileExistsError:
+                raise self._busy() from None
+        else:
+            while True:
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except OSError:
+                    error = self._busy(fd)
+                    os.close(fd)
+                    raise error from None
+                try:  # the holder may have removed the file between our open and flock: lock the one there now
+                    if os.stat(self.path).st_ino == os.fstat(fd).st_ino:
+                        break
+                except FileNotFoundError:
+                    pass
+                os.close(fd)
+            self.fd = fd
+        os.ftruncate(self.fd, 0)
+        os.write(self.fd, str(os.getpid()).encode())
+        return self
+
+    def release(self):
+        if self.fd is not None:
+            with contextlib.suppress(OSError):
+                self.path.unlink()
+            os.close(self.fd)
+            self.fd = None
+
+
+def _same_file(a, b) -> bool:
+    try:
+        return os.path.samefile(a, b)  # resolved paths, symlinks and hard links alike
+    except OSError:
+        return False
+
+
+def _check_write_target(path, inputs, what):
+    """Refuse an output that is an input (any spelling, symlink or hard link), a folder or read-only; check that
+    its folder can be written to (the nearest existing parent is a writable folder)."""
+    p = Path(path)
+    if p.is_dir():
+        raise UsageError(f"{what} {path} is a folder; give a file name")
+    if p.exists():
+        clash = next((i for i in inputs if _same_file(i, p)), None)
+        if clash is not None:
+            raise UsageError(f"{what} {path} is the input file {clash}; refusing to overwrite an input")
+        if _is_read_only(p):
+            raise UsageError(f"{what} {path} is read-only; refusing to replace it")
+    parent = p.absolute().parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise UsageError(f"{what} {path}: {parent} is not a folder")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise UsageError(f"{what} {path}: the folder {parent} is not writable")
+
+
+def _read_previous(path, model, revision):
+    """The --resume table, checked: readable, not empty, complete rows, made by this model."""
+    try:
+        previous = read_table(path)
+    except Exception as e:  # noqa: BLE001 - any reader error: one line, exit 2
+        raise UsageError(f"--resume: cannot read {path} ({type(e).__name__}: {e}); it is damaged or not a table of "
+                         f"spectrafm predict: move it away or write to another --output") from None
+    if previous.empty:
+        raise UsageError(f"--resume: {path} is empty; delete it or write to another --output")
+    missing = [c for c in ("source", "model", "model_revision") if c not in previous.columns]
+    if missing:
+        raise UsageError(f"--resume: {path} has no {missing} column(s): not written by this spectrafm predict, so "
+                         f"which model made its rows is unknown; write to another --output")
+    incomplete = previous.index[previous[["source", "model", "model_revision"]].isna().any(axis=1)]
+    if len(incomplete):
+        raise UsageError(f"--resume: {path} row {incomplete[0] + 1} is incomplete (truncated or damaged table); "
+                         f"repair it or write to another --output")
+    made_by = set(zip(previous["model"].astype(str), previous["model_revision"].astype(str)))
+    # the same weights (revision) under another name or folder are the same model; an unknown revision needs the name
+    other = [(m, r) for m, r in sorted(made_by) if r != revision or (revision == "unknown" and m != model)]
+    if other:
+        others = ", ".join(f"{m} (revision {r})" for m, r in other)
+        raise UsageError(f"--resume: {path} holds predictions of {others}; this run uses {model} (revision "
+                         f"{revision}); resume with that --model or write to another --output")
+    return previous
+
+
+def _write_or_rescue(table, output) -> bool:
+    """Write the table; when that fails, leave the rows in a CSV beside it, in the temp folder or on stdout (named
+    on stderr). True when the output itself was written."""
+    try:
+        write_table(table, output)
+        return True
+    except Exception as e:  # noqa: BLE001 - whatever failed, the rows must survive
+        _err(f"cannot write {output}: {type(e).__name__}: {e}")
+    rescue = f"{Path(output).name}.rescued-{os.getpid()}.csv"
+    for candidate in (Path(output).with_name(rescue), Path(tempfile.gettempdir()) / f"spectrafm-{rescue}"):
+        try:
+            write_table(table, candidate)
+        except Exception as e:  # noqa: BLE001
+            _err(f"cannot write {candidate} either: {type(e).__name__}: {e}")
+            continue
+        _err(f"the {len(table)} rows are in {candidate}")
+        return False
+    _err(f"the {len(table)} rows follow on stdout")
+    print(table.to_csv(index=False), end="")
+    return False
+
+
 # ---------------------------------------------------------------------------------------------------- commands
 def cmd_predict(args) -> int:
-    import pandas as pd
+    try:
+        return _predict(args)
+    except UsageError as e:
+        _err(str(e))
+        return FAILED
 
+
+def _read_spectra(path, pipe, args, failures):
+    """The usable spectra of one file; a spectrum that cannot be used is reported alone (with its row)."""
     from .instruments import read
 
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        spectra = read(path)
+    if not spectra:
+        raise ValueError("no spectrum in this file")
+    if args.rows == "first":
+        spectra = spectra[:1]
+    good, errors = [], []
+    for s in spectra:
+        try:
+            if s.n_good == 0:
+                raise ValueError("no usable pixel (all flux NaN/masked or ivar 0)")
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                good.append(_prepare(s, pipe))
+        except Exception as e:  # noqa: BLE001 - one bad spectrum must not take its file's others down
+            errors.append((_where(s), f"{type(e).__name__}: {e}" if not isinstance(e, ValueError) else str(e)))
+    if not good:  # nothing usable: the file failed (one message)
+        raise ValueError("; ".join(f"{w.strip(' ()')}: {m}" if w else m for w, m in errors))
+    for where, msg in errors:
+        failures.append((path, where, msg))
+        _err(f"FAILED {path}{where}: {msg}")
+    return good
+
+
+def _predict(args) -> int:
+    import pandas as pd
+
+    if args.resume and not args.output:
+        raise UsageError("--resume needs --output (the table to resume)")
+    if args.labels is not None and len(set(args.labels)) != len(args.labels):
+        raise UsageError(f"--labels names a label twice: {args.labels}")
     paths = expand_paths(args.paths)
     if not paths:
         _err("no input files found")
         return FAILED
+    output = Path(args.output) if args.output else None
+    if output is not None:
+        table_format(output)
+        if args.resume and output.exists():  # the table being resumed is not an input, even inside an input folder
+            paths = [p for p in paths if not _same_file(p, output)]
+        _check_write_target(output, paths, "--output")
+    if args.plot:
+        if Path(args.plot).suffix.lower() not in PLOT_SUFFIXES:
+            raise UsageError(f"--plot {args.plot}: use a file name ending in one of {', '.join(PLOT_SUFFIXES)}")
+        _check_write_target(args.plot, paths, "--plot")
+    lock, created, wrote = None, [], False
+    try:
+        if output is not None:  # the folder and the lock now, so an unwritable folder or a busy output stop us here
+            created = [d for d in [output.absolute().parent, *output.absolute().parent.parents] if not d.exists()]
+            try:
+                output.parent.mkdir(parents=True, exist_ok=True)
+                lock = OutputLock(output).acquire()
+            except OSError as e:
+                raise UsageError(f"--output {output}: cannot write in its folder ({type(e).__name__}: {e})") from None
+        code, wrote = _run_predict(args, paths, output, pd)
+        return code
+    finally:
+        if lock is not None:
+            lock.release()
+        if not wrote:  # nothing written: leave no folders of ours behind
+            for d in created:
+                with contextlib.suppress(OSError):
+                    d.rmdir()
+
+
+def _run_predict(args, paths, output, pd):
+    """The predictions of cmd_predict once its arguments are checked; returns (exit code, output written)."""
     try:
         pipe = _load_pipeline(args.model, args.device, args.batch_size, args.bf16, args.compile)
+        model, revision = model_identity(args.model)
     except Exception as e:  # noqa: BLE001 - report any loading problem in one line
         _err(f"cannot load model {args.model!r}: {e}")
-        return FAILED
+        return FAILED, False
+    unknown = [n for n in args.labels or [] if n not in pipe.label_names]
+    if unknown:
+        raise UsageError(f"--labels: {args.model} does not predict {unknown}; it predicts {pipe.label_names}")
     done_sources = set()
     previous = None
-    if args.resume and args.output and Path(args.output).exists():
-        previous = read_table(args.output)
+    if args.resume and output.exists():
+        previous = _read_previous(output, model, revision)
         # the same file however it is spelled (relative, absolute, through a link)
-        done_sources = {os.path.realpath(p) for p in previous["source"].astype(str)} if "source" in previous else set()
+        done_sources = {os.path.realpath(p) for p in previous["source"].astype(str)}
     todo = [p for p in paths if os.path.realpath(p) not in done_sources]
     frames, failures, n_spectra, t0 = [], [], 0, time.time()
-    n_done, interrupted, last_flush = 0, False, time.time()
+    n_done, interrupted, last_flush, failed_files = 0, False, time.time(), set()
 
     def result_table():
         return pd.concat(([previous] if previous is not None else []) + frames, ignore_index=True)
@@ -182,52 +508,80 @@ def cmd_predict(args) -> int:
         iterator = tqdm(todo, unit="file", desc="predict")
     pending = []  # files read, not yet predicted: (path, spectra)
 
+    def fail_file(path, msg):
+        nonlocal n_done
+        failures.append((path, "", msg))
+        failed_files.add(path)
+        _err(f"FAILED {path}: {msg}")
+        n_done += 1
+
+    def predict_alone(path, spectra):
+        """A file whose prediction failed: each spectrum alone, so one the model refuses fails by itself."""
+        try:
+            return _predict_files(pipe, [(path, spectra)], args)
+        except Exception:  # noqa: BLE001
+            pass
+        tables, errors = [], []
+        for s in spectra:
+            try:
+                tables += _predict_files(pipe, [(path, [s])], args)
+            except Exception as e:  # noqa: BLE001
+                errors.append((_where(s), f"{type(e).__name__}: {e}"))
+        if not tables:
+            raise ValueError("; ".join(f"{w.strip(' ()')}: {m}" if w else m for w, m in errors))
+        for where, msg in errors:
+            failures.append((path, where, msg))
+            _err(f"FAILED {path}{where}: {msg}")
+        return [pd.concat(tables, ignore_index=True)]
+
+    flush_failed = False
+
     def predict_pending():
-        nonlocal n_spectra, n_done, last_flush
+        nonlocal n_spectra, n_done, last_flush, flush_failed
         try:
             results = _predict_files(pipe, pending, args)
-        except Exception:  # noqa: BLE001 - a spectrum the model refuses: find its file, keep the others
+        except Exception:  # noqa: BLE001 - a spectrum the model refuses: find it, keep the others
             results = []
             for path, spectra in pending:
                 try:
-                    results += _predict_files(pipe, [(path, spectra)], args)
+                    results += predict_alone(path, spectra)
                 except Exception as e:  # noqa: BLE001 - one bad file must not stop the others
-                    failures.append((path, f"{type(e).__name__}: {e}"))
-                    _err(f"FAILED {path}: {e}")
-                    n_done += 1
+                    fail_file(path, str(e))
         for table in results:
+            table["model"], table["model_revision"] = model, revision
             frames.append(table)
             n_spectra += len(table)
             n_done += 1
         pending.clear()
-        if args.output and time.time() - last_flush > FLUSH_SECONDS:
+        if output is not None and time.time() - last_flush > FLUSH_SECONDS:
             # a hard kill (OOM, SIGKILL, a lost node) keeps everything up to here: rerun with --resume
-            write_table(result_table(), args.output)
+            try:
+                write_table(result_table(), output)
+            except Exception as e:  # noqa: BLE001 - the run goes on; the final write says where the rows went
+                if not flush_failed:
+                    _err(f"warning: cannot update {output} while running ({type(e).__name__}: {e})")
+                flush_failed = True
             last_flush = time.time()
 
     try:
         for path in iterator:
             try:
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")
-                    spectra = [_prepare(s, pipe) for s in read(path, strict=True)]
-                if not spectra:
-                    raise ValueError("no spectrum in this file")
+                spectra = _read_spectra(path, pipe, args, failures)
             except Exception as e:  # noqa: BLE001 - one bad file must not stop the others
-                failures.append((path, f"{type(e).__name__}: {e}"))
-                _err(f"FAILED {path}: {e}")
-                n_done += 1
+                fail_file(path, str(e) if str(path) in str(e) else f"{type(e).__name__}: {e}")
                 continue
-            pending.append((path, spectra[:1] if args.rows == "first" else spectra))
+            pending.append((path, spectra))
             if sum(len(file_spectra) for _, file_spectra in pending) >= SPECTRA_PER_PREDICTION:
                 predict_pending()
         predict_pending()
     except KeyboardInterrupt:  # Ctrl-C / SIGINT: keep what is done, say how to continue
         interrupted = True
+    written = write_failed = False
     if frames or previous is not None:
         result = result_table()
-        if args.output:
-            write_table(result, args.output)
+        if output is not None:
+            written = _write_or_rescue(result, output)
+            write_failed = not written
         else:
             print(result.to_csv(index=False), end="")
         if args.plot and len(result) and {"TEFF", "LOGG"} <= set(result.columns) and not interrupted:
@@ -235,24 +589,37 @@ def cmd_predict(args) -> int:
 
             plot_kiel(result["TEFF"], result["LOGG"], result.get("FE_H"), path=args.plot)
     elapsed = time.time() - t0
-    summary = (f"{n_spectra} spectra from {n_done - len(failures)} files in {elapsed:.1f} s"
-               + (f"; {len(failures)} files failed" if failures else "")
+    n_bad_spectra = len(failures) - len(failed_files)
+    summary = (f"{n_spectra} spectra from {n_done - len(failed_files)} files in {elapsed:.1f} s"
+               + (f"; {len(failed_files)} files failed" if failed_files else "")
+               + (f"; {n_bad_spectra} spectra failed in files whose other spectra were kept" if n_bad_spectra else "")
                + (f"; {len(paths) - len(todo)} already done" if len(paths) != len(todo) else "")
-               + (f"; wrote {args.output}" if args.output and (frames or previous is not None) else ""))
+               + (f"; wrote {output}" if written else ""))
     print(summary, file=sys.stderr)
+    if write_failed:
+        return WRITE_FAILED, False
     if interrupted:
         _err(f"interrupted after {n_done} of {len(todo)} files"
-             + (f"; rerun with --resume -o {args.output} to do the other {len(todo) - n_done}" if args.output else ""))
-        return PARTIAL if frames or previous is not None else FAILED
+             + (f"; rerun with --resume -o {output} to do the other {len(todo) - n_done}" if output else ""))
+        return (PARTIAL if frames or previous is not None else FAILED), written
     if not frames and previous is None and failures:
-        return FAILED
-    return PARTIAL if failures else OK
+        return FAILED, written
+    return (PARTIAL if failures else OK), written
 
 
 def cmd_attention(args) -> int:
     from .instruments import read
     from .plots import plot_attention
 
+    try:
+        for option, target in (("--output", args.output), ("--plot", args.plot)):
+            if target:
+                if option == "--output":
+                    table_format(target)
+                _check_write_target(target, [args.file], option)
+    except UsageError as e:
+        _err(str(e))
+        return FAILED
     try:
         pipe = _load_pipeline(args.model, args.device)
         spectrum = _prepare(read(args.file, strict=True)[args.index], pipe)
@@ -313,6 +680,9 @@ def cmd_evaluate(args) -> int:
     from .training.metrics import label_metrics
 
     try:
+        if args.output:
+            table_format(args.output)
+            _check_write_target(args.output, [args.data], "--output")
         pipe = _load_pipeline(args.model, args.device)
         ds = datasets.Dataset.from_parquet(args.data) if args.data.endswith(".parquet") else \
             datasets.load_from_disk(args.data)
@@ -401,12 +771,25 @@ def cmd_install(args) -> int:
 
 
 # ---------------------------------------------------------------------------------------------------- parser
+def positive_int(text):
+    """argparse type: an integer >= 1 (argparse names the argument in its error and exits with 2)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer (>= 1), got {value}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="spectrafm",
         description="Stellar labels (Teff, logg, [Fe/H], [Mg/Fe], [O/Fe]) with uncertainties from spectra of any "
                     "instrument, with SpectraFM (Koblischke & Bovy 2024).",
-        epilog="Exit codes: 0 ok, 1 some inputs failed (the rest were written), 2 nothing could be done.",
+        epilog="Exit codes: 0 ok, 1 some inputs failed (the rest were written), 2 nothing could be done (bad "
+               "arguments or output, unreadable --resume table, output in use by another run), 3 predictions made "
+               "but --output not writable (the rows are in the fallback file named on stderr).",
     )
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -419,18 +802,22 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Predict labels for files, folders or globs. One row per spectrum: each label, its "
                                    "1-sigma uncertainty and between-subset scatter, pixels used, a flag when the "
                                    "spectrum lies outside the model's training domain, and the source file/HDU/row. "
-                                   "Files that fail are reported and skipped.")
+                                   "Files and single spectra that fail are reported and skipped (a file's other "
+                                   "spectra are kept). Every row names the model and its revision.")
     q.add_argument("paths", nargs="+", help="files, folders or globs")
     model_opts(q)
     q.add_argument("--labels", nargs="+", default=None, help="labels to predict (default: all the model's)")
-    q.add_argument("--output", "-o", default=None, help="table.csv | table.fits | table.parquet (default: stdout)")
+    q.add_argument("--output", "-o", default=None,
+                   help="table.csv | .tsv | .fits | .parquet (.csv.gz, .tsv.gz, .fits.gz too; default: stdout). Never "
+                        "an input file or a read-only file; one run at a time per output (a lock file beside it)")
     q.add_argument("--resume", action="store_true",
                    help="skip files already in --output and append the rest (the table is rewritten every minute "
-                        "while running and on Ctrl-C, so an interrupted run can be resumed)")
+                        "while running and on Ctrl-C, so an interrupted run can be resumed); the table must come "
+                        "from the same --model (its model and model_revision columns)")
     q.add_argument("--rows", choices=["all", "first"], default="all",
                    help="for multi-spectrum files: every spectrum or only the first (e.g. apStar's combined row)")
-    q.add_argument("--n-repeats", type=int, default=1, help="independent pixel permutations per spectrum")
-    q.add_argument("--batch-size", type=int, default=None,
+    q.add_argument("--n-repeats", type=positive_int, default=1, help="independent pixel permutations per spectrum")
+    q.add_argument("--batch-size", type=positive_int, default=None,
                    help="pixel subsets per forward pass (default: sized to the CPU cache; 512 on a GPU)")
     q.add_argument("--bf16", action="store_true",
                    help="bfloat16 autocast: for GPUs and CPUs with bf16 units (AVX-512 BF16, AMX); slow on others")

@@ -55,6 +55,13 @@ def to_astropy(table: pd.DataFrame):
     return out
 
 
+def _positive_int(name: str, value) -> int:
+    """``value`` as an int >= 1, or a ValueError naming the argument."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{name} must be a positive integer (>= 1), got {value!r}")
+    return int(value)
+
+
 def _as_list(spectra) -> list[Spectrum]:
     if isinstance(spectra, Spectrum):
         return [spectra]
@@ -105,7 +112,8 @@ class SpectraFMPipeline:
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.model = model.to(self.device).eval()
         self.processor = processor
-        self.batch_size = int(batch_size or default_batch_size(model.config, self.device))
+        self.batch_size = (default_batch_size(model.config, self.device) if batch_size is None
+                           else _positive_int("batch_size", batch_size))
         self.bf16 = bool(bf16)
         self.compile = bool(compile)
         # the module itself stays uncompiled, so saving and fine-tuning see the same parameters
@@ -196,6 +204,8 @@ class SpectraFMPipeline:
 
     def _query_ids(self, labels):
         names = self.label_names if labels is None else [labels] if isinstance(labels, str) else list(labels)
+        if not names:
+            raise ValueError(f"labels={labels!r} selects no label; give None (all) or some of {self.label_names}")
         unknown = [n for n in names if n not in self.label_names]
         if unknown:
             raise KeyError(f"this model does not predict {unknown}; it predicts {self.label_names}")
@@ -223,6 +233,7 @@ class SpectraFMPipeline:
             subsets) for every label, then ``n_pixels``, ``n_subsets``, ``coverage_fraction`` and, when the spectra
             carry them, ``object_id`` and ``source``.
         """
+        n_repeats = _positive_int("n_repeats", n_repeats)
         spectra = _as_list(spectra)
         names, query_ids = self._query_ids(labels)
         if len(spectra) > self.chunk_size:  # bounded memory: the subsets of a chunk of spectra at a time
@@ -261,7 +272,9 @@ class SpectraFMPipeline:
     def predict_stream(self, spectra, labels=None, seed: int = 0, n_repeats: int = 1, chunk_size: int | None = None):
         """`predict` over any iterable (e.g. a generator reading files lazily), yielding one table per chunk of
         ``chunk_size`` spectra: memory stays bounded however many spectra flow through."""
-        chunk_size = chunk_size or self.chunk_size
+        chunk_size = self.chunk_size if chunk_size is None else _positive_int("chunk_size", chunk_size)
+        self._query_ids(labels)  # bad arguments fail here, not after the first chunk was read
+        _positive_int("n_repeats", n_repeats)
         chunk = []
         for s in spectra:
             chunk.append(s)
@@ -285,6 +298,7 @@ class SpectraFMPipeline:
 
     def embed(self, spectra, seed: int = 0, n_repeats: int = 1) -> np.ndarray:
         """Mean encoder output over each spectrum's observed pixels, averaged over its subsets: (n, hidden_size)."""
+        n_repeats = _positive_int("n_repeats", n_repeats)
         spectra = _as_list(spectra)
         batch, owner, _ = self.processor.subset_batch(spectra, seed=seed, n_repeats=n_repeats)
         out = self._run(batch, [0], hidden=True)
