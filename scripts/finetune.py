@@ -7,7 +7,9 @@
 
 Every field of ModelArguments, DataArguments (spectrafm_hf.training.run) and transformers.TrainingArguments can be
 set in the YAML file or as a flag. The final pipeline folder is written to <output_dir>/final, with
-training_info.json; --push_to_hub --hub_model_id ORG/NAME publishes checkpoints and the final model with its card.
+training_info.json. --push_to_hub publishes the checkpoints and the final model (with its card and code files) to
+--hub_model_id ORG/NAME (default: <user>/<output_dir name>), on --hub_revision BRANCH if given (created when missing;
+main is then left alone), with --hub_token if given and --hub_private_repo (default: the Hub's visibility).
 """
 
 from spectrafm_hf.training.run import parse_args, run_training

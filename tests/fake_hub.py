@@ -142,6 +142,8 @@ class FakeHub:
         self.default_private = False
         self.repos: dict[tuple[str, str], Repo] = {}
         self.requests: list[tuple[str, str, int]] = []  # (method, path, status) of every request
+        # (method, path, Authorization header or None) of every request: which token each call sent
+        self.authorizations: list[tuple[str, str, str | None]] = []
         self.errors: list[str] = []  # tracebacks of requests the server failed on (a bug here, or in a client)
         self._lock = threading.RLock()
         hub = self
@@ -205,6 +207,15 @@ class FakeHub:
         }
 
     # ------------------------------------------------------------------ inspection helpers
+    def tokens_sent(self) -> set[str | None]:
+        """The bearer tokens (None: no Authorization header) of every request but the LFS object uploads (those
+        go to the URL the batch answer gave, without a token, as on the real Hub)."""
+        out = set()
+        for _, path, auth in list(self.authorizations):
+            if not path.startswith("/_lfs/"):
+                out.add(auth.split(" ", 1)[1] if auth and auth.lower().startswith("bearer ") else auth)
+        return out
+
     def _repo(self, repo_id: str, repo_type: str = "model") -> Repo:
         try:
             return self.repos[(repo_type, repo_id)]
@@ -233,11 +244,15 @@ class FakeHub:
 
     def history(self, repo_id: str, repo_type: str = "model", branch: str = "main") -> list[str]:
         """Commit titles from newest to oldest."""
+        return [title for _, title in self.commits(repo_id, repo_type, branch)]
+
+    def commits(self, repo_id: str, repo_type: str = "model", branch: str = "main") -> list[tuple[str, str]]:
+        """(commit id, title) from newest to oldest."""
         with self._lock:
             repo = self._repo(repo_id, repo_type)
             out, oid = [], repo.branches.get(branch)
             while oid is not None:
-                out.append(repo.commits[oid].title)
+                out.append((oid, repo.commits[oid].title))
                 oid = repo.commits[oid].parent
             return out
 
@@ -285,6 +300,7 @@ class FakeHub:
             self.errors.append(tb)
             status, body, headers = 400, {"error": "fake hub failure:\n" + tb}, {}
         self.requests.append((method, urlsplit(handler.path).path, status))
+        self.authorizations.append((method, urlsplit(handler.path).path, handler.headers.get("Authorization")))
         self._reply(handler, status, body, headers, head=(method == "HEAD"))
 
     @staticmethod

@@ -7,7 +7,8 @@ import os
 import subprocess
 import sys
 
-from conftest import REPO
+from conftest import REPO, TINY
+from hub_fixtures import hub_cache  # noqa: F401  (fixture)
 
 SCRIPT = r"""
 import json, sys
@@ -74,3 +75,52 @@ def test_opt_out_and_unwritable_cache(tmp_path, monkeypatch):
     blocked.write_text("a file")
     assert ensure_default_model_in_cache(blocked / "hub") == []
     assert blocked.read_text() == "a file"
+
+
+def test_the_hub_id_resolves_to_the_embedded_default_offline_with_an_empty_cache(hub_cache):  # noqa: F811
+    from pathlib import Path
+
+    import pytest
+
+    from spectrafm_hf.hub import CheckpointNotFoundError, embedded_checkpoints, resolve_model
+
+    embedded = embedded_checkpoints()["spectrafm-base"]
+    assert not any(hub_cache.iterdir())  # nothing cached, the Hub not allowed
+    assert Path(resolve_model("spectrafm/spectrafm-base")) == embedded
+    assert Path(resolve_model("spectrafm/spectrafm-base", local_files_only=True)) == embedded
+    with pytest.raises(CheckpointNotFoundError):  # a given revision is not the embedded copy
+        resolve_model("spectrafm/spectrafm-base", revision="v2")
+    with pytest.raises(CheckpointNotFoundError):  # and another org's model is not the default
+        resolve_model("other/spectrafm-base")
+
+
+def test_base_model_names_the_default_by_its_hub_id(tmp_path):
+    from spectrafm_hf.default_model import DEFAULT_MODEL_ID, base_model_id
+    from spectrafm_hf.hub import embedded_checkpoints, install_to_cache
+
+    embedded = embedded_checkpoints()["spectrafm-base"]
+    cached = install_to_cache(embedded, DEFAULT_MODEL_ID, cache_dir=tmp_path / "hub")  # a cache snapshot folder
+    for start in ("spectrafm-base", DEFAULT_MODEL_ID, embedded, str(embedded), cached):
+        assert base_model_id(start) == DEFAULT_MODEL_ID, start
+    assert base_model_id("astro/my-pretrain") == "astro/my-pretrain"  # a Hub id stays as it is
+    own = install_to_cache(TINY, "spectrafm-base", cache_dir=tmp_path / "hub")  # the user's, under the alias
+    for start in (TINY, str(TINY), own, "runs/pretrain/final", "bare-name", None):
+        assert base_model_id(start) is None, start  # a local folder or bare name: the Hub cannot link it
+
+
+def test_a_card_from_a_record_of_the_embedded_default_links_its_hub_id(tmp_path):
+    import shutil
+    import warnings
+
+    from spectrafm_hf.hub import embedded_checkpoints, render_model_card
+
+    folder = tmp_path / "ft"
+    shutil.copytree(TINY, folder)
+    for start, expected in ((str(embedded_checkpoints()["spectrafm-base"]), "spectrafm/spectrafm-base"),
+                            ("spectrafm-base", "spectrafm/spectrafm-base"), (str(TINY), None)):
+        (folder / "training_info.json").write_text(json.dumps({"config": {"model": {"model_name_or_path": start}}}))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the local path's "no Hub base model" warning
+            card = render_model_card(folder)
+        assert card.data.base_model == expected, start
+        assert str(tmp_path) not in card.text and str(TINY) not in card.text  # local paths stay redacted

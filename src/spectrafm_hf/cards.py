@@ -20,6 +20,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from .checkpoint_folder import PACKAGE_DIR, _read_json, record_local_details, redact_local_details
+from .default_model import DEFAULT_MODEL_ID, is_default_model
 
 __all__ = ["render_model_card", "render_dataset_card", "SPECTRAFM_CITATION", "CARD_TEMPLATE_DIRS"]
 
@@ -300,6 +301,11 @@ def _is_hub_id(name) -> bool:
     return True
 
 
+def _from_default_model(name) -> bool:
+    """`spectrafm_hf.default_model.is_default_model` for a recorded value that may be anything (or nothing)."""
+    return isinstance(name, (str, os.PathLike)) and str(name) != "" and is_default_model(name)
+
+
 def _card_text(data, body: str) -> str:
     return f"---\n{data.to_yaml()}\n---\n\n{body.strip()}\n"
 
@@ -315,8 +321,10 @@ def render_model_card(folder_or_pipeline, kind: str | None = None, **info):
         **info: optional fields:
             ``repo_id`` (used in the code snippets), ``model_name`` (default: the repo name or folder name),
             ``license`` (default ``"mit"``), ``base_model`` (``org/name`` Hub id of the model fine-tuned from;
-            default: training_info's ``base_model`` or ``config.model.model_name_or_path``; a local path or a bare
-            name is named in the text but left out of the metadata, with a warning), ``datasets`` (Hub dataset
+            default: training_info's ``base_model`` or ``config.model.model_name_or_path``; the package's default
+            model - ``spectrafm-base``, its embedded folder or cache copy - becomes ``spectrafm/spectrafm-base``;
+            any other local path or bare name is named in the text but left out of the metadata, with a
+            warning), ``datasets`` (Hub dataset
             ids), ``metrics`` in physical units: ``{label: {"rmse", "bias", "robust_scatter", "coverage68",
             "coverage95", "mae", "n"}}`` (`spectrafm_hf.training.metrics.label_metrics` per label) or the
             Trainer's flat ``{"test_TEFF_rmse": ..., "eval_FE_H_coverage68": ...}`` (``test_`` preferred);
@@ -335,10 +343,13 @@ def render_model_card(folder_or_pipeline, kind: str | None = None, **info):
 
     config, pre, training, n_params = _describe(folder_or_pipeline)
     training = {**training, **(info.get("training") or {})}
+    start = _nested(training, "config", "model", "model_name_or_path")  # as training/run.py records it
+    # the default model by name, embedded folder or cache copy links to its Hub id (decided before redaction)
+    from_default = _from_default_model(info.get("base_model") or training.get("base_model") or start)
     if not record_local_details(info.pop("record_local_paths", None)):
         training, info = redact_local_details(training), redact_local_details(info)
-    start = _nested(training, "config", "model", "model_name_or_path")  # as training/run.py records it
-    base_model = info.get("base_model") or training.get("base_model") or start
+        start = _nested(training, "config", "model", "model_name_or_path")
+    base_model = DEFAULT_MODEL_ID if from_default else info.get("base_model") or training.get("base_model") or start
     kind = kind or ("finetune" if base_model else "base")
     if kind not in ("base", "finetune"):
         raise ValueError(f"kind must be 'base' or 'finetune', got {kind!r}")

@@ -18,7 +18,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-__all__ = ["DEFAULT_MODEL_ALIAS", "DEFAULT_MODEL_ID", "ensure_default_model_in_cache"]
+__all__ = ["DEFAULT_MODEL_ALIAS", "DEFAULT_MODEL_ID", "ensure_default_model_in_cache", "is_default_model",
+           "base_model_id"]
 
 DEFAULT_MODEL_ID = "spectrafm/spectrafm-base"
 DEFAULT_MODEL_ALIAS = "spectrafm-base"
@@ -27,6 +28,50 @@ _MARKER = ".installed-by-spectrafm_hf"  # beside snapshots/ and refs/, never ins
 
 def _repo_dir(cache: Path, repo_id: str) -> Path:
     return cache / ("models--" + repo_id.replace("/", "--"))
+
+
+def _embedded() -> Path:
+    return Path(__file__).resolve().parent / "resources" / "models" / DEFAULT_MODEL_ALIAS
+
+
+def is_default_model(name_or_path: str | os.PathLike) -> bool:
+    """Whether a start checkpoint (as given to ``from_pretrained`` or ``model_name_or_path``) is the package's
+    default model: its Hub id or alias (when no local folder of that name shadows it), the embedded folder, or
+    its copy in a Hugging Face cache (a snapshot of ``models--spectrafm--spectrafm-base``, or of
+    ``models--spectrafm-base`` when this package wrote it)."""
+    path = Path(name_or_path).expanduser()
+    if not path.is_dir():
+        return str(name_or_path) in (DEFAULT_MODEL_ID, DEFAULT_MODEL_ALIAS)
+    path = path.resolve()
+    if path == _embedded():
+        return True
+    if path.parent.name != "snapshots":
+        return False
+    repo = path.parent.parent
+    if repo.name == _repo_dir(Path(), DEFAULT_MODEL_ID).name:
+        return True
+    return repo.name == _repo_dir(Path(), DEFAULT_MODEL_ALIAS).name and (repo / _MARKER).is_file()
+
+
+def base_model_id(name_or_path: str | os.PathLike | None) -> str | None:
+    """The Hub id a fine-tune card names as ``base_model`` for its start checkpoint: :data:`DEFAULT_MODEL_ID` for
+    the default model (:func:`is_default_model`), an ``org/name`` Hub id as it is, nothing (None) for a local
+    folder or a bare name, which the Hub could not link to."""
+    if name_or_path is None or str(name_or_path) == "":
+        return None
+    if is_default_model(name_or_path):
+        return DEFAULT_MODEL_ID
+    name = str(name_or_path)
+    if name.count("/") != 1 or Path(name).expanduser().exists():
+        return None
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
+    try:
+        validate_repo_id(name)
+    except HFValidationError:
+        return None
+    return name
 
 
 def ensure_default_model_in_cache(cache_dir: str | os.PathLike | None = None) -> list[str]:
@@ -39,7 +84,7 @@ def ensure_default_model_in_cache(cache_dir: str | os.PathLike | None = None) ->
     from huggingface_hub import constants
 
     cache = Path(cache_dir if cache_dir is not None else constants.HF_HUB_CACHE).expanduser()
-    embedded = Path(__file__).resolve().parent / "resources" / "models" / DEFAULT_MODEL_ALIAS
+    embedded = _embedded()
     done = []
     for repo_id in (DEFAULT_MODEL_ID, DEFAULT_MODEL_ALIAS):
         repo = _repo_dir(cache, repo_id)

@@ -14,7 +14,9 @@ Where a checkpoint name is looked up
    work with ``HF_HUB_OFFLINE=1``;
 4. the **Hub** (``$HF_ENDPOINT``), unless offline (``HF_HUB_OFFLINE=1`` or ``local_files_only=True``).
 
-Cases 3 and 4 return the name unchanged and let ``from_pretrained`` do the lookup. When the name is in none of
+Cases 3 and 4 return the name unchanged and let ``from_pretrained`` do the lookup. The default model's Hub id
+``spectrafm/spectrafm-base`` (:data:`~spectrafm_hf.default_model.DEFAULT_MODEL_ID`), asked for offline with nothing
+of that name in the cache, resolves to the embedded ``spectrafm-base`` (the same model). When the name is in none of
 1-3 and the Hub may not be asked, :func:`resolve_model` raises :class:`CheckpointNotFoundError` listing what it
 looked for. ``transformers.AutoModel.from_pretrained`` itself only knows 1, 3 and 4.
 Where the other Hub jobs live
@@ -48,6 +50,7 @@ from .checkpoint_folder import (  # noqa: F401
 from .checkpoint_folder import as_folder as _as_folder
 from .checkpoint_folder import checkpoint_files as _checkpoint_files  # noqa: F401
 from .checkpoint_folder import stage as _stage
+from .default_model import DEFAULT_MODEL_ALIAS, DEFAULT_MODEL_ID
 from .publish import push_pipeline, push_trainer_checkpoint  # noqa: F401
 from .safe_write import ForeignFolderError, atomic_directory  # noqa: F401
 
@@ -151,6 +154,8 @@ def resolve_model(
         return name  # from_pretrained looks in the HF cache, then asks the Hub
     if isinstance(try_to_load_from_cache(name, "config.json", cache_dir=cache_dir, revision=revision), str):
         return name  # in the HF cache: from_pretrained loads it offline
+    if name == DEFAULT_MODEL_ID and revision in (None, "main") and DEFAULT_MODEL_ALIAS in embedded:
+        return str(embedded[DEFAULT_MODEL_ALIAS])  # the default's Hub id, offline with nothing cached: the same model
     cache = _hub_cache(cache_dir)
     looked.append(f"the Hugging Face cache {cache / _cache_folder(name)} (no snapshot with a config.json for "
                   f"revision {revision or 'main'!r})")

@@ -9,7 +9,11 @@ scheduler, scaler, RNG and ``trainer_state.json`` files. Nothing else: not ``not
 sub-folders. The list of uploaded files is returned (``CommitInfo.uploaded_files``).
 
 ``private=None`` (the default) leaves the visibility of a new repo to the Hub (the account's or organisation's
-default); an existing repo keeps its visibility.
+default); an existing repo keeps its visibility. ``revision``: the branch to commit to, created from ``main`` when
+missing (the Trainer's ``hub_revision``: checkpoints and the final model land there, ``main`` is left alone).
+``token``: sent with every request of the push (default: the logged-in token or ``HF_TOKEN``). Every push carries
+the model code files and ``auto_map``, so ``AutoModel.from_pretrained(repo, revision=..., trust_remote_code=True)``
+loads any pushed revision (and a checkpoint's ``subfolder``) without ``spectrafm_hf``.
 """
 
 from __future__ import annotations
@@ -45,6 +49,15 @@ def _check_online(repo_id: str):
         raise OfflineModeIsEnabled(
             f"Cannot push to {repo_id!r}: offline mode is enabled (HF_HUB_OFFLINE=1). Unset HF_HUB_OFFLINE to push."
         )
+
+
+def _ensure_branch(api, repo_id: str, revision: str | None):
+    """Create branch ``revision`` (from main) when it does not exist yet, so that pushes to a new
+    ``hub_revision`` land there (the Hub refuses a commit to a missing branch). ``refs/...`` (a pull request) and
+    commit ids are left alone."""
+    if not revision or revision == "main" or revision.startswith("refs/") or re.fullmatch(r"[0-9a-f]{40}", revision):
+        return
+    api.create_branch(repo_id, branch=revision, repo_type="model", exist_ok=True)
 
 
 def _stale_weights(api, repo_id: str, revision: str | None, uploaded: list[str]) -> list[str] | None:
@@ -115,6 +128,7 @@ def push_pipeline(
         uploaded = _uploaded(staging)
         api = HfApi(token=token)
         api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
+        _ensure_branch(api, repo_id, revision)
         info = api.upload_folder(
             folder_path=staging,
             repo_id=repo_id,
@@ -133,8 +147,10 @@ def push_trainer_checkpoint(checkpoint_folder, repo_id: str, *, path_in_repo: st
                             revision: str | None = None, record_local_paths: bool | None = None):
     """Upload a Trainer ``checkpoint-N/`` folder: its model files at the repo's top level and, when
     ``path_in_repo`` is given (``last-checkpoint`` or ``checkpoint-N``), the model files plus what resuming needs
-    (:data:`TRAINER_STATE_FILES`) under that folder. Allow-listed like :func:`push_pipeline`; ``trainer_state.json``
-    and ``training_info.json`` are redacted. Returns the `CommitInfo` with ``uploaded_files``."""
+    (:data:`TRAINER_STATE_FILES`) under that folder; both with the model code files. Allow-listed like
+    :func:`push_pipeline`; ``trainer_state.json`` and ``training_info.json`` are redacted. ``revision``: the branch,
+    created when missing. The repo must exist (the Trainer creates it). Returns the `CommitInfo` with
+    ``uploaded_files``."""
     from huggingface_hub import HfApi
 
     _check_online(repo_id)
@@ -152,7 +168,9 @@ def push_trainer_checkpoint(checkpoint_folder, repo_id: str, *, path_in_repo: st
             if state.is_file() and not record_local_details(record_local_paths):
                 _write_json(state, redact_local_details(_read_json(state)))
         uploaded = _uploaded(staging)
-        info = HfApi(token=token).upload_folder(
+        api = HfApi(token=token)
+        _ensure_branch(api, repo_id, revision)
+        info = api.upload_folder(
             folder_path=staging, repo_id=repo_id, repo_type="model", commit_message=commit_message,
             revision=revision,  # no deletes: '*.safetensors' would also match the other checkpoint-N/ folders
         )

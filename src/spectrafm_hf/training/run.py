@@ -397,15 +397,26 @@ def run_training(model_args: ModelArguments, data_args: DataArguments, training_
         final = Path(training_args.output_dir) / "final"
         save_pipeline_folder(model, processor, final, info, metrics)
         (Path(training_args.output_dir) / "final_metrics.json").write_text(json.dumps(metrics, indent=2))
-        if training_args.push_to_hub and training_args.hub_model_id:
-            from ..hub import push_pipeline
-
-            base = model_args.model_name_or_path
-            push_pipeline(final, training_args.hub_model_id, private=training_args.hub_private_repo,
-                          commit_message="SpectraFM: final model, card, processor, training_info.json",
-                          card_info={"base_model": base if base and "/" in base and not Path(base).exists() else None,
-                                     "metrics": metrics})
+        if training_args.push_to_hub:
+            _push_final(trainer, final, model_args, metrics)
     return trainer, metrics
+
+
+def _push_final(trainer, final: Path, model_args: ModelArguments, metrics: dict):
+    """Push ``final/`` where the checkpoints went: ``hub_model_id``, or the Trainer's own default repo
+    (``<user>/<output_dir name>``, created by the Trainer), on ``hub_revision``, with ``hub_token`` and
+    ``hub_private_repo`` (None: the Hub's default visibility); the card's ``base_model`` names the start checkpoint's
+    Hub id (``spectrafm/spectrafm-base`` for the package's default)."""
+    from ..default_model import base_model_id
+    from ..publish import push_pipeline
+
+    args = trainer.args
+    if trainer.hub_model_id is None:  # set by the Trainer (init_hf_repo) when it was made with push_to_hub
+        trainer.init_hf_repo(token=args.hub_token)
+    push_pipeline(final, trainer.hub_model_id, private=args.hub_private_repo, token=args.hub_token,
+                  revision=args.hub_revision,
+                  commit_message="SpectraFM: final model, card, processor, training_info.json",
+                  card_info={"base_model": base_model_id(model_args.model_name_or_path), "metrics": metrics})
 
 
 def train_or_reuse(values: dict, splits=None, log=print) -> Path:
