@@ -25,7 +25,8 @@ import torch
 from ..processing_spectrafm import SpectraFMProcessor
 from .pixel_subsets import check_window_options, sample_pixel_subsets
 
-__all__ = ["pseudo_continuum_operator", "pixel_batch", "SyntheticStream", "ArrayStream", "cosine_progress_lr"]
+__all__ = ["pseudo_continuum_operator", "pixel_batch", "SyntheticStream", "ArrayStream", "cosine_progress_lr",
+           "observed_chunk"]
 
 
 def pseudo_continuum_operator(instrument="apogee") -> tuple[np.ndarray, np.ndarray]:
@@ -245,3 +246,22 @@ def cosine_progress_lr(progress: float, step: int, peak: float, warmup_steps: in
         return peak * (step + 1) / warmup_steps
     p = min(max(float(progress), 0.0), 1.0)
     return floor + 0.5 * (peak - floor) * (1.0 + math.cos(math.pi * p))
+
+
+def observed_chunk(task: dict) -> dict:
+    """One chunk of observed-domain spectra as plain arrays, for a worker process (pickles cheaply).
+
+    ``task``: ``name`` (returned as is), ``n``, ``seed`` and optional ``instrument``, ``continuum``,
+    ``metal_poor_fraction`` for :func:`spectrafm_hf.synth.generate` with ``observed=True``. Returns ``name``,
+    ``flux`` (n, N) float32 with NaN at masked pixels, ``labels`` / ``label_err`` (catalogue, (n, 5)),
+    ``true_labels``. Torch is limited to one thread: workers run side by side.
+    """
+    from .. import synth
+
+    torch.set_num_threads(1)
+    s = synth.generate(int(task["n"]), instrument=task.get("instrument", "apogee"), seed=int(task["seed"]),
+                       observed=True, continuum=task.get("continuum", "pseudo"),
+                       metal_poor_fraction=task.get("metal_poor_fraction"))
+    flux = np.where(s.mask, s.flux, np.nan).astype(np.float32)
+    return {"name": task["name"], "flux": flux, "labels": s.labels, "label_err": s.label_err,
+            "true_labels": s.true_labels}
