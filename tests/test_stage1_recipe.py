@@ -245,3 +245,18 @@ def test_cosine_progress_lr():
     assert cosine_progress_lr(0.0, 10, 1.0, warmup_steps=10) == pytest.approx(1.0)
     assert cosine_progress_lr(0.5, 50, 1.0, floor=0.2) == pytest.approx(0.6)
     assert cosine_progress_lr(2.0, 99, 1.0, floor=0.2) == pytest.approx(0.2)
+
+
+@pytest.mark.parametrize("name, on", [("pretrain_cpu", False), ("pretrain_paper", False), ("pretrain_recipe_cpu", True)])
+def test_presets_expose_the_recipe_options(name, on):
+    from conftest import REPO
+
+    from spectrafm_hf.training.run import parse_args
+
+    extra = ["--bf16", "false"] if "paper" in name else []
+    m, d, t = parse_args([str(REPO / "scripts" / "configs" / f"{name}.yaml"), *extra])
+    assert (d.window_prob > 0) == on and (RealismAugment.from_dict(d.augment) is not None) == on
+    if on:
+        assert d.window_width == [64, 7514] and RealismAugment.from_dict(d.augment).snr_range == (50.0, 500.0)
+        base = parse_args([str(REPO / "scripts" / "configs" / "pretrain_cpu.yaml")])
+        assert m.config_overrides == base[0].config_overrides and t.max_steps == base[2].max_steps
