@@ -17,20 +17,23 @@ COLUMNS = ["model", "split", "n", "bias", "mae", "rmse", "robust_scatter", "cove
 MB = 1_000_000  # transformers' "15MB" is 15 * 10**6 bytes
 
 
-@pytest.fixture(scope="module")
-def dry_run(tmp_path_factory):
+def run_tiny(out, *flags):
     """The tiny preset in a fresh interpreter where datasets, astropy and scipy cannot be imported (the GPU image
     has no datasets or astropy; scipy is not promised either)."""
-    out = tmp_path_factory.mktemp("gpu") / "paper_scale_tiny"
+    args = [str(REPO / "scripts/configs/paper_scale_tiny.yaml"), "--output_dir", str(out), *flags]
     code = ("import sys, runpy\n"
             "for m in ('datasets', 'astropy', 'scipy'): sys.modules[m] = None\n"
-            f"sys.argv = ['paper_scale.py', {str(REPO / 'scripts/configs/paper_scale_tiny.yaml')!r}, "
-            f"'--output_dir', {str(out)!r}]\n"
+            f"sys.argv = ['paper_scale.py', *{args!r}]\n"
             f"runpy.run_path({str(REPO / 'scripts/gpu/paper_scale.py')!r}, run_name='__main__')\n")
     t = time.time()
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return out, time.time() - t, proc.stdout
+
+
+@pytest.fixture(scope="module")
+def dry_run(tmp_path_factory):
+    return run_tiny(tmp_path_factory.mktemp("gpu") / "paper_scale_tiny")
 
 
 def test_dry_run_writes_one_complete_folder(dry_run):
@@ -67,6 +70,15 @@ def test_dry_run_results_table(dry_run):
     assert ratio == pytest.approx(scratch / mp.rmse.iloc[0], rel=1e-4)  # the CSV keeps 6 digits
     preds = pd.read_csv(out / "predictions.csv")
     assert len(preds) == record["data"]["test"] and "spectrafm_stage3_FE_H_pred" in preds
+
+
+def test_a_spent_budget_still_writes_every_output(tmp_path):
+    # 1 s: every stage's time box is already over when it starts; each stops at once and the folder is complete
+    out = run_tiny(tmp_path / "spent", "--budget_s", "1")[0]
+    record = json.loads((out / "results.json").read_text())
+    assert all(record["stages"][s]["stopped_by"] == "time" for s in ("stage1", "stage2", "stage3"))
+    assert record["test_subsampled"]["reason"] == "evaluation time box"
+    assert list(pd.read_csv(out / "results.csv").columns) == COLUMNS and list(out.glob("*.safetensors"))
 
 
 def test_dry_run_checkpoint_loads_with_the_pipeline(dry_run):

@@ -209,7 +209,7 @@ class ArrayStream:
                 raise ValueError(f"pixel_range {pixel_range} is not inside [0, {N}]")
             self.good[:, :a] = False
             self.good[:, b:] = False
-        self.wavelength = torch.as_tensor(np.asarray(wavelength), dtype=torch.float32, device=self.device)
+        self.wavelength = torch.tensor(np.asarray(wavelength, np.float64), dtype=torch.float32, device=self.device)
         lab = np.asarray(labels, np.float64).reshape(n, len(self.label_names))
         err = np.zeros_like(lab) if label_err is None else np.nan_to_num(np.asarray(label_err, np.float64), nan=0.0)
         self.labels = (torch.as_tensor(lab, dtype=torch.float32, device=self.device) - self.center) / self.scale
