@@ -247,7 +247,8 @@ def test_cosine_progress_lr():
     assert cosine_progress_lr(2.0, 99, 1.0, floor=0.2) == pytest.approx(0.2)
 
 
-@pytest.mark.parametrize("name, on", [("pretrain_cpu", False), ("pretrain_paper", False), ("pretrain_recipe_cpu", True)])
+@pytest.mark.parametrize("name, on", [("pretrain_cpu", False), ("pretrain_paper", False),
+                                      ("pretrain_recipe_cpu", True)])
 def test_presets_expose_the_recipe_options(name, on):
     from conftest import REPO
 

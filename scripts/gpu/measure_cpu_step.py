@@ -62,7 +62,8 @@ def main(argv=None):
     data_s = (time.perf_counter() - t) / 3
     out = {
         "command": "OMP_NUM_THREADS=1 python scripts/gpu/measure_cpu_step.py " + " ".join(argv or sys.argv[1:]),
-        "cpu": cpu_model(), "load_average_1min": os.getloadavg()[0], "torch_threads": args.threads, "torch": torch.__version__,
+        "cpu": cpu_model(), "load_average_1min": os.getloadavg()[0], "torch_threads": args.threads,
+        "torch": torch.__version__,
         "parameters": n_params, "context_length": 512, "queries": 5, "batch": args.batch,
         "cpu_train_step_s": step_s, "cpu_train_spectra_per_s": args.batch / step_s,
         "flops_per_spectrum_train": per_spectrum, "cpu_achieved_gflops": step_flops / step_s / 1e9,

@@ -104,10 +104,12 @@ class ObservedSets:
         base = dict(instrument=cfg.get("instrument", "apogee"), continuum=obs.get("continuum", "pseudo"))
 
         def tasks(name, n, seed, **kw):
-            return [dict(base, name=name, n=min(chunk, n - i), seed=[int(seed), 7, i], **kw) for i in range(0, n, chunk)]
+            return [dict(base, name=name, n=min(chunk, n - i), seed=[int(seed), 7, i], **kw)
+                    for i in range(0, n, chunk)]
 
         # test first (the evaluation needs all of it), then validation, then the training pool
-        self.tasks = (tasks("test", int(test["n"]), test["seed"], metal_poor_fraction=float(test["metal_poor_fraction"]))
+        mpf = float(test["metal_poor_fraction"])
+        self.tasks = (tasks("test", int(test["n"]), test["seed"], metal_poor_fraction=mpf)
                       + tasks("validation", int(obs["n_validation"]), int(obs["seed"]) + 1)
                       + tasks("train", int(obs["n_train"]), obs["seed"]))
         for t in self.tasks:  # SeedSequence-style list seeds: independent streams per chunk and per set
@@ -481,8 +483,9 @@ def _run(cfg: dict, clock: Clock, observed: ObservedSets) -> dict:
 
     ratio = lambda split: get("scratch_nn", split) / get("spectrafm_stage3", split)  # noqa: E731
     record["goals"] = {
-        "metal_poor_rmse_ratio_scratch_over_stage3": {"value": ratio("feh_lt_-1"), "goal": ">= 3 (stretch 4)",
-                                                      "paper": PAPER["paper_metal_poor_rmse_ratio_scratch_over_stage3"]},
+        "metal_poor_rmse_ratio_scratch_over_stage3": {
+            "value": ratio("feh_lt_-1"), "goal": ">= 3 (stretch 4)",
+            "paper": PAPER["paper_metal_poor_rmse_ratio_scratch_over_stage3"]},
         "whole_set_rmse_ratio_scratch_over_stage3": {"value": ratio("all"), "goal": ">= 1.7",
                                                      "paper": PAPER["paper_whole_set_rmse_ratio_scratch_over_stage3"]},
         "stage3_coverage68": {"value": {s: get("spectrafm_stage3", s, "coverage68") for s in SPLITS},
@@ -557,8 +560,9 @@ def main(argv=None):
     if not path.is_file():
         raise SystemExit(f"config file not found: {path}")
     cfg = yaml.safe_load(path.read_text()) or {}
-    missing = [k for k in ("output_dir", "budget_s", "fractions", "model", "observed", "test", "stage1", "stage2",
-                           "stage3", "scratch_nn", "evaluation", "fe_pixel_range", "stage2_pixel_range") if k not in cfg]
+    required = ("output_dir", "budget_s", "fractions", "model", "observed", "test", "stage1", "stage2", "stage3",
+                "scratch_nn", "evaluation", "fe_pixel_range", "stage2_pixel_range")
+    missing = [k for k in required if k not in cfg]
     if missing:
         raise SystemExit(f"{path}: missing keys {missing}")
     for key in ("output_dir", "budget_s", "device"):

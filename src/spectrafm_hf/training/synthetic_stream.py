@@ -201,8 +201,9 @@ class ArrayStream:
         self.center, self.scale, self.query_ids = _label_tensors(processor, self.label_names, query_ids, self.device)
         self.flux = torch.as_tensor(np.asarray(flux), dtype=flux_dtype, device=self.device)
         n, N = self.flux.shape
-        self.good = (torch.isfinite(self.flux) if good is None else
-                     torch.as_tensor(np.asarray(good), dtype=torch.bool, device=self.device) & torch.isfinite(self.flux))
+        self.good = torch.isfinite(self.flux)
+        if good is not None:
+            self.good &= torch.as_tensor(np.asarray(good), dtype=torch.bool, device=self.device)
         if pixel_range is not None:
             a, b = (int(v) for v in pixel_range)
             if not 0 <= a < b <= N:
