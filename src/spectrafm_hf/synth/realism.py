@@ -54,7 +54,11 @@ from importlib import resources
 from typing import TYPE_CHECKING
 
 import numpy as np
-from scipy import fft as sp_fft
+
+try:
+    from scipy import fft as sp_fft
+except ImportError:  # e.g. a bare GPU image: numpy's rfft/irfft take the same calls (in float64 instead of float32)
+    sp_fft = np.fft
 
 if TYPE_CHECKING:  # pragma: no cover
     from . import GapSpec, InstrumentSpec

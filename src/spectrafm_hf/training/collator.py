@@ -24,6 +24,7 @@ from transformers import TrainerCallback
 
 from ..processing_spectrafm import SpectraFMProcessor
 from ..spectrum import SpectrumError
+from .pixel_subsets import check_window_options, choose_pixels
 
 __all__ = ["SpectraCollator", "EpochCallback"]
 
@@ -52,6 +53,13 @@ class SpectraCollator:
         input_label_prob: ...each with this probability per example (0 = never; 1 = always when known).
         input_ids: indices of ``input_label_names`` in ``config.label_names + config.scalar_input_names``.
         seed: base seed.
+        window_prob: probability that a TRAINING row reads one contiguous window of random position and width
+            instead of pixels scattered over the whole spectrum (see `spectrafm_hf.training.pixel_subsets`);
+            0 (default) = the historic rule. Evaluation rows (``deterministic=True``) never use windows.
+        window_width: (min, max) window width in pixels of the row (default: (context_length // 4, all)).
+        augment: optional callable ``augment(flux, good, rng) -> (flux, good)`` applied to training rows before
+            normalisation, e.g. a `spectrafm_hf.synth.augment.RealismAugment` (noise, masks, continuum errors,
+            tellurics); not applied when ``deterministic=True``.
     """
 
     def __init__(
@@ -66,6 +74,9 @@ class SpectraCollator:
         input_label_prob: float = 0.0,
         input_ids: Sequence[int] = (),
         seed: int = 0,
+        window_prob: float = 0.0,
+        window_width: Sequence[int] | None = None,
+        augment=None,
     ):
         self.processor = processor
         self.label_names = list(label_names)
@@ -82,6 +93,10 @@ class SpectraCollator:
         self.input_label_prob = float(input_label_prob)
         self.seed = int(seed)
         self.epoch = None  # set by EpochCallback during Trainer runs
+        self.window_prob, self.window_width = check_window_options(window_prob, window_width)
+        if augment is not None and not callable(augment):
+            raise TypeError(f"augment must be callable (flux, good, rng) -> (flux, good), got {type(augment).__name__}")
+        self.augment = augment
 
     def _running_rng(self):
         # Each batch's generator is seeded from torch's global RNG: the Trainer seeds it per rank and saves /
@@ -104,6 +119,9 @@ class SpectraCollator:
         mask = feature.get("mask")
         if mask is not None and len(mask):
             good &= np.asarray(mask, dtype=bool)
+        if self.augment is not None and not self.deterministic:
+            flux, good = self.augment(flux, good, rng)
+            good = good & np.isfinite(flux)
         if self.window is not None:
             good &= (wl >= self.window[0]) & (wl <= self.window[1])
         source = feature.get("object_id", "example")
@@ -112,7 +130,15 @@ class SpectraCollator:
         except SpectrumError:
             return wl[:0], flux[:0].astype(np.float32)  # nothing usable: an all-masked row (loss stays finite)
         idx = np.flatnonzero(good)
-        if idx.size > self.context_length:
+        if self.window_prob > 0 and not self.deterministic:
+            inside = np.flatnonzero((wl >= self.window[0]) & (wl <= self.window[1])) if self.window else None
+            if inside is not None and inside.size:  # windows inside the read range only
+                pos = choose_pixels(np.searchsorted(inside, idx), inside.size, self.context_length, rng,
+                                    self.window_prob, self.window_width)
+                idx = inside[pos]
+            else:
+                idx = choose_pixels(idx, wl.size, self.context_length, rng, self.window_prob, self.window_width)
+        elif idx.size > self.context_length:
             idx = np.sort(rng.choice(idx, self.context_length, replace=False))
         return wl[idx], x[idx]
 

@@ -80,6 +80,13 @@ class DataArguments:
     max_eval_stars: int | None = None
     input_label_names: list[str] = field(default_factory=list)
     input_label_prob: float = 0.0
+    window_prob: float = field(default=0.0, metadata={"help": "probability that a training row reads one contiguous "
+                                                              "window of random position and width (0 = scattered "
+                                                              "pixels only; spectrafm_hf.training.pixel_subsets)"})
+    window_width: list[int] | None = field(default=None, metadata={"help": "[min, max] window width in pixels"})
+    augment: dict = field(default_factory=dict, metadata={"help": "realism augmentation of training rows, the fields "
+                                                                  "of spectrafm_hf.synth.augment.RealismAugment (e.g. "
+                                                                  "{snr_range: [50, 500]}); empty = none"})
 
 
 class SpectraFMTrainer(Trainer):
@@ -370,7 +377,10 @@ def run_training(model_args: ModelArguments, data_args: DataArguments, training_
         trainable_parameters=int(trainable),
         total_parameters=int(base_model.num_parameters()),
     )
-    train_collator = SpectraCollator(**common)
+    from ..synth.augment import RealismAugment
+
+    train_collator = SpectraCollator(**common, window_prob=data_args.window_prob, window_width=data_args.window_width,
+                                     augment=RealismAugment.from_dict(data_args.augment))
     trainer = SpectraFMTrainer(
         model=model,
         args=training_args,
