@@ -86,7 +86,7 @@ def _continuum_pixel_fit(spectrum, cfg):
     j = np.clip(np.searchsorted(grid, wl), 1, len(grid) - 1)
     nearest = np.where(np.abs(wl - grid[j - 1]) <= np.abs(grid[j] - wl), j - 1, j)
     spacing = np.diff(grid)[np.clip(nearest, 0, len(grid) - 2)]
-    on_grid = np.abs(wl - grid[nearest]) <= 0.25 * spacing
+    on_grid = np.abs(wl - grid[nearest]) <= 0.01 * spacing  # the same pixels (apStar holds the grid exactly)
     if not good.any() or on_grid[good].mean() < 0.5:
         return None
     pos = np.interp(wl, grid, np.arange(len(grid), dtype=np.float64))  # fractional grid pixel
@@ -165,7 +165,7 @@ class SpectraFMProcessor(FeatureExtractionMixin):
             None: the generic Chebyshev pseudo-continuum.
         snr_range (`[float, float]`, *optional*): the S/N range of the training spectra (`spectrum_snr`: median of
             ``flux * sqrt(ivar)`` over usable pixels of the normalised flux); spectra below it get the ``low_snr`` flag
-            and a Monte-Carlo noise term in their uncertainty.
+            and an uncertainty inflated for their noise (`SpectraFMPipeline.predict`).
         min_pixels (`int`, defaults to 32): fewer usable pixels than this gets the ``too_few_pixels`` flag.
         noise_test_sigma (`float`, defaults to 3.0): a spectrum whose lag-1 autocorrelation of flux deviations is
             below ``noise_test_sigma / sqrt(n_pairs)`` (consistent with white noise) gets the ``noise_only`` flag.

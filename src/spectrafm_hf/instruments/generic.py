@@ -19,8 +19,10 @@ must be Angstrom (nm/micron mistakes raise :class:`~spectrafm_hf.SpectrumError`)
 Wavelengths are taken as **vacuum** unless ``air=True`` (or a FITS WCS says ``AWAV`` / ``AIRORVAC='air'`` /
 ``VACUUM=F``). A table with vector columns gives one Spectrum per row (``meta['row']``).
 
-``meta['normalized']``: pass ``normalized=True/False`` when you know; otherwise a heuristic decides (median flux
-within 0.5-1.5 and 90% of the pixels within 0-2 -> True), or a scalar ``normalized`` key of an npz.
+``meta['normalized']``: pass ``normalized=True/False`` when you know, or a scalar ``normalized`` key of an npz;
+otherwise a heuristic fills it (median flux within 0.5-1.5 and 90% of the pixels within 0-2 -> True) with
+``meta['normalized_from'] = 'guess'``, and the processor decides from the flux unit (``meta['flux_unit']``: the
+flux column's unit or the image's BUNIT) or its own guess (`SpectraFMProcessor.prepare`).
 """
 
 from __future__ import annotations
@@ -105,7 +107,11 @@ def _build(path, cols, get, unit_of, meta, wavelength_unit, air, mask_rule, inst
     mask = _read_mask(path, cols, get, *mask_rule)
     meta = dict(meta)
     meta["air_to_vacuum_applied"] = bool(air)
-    meta.setdefault("normalized", _looks_normalized(flux))
+    unit = unit_of(cols["flux"])
+    if unit is not None and str(unit).strip():
+        meta.setdefault("flux_unit", str(unit))
+    if "normalized" not in meta:  # nobody said: a guess, recorded as one (the processor looks at flux_unit first)
+        meta.update(normalized=_looks_normalized(flux), normalized_from="guess")
     return make_spectrum(path, wavelength=wl, flux=flux, ivar=ivar, flux_err=err, mask=mask,
                          instrument=instrument or meta.get("instrument") or "unknown", meta=meta)
 
@@ -232,7 +238,7 @@ def read_generic_fits(path, wavelength_unit=None, air: bool | None = None, mask_
             if isinstance(d, np.ndarray) and d.dtype.names is None and d.ndim == 1 and "CRVAL1" in h.header:
                 s = _image_spectrum(path, h, h0, idx, oid, wavelength_unit, air, instrument)
                 if normalized is not None:
-                    s.meta["normalized"] = bool(normalized)
+                    s.meta.update(normalized=bool(normalized), normalized_from="user")
                 return [s]
     raise ReaderError(f"{path}: FITS file has neither a table with wavelength/flux columns nor a 1-D image with a "
                       "wavelength WCS (CRVAL1/CDELT1)")
@@ -264,7 +270,10 @@ def _image_spectrum(path, h, h0, idx, oid, wavelength_unit, air, instrument):
         wl = air_to_vacuum(wl)
     flux = native(h.data)
     meta = {"format": "generic_fits_image", "hdu": idx, "object_id": oid, "air_to_vacuum_applied": bool(is_air),
-            "normalized": _looks_normalized(flux)}
+            "normalized": _looks_normalized(flux), "normalized_from": "guess"}
+    bunit = header_value(hd, "BUNIT") or header_value(h0, "BUNIT")
+    if bunit is not None:
+        meta["flux_unit"] = str(bunit)
     return make_spectrum(path, wavelength=wl, flux=flux, instrument=instrument or "unknown", meta=meta)
 
 
