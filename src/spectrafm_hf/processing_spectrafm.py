@@ -169,7 +169,8 @@ class SpectraFMProcessor(FeatureExtractionMixin):
         min_pixels (`int`, defaults to 32): fewer usable pixels than this gets the ``too_few_pixels`` flag.
         noise_test_sigma (`float`, defaults to 3.0): a spectrum whose lag-1 autocorrelation of flux deviations is
             below ``noise_test_sigma / sqrt(n_pairs)`` (consistent with white noise) gets the ``noise_only`` flag.
-        noise_draws (`int`, defaults to 8): Monte-Carlo noise draws for spectra below ``snr_range``.
+        noise_draws (`int`, defaults to 4): Monte-Carlo noise draws for spectra below ``snr_range`` (each costs one
+            more prediction of that spectrum).
         embedding_mean, embedding_whitening, embedding_threshold (*optional*): out-of-distribution test of the
             encoder embedding (`SpectraFMPipeline.embed`): Mahalanobis distance ``|W (e - mean)|`` with ``W`` the
             whitening matrix of in-domain embeddings; above ``embedding_threshold`` (calibrated so ~1 % of in-domain
@@ -210,7 +211,7 @@ class SpectraFMProcessor(FeatureExtractionMixin):
         snr_range: Sequence[float] | None = None,
         min_pixels: int = 32,
         noise_test_sigma: float = 3.0,
-        noise_draws: int = 8,
+        noise_draws: int = 4,
         embedding_mean: Sequence[float] | None = None,
         embedding_whitening: Sequence[Sequence[float]] | None = None,
         embedding_threshold: float | None = None,
