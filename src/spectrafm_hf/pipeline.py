@@ -261,14 +261,16 @@ class SpectraFMPipeline:
             seed: seed of the pixel subsets and of the noise draws (predictions are reproducible for a given seed).
             n_repeats: independent pixel permutations per spectrum (more subsets, smoother average).
             noise_draws: Monte-Carlo noise draws for spectra with ivar below the training S/N range (default: the
-                processor's ``noise_draws``; 0 turns the noise term off).
+                processor's ``noise_draws``); 0 turns the whole noise inflation below off (``_err`` is then the
+                model's own sigma).
 
         Returns:
             `pandas.DataFrame` with columns ``<LABEL>``, ``<LABEL>_err`` (1-sigma), ``<LABEL>_scatter`` (between
             subsets) for every label, then ``n_pixels``, ``n_subsets``, ``coverage_fraction``, ``snr``,
             ``normalization`` (how the flux was normalised and what decided it, see `SpectraFMProcessor.prepare`),
-            ``ood_distance`` (when the processor has embedding statistics), ``flag`` (see `FLAGS`) and, when the
-            spectra carry them, ``object_id`` and ``source``.
+            ``ood_distance`` (when the processor has embedding statistics), ``line_autocorr`` and ``line_pairs``
+            (`line_autocorrelation`, for the flat / noise_only flags), ``flag`` (see `FLAGS`) and, when the spectra
+            carry them, ``object_id`` and ``source``.
 
         Below the training S/N range (``snr`` < ``processor.snr_range[0]``, flag ``low_snr``) the model's own sigma,
         learned at the training noise, is too small, and ``_err`` becomes

@@ -34,8 +34,8 @@ from .spectrum import Spectrum, SpectrumError
 __all__ = ["SpectraFMProcessor", "spectrum_snr", "line_autocorrelation"]
 
 # Flux units (BUNIT, lower case) that mean the flux is NOT continuum-normalised, and words that mean it is.
-_RAW_UNIT_WORDS = ("erg", "jy", "jansky", "w/m", "w m", "watt", "count", "adu", "electron", "e-/", "photon", "dn",
-                   "mag", "cgs", "flam", "fnu")
+_RAW_UNIT_WORDS = ("erg", "jy", "jansky", "w/m", "w m", "watt", "count", "adu", "electron", "e-/", "photon", "cgs",
+                   "flam", "fnu")
 _NORMALIZED_UNIT_WORDS = ("normali", "relative", "continuum")
 
 
@@ -316,11 +316,7 @@ class SpectraFMProcessor(FeatureExtractionMixin):
                 return "continuum_pixels", cont
         from .instruments.continuum import normalize_continuum
 
-        try:
-            _, cont = normalize_continuum(spectrum, force=True, return_continuum=True)
-        except SpectrumError:
-            raise
-        return "chebyshev", cont
+        return "chebyshev", normalize_continuum(spectrum, force=True, return_continuum=True)[1]
 
     def _divide_by_continuum(self, spectrum: Spectrum):
         src = spectrum.meta.get("source") or spectrum.meta.get("object_id") or "spectrum"
