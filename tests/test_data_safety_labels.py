@@ -22,6 +22,15 @@ ASPCAP_TESTONLY = FIX / "TESTONLY_aspcapStar-format_2M19485057+5005279.fits"
 BASE = Path(__file__).parents[1] / "src" / "spectrafm_hf" / "resources" / "models" / "spectrafm-base"
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Many small forward passes: one thread is several times faster than two on a loaded 2-core machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def pipe():
     return SpectraFMPipeline.from_pretrained(TINY, device="cpu")
@@ -171,12 +180,7 @@ def test_ood_threshold_flags_about_one_percent_of_in_domain_spectra(pipe):
     proc = pipe.processor
     assert len(proc.embedding_mean) == pipe.model.config.hidden_size and proc.embedding_threshold > 0
     fresh = synth.generate(300, seed=123_456, snr=200, continuum="pseudo", as_spectra=True)  # not the calibration's
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # many tiny forward passes: one thread is >10x faster on a loaded 2-core machine
-    try:
-        table = pipe.predict(fresh, noise_draws=0)
-    finally:
-        torch.set_num_threads(threads)
+    table = pipe.predict(fresh, noise_draws=0)
     frac = np.mean(["out_of_distribution" in f for f in flags(table)])
     assert frac <= 0.04, frac
     # far from the training spectra: flagged
