@@ -7,6 +7,10 @@ Copies config.json, model.safetensors, the code files, preprocessor_config.json 
 src/spectrafm_hf/resources/models/<name>/ and writes its model card (README.md) from hub_cards/. After that,
 `SpectraFMPipeline.from_pretrained("spectrafm-base")` and `spectrafm predict` use it without any download, and
 `spectrafm install` puts it in the local Hugging Face cache so `AutoModel.from_pretrained("spectrafm-base")` works.
+Then calibrate its reliability statistics (training S/N range, out-of-distribution embedding statistics, continuum
+method; stored in its preprocessor_config.json):
+
+    python benchmarks/reliability_stats.py src/spectrafm_hf/resources/models/spectrafm-base
 """
 
 import argparse

@@ -1,6 +1,9 @@
 """Regenerate tests/fixtures/tiny-spectrafm (a ~10 kB random-weight pipeline for the offline suite).
 
     python tests/make_tiny_checkpoint.py
+    python benchmarks/reliability_stats.py tests/fixtures/tiny-spectrafm --n-fit 400 --n-test 400
+
+(the second line stores the S/N range and embedding statistics that tests/test_data_safety_labels.py needs)
 """
 
 from pathlib import Path

@@ -200,24 +200,16 @@ def _load_pipeline(name, device=None, batch_size=None, bf16=False, compile=False
 
 
 def _prepare(spectrum, pipe):
-    """Continuum-normalise spectra that need it for a model trained on normalised flux."""
-    if spectrum.meta.get("normalized", True) or pipe.processor.divide_by_median:
-        return spectrum
-    from .instruments import normalize_continuum
-
-    return normalize_continuum(spectrum)
+    """Continuum-normalise spectra that need it: the processor decides (metadata first) and uses the training data's
+    continuum method (`SpectraFMProcessor.prepare`)."""
+    return pipe.processor.prepare(spectrum)
 
 
 def _flags(row, pipe) -> str:
-    flags = []
-    if row.get("coverage_fraction", 1.0) < 0.5:
-        flags.append("outside_wavelength_coverage")
-    ranges = getattr(pipe.processor, "label_ranges", None) or {}
-    for name, (lo, hi) in ranges.items():
-        v = row.get(name)
-        if v is not None and np.isfinite(v) and not lo <= v <= hi:
-            flags.append(f"{name}_outside_training_range")
-    return ";".join(flags)
+    """The row's flags: one source of truth, `spectrafm_hf.pipeline.row_flags` (documented in its FLAGS)."""
+    from .pipeline import row_flags
+
+    return row_flags(row, pipe.processor)
 
 
 def _predict_files(pipe, files, args):

@@ -24,10 +24,53 @@ import torch
 
 from .configuration_spectrafm import SpectraFMConfig
 from .modeling_spectrafm import SpectraFMModel
-from .processing_spectrafm import SpectraFMProcessor
+from .processing_spectrafm import SpectraFMProcessor, line_autocorrelation, spectrum_snr
 from .spectrum import Spectrum
 
-__all__ = ["SpectraFMPipeline", "label_unit", "to_astropy"]
+__all__ = ["SpectraFMPipeline", "label_unit", "to_astropy", "FLAGS", "row_flags"]
+
+# The prediction table's ``flag`` column: the names below joined by ";" ("" = no warning). Every threshold lives in
+# the processor (preprocessor_config.json), so one checkpoint flags the same way everywhere (API and CLI).
+FLAGS = {
+    "too_few_pixels": "fewer usable pixels than the processor's min_pixels",
+    "flat": "the usable flux is constant: no spectral information",
+    "noise_only": "flux deviations have no pixel-to-pixel correlation (lag-1 autocorrelation below "
+                  "noise_test_sigma / sqrt(pairs)): white noise, no resolved lines",
+    "low_snr": "median S/N below the training S/N range (snr_range); _err is inflated for the noise (see predict)",
+    "out_of_distribution": "encoder embedding farther from the in-domain embeddings than embedding_threshold "
+                           "(Mahalanobis; ~1 % of in-domain spectra exceed it)",
+    "outside_wavelength_coverage": "under half of the usable pixels inside the training wavelength coverage",
+    "<LABEL>_outside_training_range": "the predicted label is outside the 0.5-99.5 percentile training range",
+}
+
+
+def row_flags(row: Mapping, processor: SpectraFMProcessor) -> str:
+    """The ``flag`` string of one prediction-table row (a mapping of its columns), from the processor's thresholds."""
+    flags = []
+    n_pixels = row.get("n_pixels")
+    if n_pixels is not None and n_pixels < getattr(processor, "min_pixels", 1):
+        flags.append("too_few_pixels")
+    autocorr, pairs = row.get("line_autocorr"), row.get("line_pairs")
+    if autocorr is not None and pairs is not None and pairs >= 2:
+        if not np.isfinite(autocorr):
+            flags.append("flat")
+        elif autocorr < getattr(processor, "noise_test_sigma", 3.0) / math.sqrt(pairs):
+            flags.append("noise_only")
+    snr_range = getattr(processor, "snr_range", None)
+    snr = row.get("snr")
+    if snr_range and snr is not None and np.isfinite(snr) and snr < snr_range[0]:
+        flags.append("low_snr")
+    threshold = getattr(processor, "embedding_threshold", None)
+    distance = row.get("ood_distance")
+    if threshold is not None and distance is not None and not distance <= threshold:
+        flags.append("out_of_distribution")
+    if row.get("coverage_fraction", 1.0) < 0.5:
+        flags.append("outside_wavelength_coverage")
+    for name, (lo, hi) in (getattr(processor, "label_ranges", None) or {}).items():
+        v = row.get(name)
+        if v is not None and np.isfinite(v) and not lo <= v <= hi:
+            flags.append(f"{name}_outside_training_range")
+    return ";".join(flags)
 
 _UNITS = {"TEFF": "K", "LOGG": "dex", "VMIC": "km / s", "VSINI": "km / s"}
 
@@ -218,36 +261,88 @@ class SpectraFMPipeline:
         known: Mapping[str, Sequence[float]] | None = None,
         seed: int = 0,
         n_repeats: int = 1,
+        noise_draws: int | None = None,
     ) -> pd.DataFrame:
         """Labels and uncertainties in physical units, one row per spectrum.
 
         Args:
-            spectra: a `Spectrum` or a list of them (any grids and lengths).
+            spectra: a `Spectrum` or a list of them (any grids and lengths). Raw flux is continuum-normalised by the
+                processor (`SpectraFMProcessor.prepare`).
             labels: label names to predict (default: all the model's labels).
             known: non-spectra inputs, e.g. ``{"LOGG": [2.5, 4.4]}`` (one value per spectrum, physical units).
-            seed: seed of the pixel subsets (predictions are reproducible for a given seed).
+            seed: seed of the pixel subsets and of the noise draws (predictions are reproducible for a given seed).
             n_repeats: independent pixel permutations per spectrum (more subsets, smoother average).
+            noise_draws: Monte-Carlo noise draws for spectra with ivar below the training S/N range (default: the
+                processor's ``noise_draws``, 0); each draw costs one more prediction of those spectra. 0 keeps only
+                the S/N scaling of sigma below.
 
         Returns:
             `pandas.DataFrame` with columns ``<LABEL>``, ``<LABEL>_err`` (1-sigma), ``<LABEL>_scatter`` (between
-            subsets) for every label, then ``n_pixels``, ``n_subsets``, ``coverage_fraction`` and, when the spectra
+            subsets) for every label, then ``n_pixels``, ``n_subsets``, ``coverage_fraction``, ``snr``,
+            ``normalization`` (how the flux was normalised and what decided it, see `SpectraFMProcessor.prepare`),
+            ``ood_distance`` (when the processor has embedding statistics), ``line_autocorr`` and ``line_pairs``
+            (`line_autocorrelation`, for the flat / noise_only flags), ``flag`` (see `FLAGS`) and, when the spectra
             carry them, ``object_id`` and ``source``.
+
+        Below the training S/N range (``snr`` < ``processor.snr_range[0]``, flag ``low_snr``) the model's own sigma,
+        learned at the training noise, is too small, and ``_err`` becomes
+        ``hypot(sigma * snr_range[0] / snr, noise_change)``: the photon-noise part of a label error scales as 1/(S/N)
+        for a given spectrum (the Cramer-Rao bound), so sigma is scaled from the training S/N to the spectrum's (this
+        also scales the model's systematic part: conservative); ``noise_change`` is the root-mean-square change of
+        the label over ``noise_draws`` copies with flux + N(0, 1/sqrt(ivar)) (noise doubled), the variance AND the
+        shift that more noise causes. On the real dwarf the network's labels drift with noise (S/N 10: 3730 K instead
+        of 5000 K) while its own sigma shrinks; benchmarks/dwarf_snr.py measures the result.
         """
         n_repeats = _positive_int("n_repeats", n_repeats)
         spectra = _as_list(spectra)
         names, query_ids = self._query_ids(labels)
+        draws = self.processor.noise_draws if noise_draws is None else int(noise_draws)
+        if draws < 0:
+            raise ValueError(f"noise_draws must be >= 0, got {noise_draws}")
         if len(spectra) > self.chunk_size:  # bounded memory: the subsets of a chunk of spectra at a time
             known = {k: np.broadcast_to(np.asarray(v, np.float64), (len(spectra),)) for k, v in (known or {}).items()}
             parts = []
             for start in range(0, len(spectra), self.chunk_size):
                 sl = slice(start, start + self.chunk_size)
-                parts.append(self.predict(spectra[sl], names, {k: v[sl] for k, v in known.items()}, seed, n_repeats))
+                parts.append(self.predict(spectra[sl], names, {k: v[sl] for k, v in known.items()}, seed, n_repeats,
+                                          draws))
             return pd.concat(parts, ignore_index=True)
+        prepared = [self.processor.prepare(s) for s in spectra]
+        mean, err, scatter, n_pixels, n_subsets, embedding = self._predict_prepared(
+            prepared, names, query_ids, known, seed, n_repeats, embed=self.processor.embedding_mean is not None)
+        snr = np.array([spectrum_snr(s) for s in prepared])
+        low = self.processor.snr_range is not None
+        noisy = np.flatnonzero(np.isfinite(snr) & (snr < self.processor.snr_range[0])) if low else np.zeros(0, int)
+        if noisy.size:  # below the training S/N: see the docstring
+            scale = self.processor.snr_range[0] / snr[noisy]
+            change = 0.0
+            if draws > 0:
+                change = self._noise_change(prepared, mean, noisy, names, query_ids, known, seed, n_repeats, draws)
+            err[noisy] = np.hypot(err[noisy] * scale[:, None], change)
+        table = {}
+        for k, name in enumerate(names):
+            table[name], table[f"{name}_err"], table[f"{name}_scatter"] = mean[:, k], err[:, k], scatter[:, k]
+        table["n_pixels"] = n_pixels
+        table["n_subsets"] = n_subsets
+        table["coverage_fraction"] = [self.coverage_fraction(s) for s in spectra]
+        table["snr"] = snr
+        table["normalization"] = [s.meta["normalization"] for s in prepared]
+        if embedding is not None:
+            table["ood_distance"] = self.processor.embedding_distance(embedding)
+        table["line_autocorr"], table["line_pairs"] = zip(*(line_autocorrelation(s) for s in prepared))
+        for key in ("object_id", "source"):
+            if any(key in s.meta for s in spectra):
+                table[key] = [s.meta.get(key) for s in spectra]
+        table = pd.DataFrame(table)
+        table["flag"] = [row_flags(r, self.processor) for r in table.to_dict("records")]
+        return table
+
+    def _predict_prepared(self, spectra, names, query_ids, known, seed, n_repeats, embed=False):
+        """Per-spectrum (mean, err, scatter, n_pixels, n_subsets, embedding or None) of prepared spectra."""
         batch, owner, n_pixels = self.processor.subset_batch(spectra, seed=seed, n_repeats=n_repeats)
         in_values, in_ids = self._known_inputs(known, owner, len(spectra))
-        out = self._run(batch, query_ids, in_values, in_ids)
+        out = self._run(batch, query_ids, in_values, in_ids, hidden=embed)
         value, sigma = self.processor.unscale_labels(out["mean"], out["log_variance"], names)
-        table = {}
         weights = 1.0 / sigma**2
         wsum = np.zeros((len(spectra), len(names)))
         np.add.at(wsum, owner, weights)
@@ -259,15 +354,34 @@ class SpectraFMPipeline:
         n_subsets = np.bincount(owner, minlength=len(spectra))
         err = np.sqrt(n_subsets[:, None] / wsum)
         scatter = np.sqrt(var_between / wsum)
-        for k, name in enumerate(names):
-            table[name], table[f"{name}_err"], table[f"{name}_scatter"] = mean[:, k], err[:, k], scatter[:, k]
-        table["n_pixels"] = n_pixels
-        table["n_subsets"] = n_subsets
-        table["coverage_fraction"] = [self.coverage_fraction(s) for s in spectra]
-        for key in ("object_id", "source"):
-            if any(key in s.meta for s in spectra):
-                table[key] = [s.meta.get(key) for s in spectra]
-        return pd.DataFrame(table)
+        embedding = None
+        if embed:
+            embedding = np.zeros((len(spectra), out["embedding"].shape[1]))
+            np.add.at(embedding, owner, out["embedding"])
+            embedding /= n_subsets[:, None]
+        return mean, err, scatter, n_pixels, n_subsets, embedding
+
+    def _noise_change(self, prepared, mean, rows, names, query_ids, known, seed, n_repeats, draws):
+        """Root-mean-square change (len(rows), n_labels) of the labels of ``draws`` noisy copies of each spectrum
+        (flux + N(0, 1/sqrt(ivar)) on its usable pixels, the same pixel subsets) from the labels ``mean[rows]``."""
+        rng = np.random.default_rng([seed, 7919])
+        copies, owner = [], []
+        for r in rows:
+            s = prepared[r]
+            g = s.good
+            sd = np.where(g, 1.0 / np.sqrt(np.where(g, s.ivar, 1.0)), 0.0)
+            for _ in range(draws):
+                c = copy.copy(s)
+                c.flux = s.flux + sd * rng.standard_normal(s.flux.size)
+                copies.append(c)
+                owner.append(r)
+        sub_known = None
+        if known:
+            idx = np.asarray(owner)
+            sub_known = {k: np.broadcast_to(np.asarray(v, np.float64), (len(prepared),))[idx] for k, v in known.items()}
+        noisy = self._predict_prepared(copies, names, query_ids, sub_known, seed, n_repeats)[0]
+        noisy = noisy.reshape(len(rows), draws, len(names))
+        return np.sqrt(np.mean((noisy - mean[rows][:, None, :]) ** 2, axis=1))
 
     def predict_stream(self, spectra, labels=None, seed: int = 0, n_repeats: int = 1, chunk_size: int | None = None):
         """`predict` over any iterable (e.g. a generator reading files lazily), yielding one table per chunk of
@@ -401,8 +515,17 @@ class SpectraFMPipeline:
         """
         from .training.freezing import freeze as freeze_parts
 
+        for arg, value in (("steps", steps), ("batch_size", batch_size)):
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+                raise ValueError(f"fit: {arg} must be an integer >= 1, got {value!r}")
+        if not (isinstance(learning_rate, (int, float)) and math.isfinite(learning_rate) and learning_rate > 0):
+            raise ValueError(f"fit: learning_rate must be a positive number, got {learning_rate!r}")
+        if label_names is not None and not isinstance(label_names, str) and len(label_names) == 0:
+            raise ValueError("fit: label_names=[] names no label to fit; leave it out to fit the model's labels")
         spectra = _as_list(spectra)
         names, labels, label_err = self._label_arrays(labels, label_names, label_err, len(spectra))
+        if not np.isfinite(labels).any():
+            raise ValueError(f"fit: every target value of {names} is NaN or infinite; there is nothing to fit")
         _, query_ids = self._query_ids(names)
         target, target_err = self.processor.scale_labels(
             labels, names, np.zeros_like(labels) if label_err is None else np.nan_to_num(label_err, nan=0.0)

@@ -2,6 +2,12 @@
 
 Saved as ``preprocessor_config.json`` beside the weights. It owns everything between a file and the network:
 
+- deciding whether a spectrum's flux is already continuum-normalised (`prepare`): first the metadata (the reader's
+  ``meta["normalized"]``, then the flux unit ``meta["flux_unit"]`` / ``BUNIT``: a physical flux unit means raw), and
+  only when neither says, a guess (median near 1 AND a continuum fit near 1); raw flux is divided by a continuum with
+  the method of the training data (``continuum``: per-chip polynomial on the instrument's continuum pixels), or the
+  generic Chebyshev fit of `spectrafm_hf.instruments.normalize_continuum` for spectra off that grid. The decision
+  is recorded as ``meta["normalization"] = "<action>:<source>"`` (the prediction table's ``normalization`` column);
 - flux normalisation, either
   * ``"global"`` (grid-free, any instrument): ``x = (flux / m - flux_center) / flux_scale`` with ``m`` = the
     spectrum's median when ``divide_by_median`` (flux-calibrated spectra) and 1 otherwise (continuum-normalised), or
@@ -25,7 +31,100 @@ from transformers.feature_extraction_utils import BatchFeature, FeatureExtractio
 
 from .spectrum import Spectrum, SpectrumError
 
-__all__ = ["SpectraFMProcessor"]
+__all__ = ["SpectraFMProcessor", "spectrum_snr", "line_autocorrelation"]
+
+# Flux units (BUNIT, lower case) that mean the flux is NOT continuum-normalised, and words that mean it is.
+_RAW_UNIT_WORDS = ("erg", "jy", "jansky", "w/m", "w m", "watt", "count", "adu", "electron", "e-/", "photon", "cgs",
+                   "flam", "fnu")
+_NORMALIZED_UNIT_WORDS = ("normali", "relative", "continuum")
+
+
+def unit_says_normalized(unit) -> bool | None:
+    """True / False when a flux unit string (FITS BUNIT) says normalised / physical flux, else None (unknown,
+    empty or dimensionless: the product decides)."""
+    if unit is None:
+        return None
+    u = str(unit).strip().lower()
+    if any(w in u for w in _NORMALIZED_UNIT_WORDS):
+        return True
+    if any(w in u for w in _RAW_UNIT_WORDS):
+        return False
+    return None
+
+
+def _normalized_from_metadata(meta):
+    """(normalized, source) from a spectrum's metadata, or (None, None) when only a guess could tell."""
+    flag = meta.get("normalized")
+    if flag is not None and meta.get("normalized_from") != "guess":
+        return bool(flag), "metadata"
+    by_unit = unit_says_normalized(meta.get("flux_unit") or meta.get("BUNIT"))
+    if by_unit is not None:
+        return by_unit, "flux_unit"
+    return None, None
+
+
+def _with_meta(spectrum, **values):
+    """A shallow copy of the spectrum with extra meta (the caller's object is never changed)."""
+    import copy
+
+    out = copy.copy(spectrum)
+    out.meta = dict(spectrum.meta, **values)
+    return out
+
+
+def _continuum_pixel_fit(spectrum, cfg):
+    """The training data's continuum (`synth.realism.renormalize_continuum`) for a spectrum on (a superset of) the
+    instrument grid: per chip, an ivar-weighted Legendre polynomial of ``degree`` in grid-pixel coordinate fitted
+    to the usable continuum pixels; NaN outside the chips. None when under half the usable pixels lie on the grid."""
+    from .synth import get_instrument
+    from .synth.realism import load_templates
+
+    spec = get_instrument(cfg.get("instrument", "apogee"))
+    grid, cmask = spec.wavelength, load_templates(spec).continuum_mask
+    degree = int(cfg.get("degree", spec.realism.continuum_degree))
+    wl, good = spectrum.wavelength, spectrum.good
+    j = np.clip(np.searchsorted(grid, wl), 1, len(grid) - 1)
+    nearest = np.where(np.abs(wl - grid[j - 1]) <= np.abs(grid[j] - wl), j - 1, j)
+    spacing = np.diff(grid)[np.clip(nearest, 0, len(grid) - 2)]
+    on_grid = np.abs(wl - grid[nearest]) <= 0.01 * spacing  # the same pixels (apStar holds the grid exactly)
+    if not good.any() or on_grid[good].mean() < 0.5:
+        return None
+    pos = np.interp(wl, grid, np.arange(len(grid), dtype=np.float64))  # fractional grid pixel
+    w_all = np.ones(wl.size) if spectrum.ivar is None else spectrum.ivar
+    cont = np.full(wl.size, np.nan)
+    for a, b in spec.chips:
+        inside = (wl >= grid[a]) & (wl <= grid[b - 1])
+        fit = inside & good & on_grid & cmask[nearest] & (w_all > 0)
+        if fit.sum() <= 4 * (degree + 1):  # as the training fit: too few continuum pixels, no continuum
+            continue
+        x = -1.0 + 2.0 * (pos - a) / max(b - 1 - a, 1)
+        X = np.polynomial.legendre.legvander(x, degree)
+        w = w_all[fit] / w_all[fit].max()
+        coef = np.linalg.lstsq(X[fit] * np.sqrt(w)[:, None], spectrum.flux[fit] * np.sqrt(w), rcond=None)[0]
+        cont[inside] = X[inside] @ coef
+    return cont
+
+
+def spectrum_snr(spectrum) -> float:
+    """Median S/N per pixel, ``flux * sqrt(ivar)`` over the usable pixels (NaN without ivar)."""
+    if spectrum.ivar is None or not spectrum.good.any():
+        return float("nan")
+    g = spectrum.good
+    return float(np.median(np.abs(spectrum.flux[g]) * np.sqrt(spectrum.ivar[g])))
+
+
+def line_autocorrelation(spectrum) -> tuple[float, int]:
+    """(lag-1 autocorrelation of the flux deviations from their median over neighbouring usable pixels, number of
+    pairs). Absorption lines span several pixels (> 0); white noise gives 0 +- 1/sqrt(n_pairs); a flat spectrum NaN."""
+    g = spectrum.good
+    pair = g[:-1] & g[1:]
+    n = int(pair.sum())
+    if n < 2:
+        return float("nan"), n
+    d = spectrum.flux - np.median(spectrum.flux[g])
+    a, b = d[:-1][pair], d[1:][pair]
+    denom = np.sqrt(np.sum(a * a) * np.sum(b * b))
+    return (float(np.sum(a * b) / denom) if denom > 0 else float("nan")), n
 
 
 def _mad_std(x, axis=None):
@@ -60,6 +159,23 @@ class SpectraFMProcessor(FeatureExtractionMixin):
             the pipeline reports the fraction of each spectrum's pixels inside them.
         label_ranges (`dict[str, [float, float]]`, *optional*): the 0.5-99.5 percentile range of each training
             label; predictions outside are flagged as extrapolations.
+        continuum (`dict`, *optional*): how the training data were continuum-normalised, applied to raw flux:
+            ``{"method": "continuum_pixels", "instrument": "apogee", "degree": 2}`` (ivar-weighted Legendre polynomial
+            per chip on the instrument's continuum pixels, as `spectrafm_hf.synth.realism.renormalize_continuum`).
+            None: the generic Chebyshev pseudo-continuum.
+        snr_range (`[float, float]`, *optional*): the S/N range of the training spectra (`spectrum_snr`: median of
+            ``flux * sqrt(ivar)`` over usable pixels of the normalised flux); spectra below it get the ``low_snr`` flag
+            and an uncertainty inflated for their noise (`SpectraFMPipeline.predict`).
+        min_pixels (`int`, defaults to 32): fewer usable pixels than this gets the ``too_few_pixels`` flag.
+        noise_test_sigma (`float`, defaults to 3.0): a spectrum whose lag-1 autocorrelation of flux deviations is
+            below ``noise_test_sigma / sqrt(n_pairs)`` (consistent with white noise) gets the ``noise_only`` flag.
+        noise_draws (`int`, defaults to 0): Monte-Carlo noise draws for spectra below ``snr_range`` (each costs one
+            more prediction of that spectrum; on the real dwarf they add ~1 % to ``_err`` beyond the S/N scaling,
+            benchmarks/dwarf_snr.py, so they are opt-in).
+        embedding_mean, embedding_whitening, embedding_threshold (*optional*): out-of-distribution test of the
+            encoder embedding (`SpectraFMPipeline.embed`): Mahalanobis distance ``|W (e - mean)|`` with ``W`` the
+            whitening matrix of in-domain embeddings; above ``embedding_threshold`` (calibrated so ~1 % of in-domain
+            test spectra exceed it) the ``out_of_distribution`` flag is set. See benchmarks/embedding_stats.py.
 
     Example:
         >>> import numpy as np
@@ -92,6 +208,14 @@ class SpectraFMProcessor(FeatureExtractionMixin):
         scalar_scales: dict | None = None,
         wavelength_coverage: Sequence[Sequence[float]] | None = None,
         label_ranges: dict | None = None,
+        continuum: dict | None = None,
+        snr_range: Sequence[float] | None = None,
+        min_pixels: int = 32,
+        noise_test_sigma: float = 3.0,
+        noise_draws: int = 0,
+        embedding_mean: Sequence[float] | None = None,
+        embedding_whitening: Sequence[Sequence[float]] | None = None,
+        embedding_threshold: float | None = None,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -127,12 +251,119 @@ class SpectraFMProcessor(FeatureExtractionMixin):
         self.scalar_scales = dict(scalar_scales or {})
         self.wavelength_coverage = [[float(lo), float(hi)] for lo, hi in (wavelength_coverage or [])]
         self.label_ranges = {k: [float(v[0]), float(v[1])] for k, v in (label_ranges or {}).items()}
+        self.continuum = None if continuum is None else dict(continuum)
+        if self.continuum is not None and self.continuum.get("method") != "continuum_pixels":
+            raise ValueError(f"continuum method must be 'continuum_pixels', got {self.continuum.get('method')!r}")
+        self.snr_range = None if snr_range is None else [float(snr_range[0]), float(snr_range[1])]
+        self.min_pixels = int(min_pixels)
+        self.noise_test_sigma = float(noise_test_sigma)
+        self.noise_draws = int(noise_draws)
+        if self.min_pixels < 1 or self.noise_draws < 0:
+            raise ValueError(f"min_pixels must be >= 1 and noise_draws >= 0, got {min_pixels}, {noise_draws}")
+        self.embedding_mean = None if embedding_mean is None else [float(v) for v in embedding_mean]
+        self.embedding_whitening = None if embedding_whitening is None else [[float(v) for v in row]
+                                                                              for row in embedding_whitening]
+        self.embedding_threshold = None if embedding_threshold is None else float(embedding_threshold)
         self._ref_cache = None
+        self._emb_cache = None
 
     def to_dict(self):
         out = super().to_dict()
         out.pop("_ref_cache", None)
+        out.pop("_emb_cache", None)
         return out
+
+    # ------------------------------------------------------------------ normalised or not
+    def prepare(self, spectrum: Spectrum) -> Spectrum:
+        """The spectrum with continuum-normalised flux when this model needs it (module doc), with
+        ``meta["normalization"] = "<action>:<source>"``: action ``as_given`` / ``continuum_pixels`` / ``chebyshev``
+        (raw flux divided by that continuum) / ``median`` (models that divide by the median), source ``metadata``
+        (the reader or the user set ``meta["normalized"]``), ``flux_unit`` (BUNIT) or ``guess``. A spectrum already
+        prepared is returned unchanged."""
+        if not isinstance(spectrum, Spectrum):
+            raise TypeError(f"expected a Spectrum, got {type(spectrum).__name__}")
+        if "normalization" in spectrum.meta or not spectrum.good.any():  # (normalize_arrays refuses the latter)
+            return spectrum
+        if self.divide_by_median:
+            return _with_meta(spectrum, normalization="median:model")
+        normalized, source = _normalized_from_metadata(spectrum.meta)
+        if normalized is None:
+            normalized, source = self._looks_normalized(spectrum), "guess"
+        if normalized:
+            return _with_meta(spectrum, normalization=f"as_given:{source}")
+        out, method = self._divide_by_continuum(spectrum)
+        out.meta["normalization"] = f"{method}:{source}"
+        return out
+
+    def _looks_normalized(self, spectrum: Spectrum) -> bool:
+        """The guess, used only when no metadata says: median of the usable flux within 0.5-1.5, 90 % of it within
+        0-2, and (with enough pixels to fit one) a continuum within 10 % of 1 over the chips (a spectrum divided by its
+        median keeps the instrument's slopes, which a continuum-normalised one has not)."""
+        f = spectrum.flux[spectrum.good]
+        if f.size == 0 or not (0.5 < np.median(f) < 1.5 and np.mean((f > 0) & (f < 2)) > 0.9):
+            return False
+        try:
+            _, cont = self._continuum(spectrum)
+        except SpectrumError:
+            return True  # too few pixels to tell: the median says normalised
+        c = cont[np.isfinite(cont) & spectrum.good]
+        return bool(c.size == 0 or np.percentile(np.abs(c - 1.0), 95) < 0.1)
+
+    def _continuum(self, spectrum: Spectrum):
+        """(method, continuum array): the training data's continuum-pixel fit on its grid, else Chebyshev."""
+        if self.continuum is not None:
+            cont = _continuum_pixel_fit(spectrum, self.continuum)
+            if cont is not None:
+                return "continuum_pixels", cont
+        from .instruments.continuum import normalize_continuum
+
+        return "chebyshev", normalize_continuum(spectrum, force=True, return_continuum=True)[1]
+
+    def _divide_by_continuum(self, spectrum: Spectrum):
+        src = spectrum.meta.get("source") or spectrum.meta.get("object_id") or "spectrum"
+        try:
+            method, cont = self._continuum(spectrum)
+        except SpectrumError as e:
+            raise SpectrumError(f"{src}: the flux is not continuum-normalised and no continuum could be fitted "
+                                f"({e})") from None
+        ok = np.isfinite(cont) & (cont > 0)
+        if not (ok & spectrum.good).any():
+            raise SpectrumError(f"{src}: the flux is not continuum-normalised and its {spectrum.n_good} usable pixels "
+                                "are too few to fit a continuum")
+        safe = np.where(ok, cont, 1.0)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            flux = np.where(ok, spectrum.flux / safe, np.nan)
+            ivar = None if spectrum.ivar is None else np.where(ok, spectrum.ivar * safe**2, 0.0)
+        meta = dict(spectrum.meta, normalized=True)
+        return Spectrum(wavelength=spectrum.wavelength, flux=flux, ivar=ivar, mask=spectrum.mask & ok,
+                        lsf_sigma=spectrum.lsf_sigma, instrument=spectrum.instrument, meta=meta), method
+
+    # ------------------------------------------------------------------ reliability statistics
+    def embedding_distance(self, embedding) -> np.ndarray | None:
+        """Mahalanobis distance of encoder embeddings (n, hidden) to the in-domain ones, or None without stats."""
+        if self.embedding_mean is None or self.embedding_whitening is None:
+            return None
+        if self._emb_cache is None:
+            self._emb_cache = (np.asarray(self.embedding_mean), np.asarray(self.embedding_whitening))
+        mean, w = self._emb_cache
+        return np.linalg.norm((np.asarray(embedding, np.float64) - mean) @ w.T, axis=1)
+
+    def fit_embeddings(self, embeddings, test_embeddings, quantile: float = 0.99, shrinkage: float = 1e-3):
+        """Set the out-of-distribution statistics from in-domain embeddings (n, hidden): their mean and whitening
+        matrix, and the threshold = the ``quantile`` of the distances of held-out in-domain ``test_embeddings``."""
+        e = np.asarray(embeddings, np.float64)
+        if e.ndim != 2 or e.shape[0] <= e.shape[1]:
+            raise ValueError(f"fit_embeddings needs more spectra than dimensions, got {e.shape}")
+        mean = e.mean(0)
+        cov = np.cov(e, rowvar=False)
+        cov += shrinkage * np.trace(cov) / cov.shape[0] * np.eye(cov.shape[0])  # well conditioned
+        vals, vecs = np.linalg.eigh(cov)
+        self.embedding_mean = [float(f"{v:.7g}") for v in mean]
+        self.embedding_whitening = [[float(f"{v:.7g}") for v in row] for row in (vecs / np.sqrt(vals)).T]
+        self._emb_cache = None
+        d = self.embedding_distance(test_embeddings)
+        self.embedding_threshold = float(np.quantile(d, quantile))
+        return d
 
     # ------------------------------------------------------------------ fitting the normalisation
     def fit_flux(self, flux, wavelength=None):
@@ -171,9 +402,9 @@ class SpectraFMProcessor(FeatureExtractionMixin):
 
     # ------------------------------------------------------------------ one spectrum
     def normalize(self, spectrum: Spectrum):
-        """Normalised flux of every pixel. Returns ``(wavelength, x, good)`` (float64, float32, bool arrays)."""
-        if not isinstance(spectrum, Spectrum):
-            raise TypeError(f"expected a Spectrum, got {type(spectrum).__name__}")
+        """Normalised flux of every pixel (after `prepare`). Returns ``(wavelength, x, good)`` (float64, float32,
+        bool arrays)."""
+        spectrum = self.prepare(spectrum)
         src = spectrum.meta.get("source") or spectrum.meta.get("object_id") or "spectrum"
         x, good = self.normalize_arrays(spectrum.wavelength, spectrum.flux, spectrum.good, source=src)
         return spectrum.wavelength, x, good

@@ -10,7 +10,9 @@ Conventions (the whole package follows them; see docs/input_conventions.md):
 - ivar (inverse variance) or flux_err (one of the two): ``ivar == 0`` marks a missing pixel; negative or
   infinite ivar is an error.
 - mask: boolean, **True = good/observed** (the one missing-data rule of the package: a pixel is used iff
-  ``mask & isfinite(flux) & (ivar > 0 if ivar is given)``).
+  ``mask & isfinite(flux) & (ivar > 0 if ivar is given)``). A bad-pixel mask (True / nonzero = bad, e.g. a survey
+  bitmask or specutils' convention) goes in ``bad_mask=`` instead; an integer ``mask`` holding values other than
+  0/1 (a bitmask passed by mistake) is refused.
 - lsf_sigma: optional line-spread-function Gaussian sigma in Angstrom (scalar or per pixel).
 """
 
@@ -72,6 +74,18 @@ def _as_angstrom(wavelength, source: str) -> np.ndarray:
     return wl
 
 
+def _good_mask(mask, src: str) -> np.ndarray:
+    """A good-pixel mask (True = good) as bool; an integer array with values beyond 0/1 is a bitmask by mistake."""
+    m = np.asarray(mask)
+    if m.dtype.kind in "iuf":
+        m = np.nan_to_num(m.astype(np.float64), nan=0.0)
+        if m.size and not np.isin(m, (0.0, 1.0)).all():
+            raise SpectrumError(
+                f"{src}mask holds values other than 0/1 (max {m.max():g}): it looks like a bitmask, where nonzero "
+                "means bad. mask= is True = good; pass a bad-pixel mask as bad_mask= (or mask=(bitmask & bad_bits) == 0)")
+    return m.astype(bool)
+
+
 def _as_flux(flux) -> np.ndarray:
     try:
         from astropy import units as u
@@ -93,7 +107,8 @@ class Spectrum:
         flux_err: 1-sigma flux uncertainty (alternative to ``ivar``; ``ivar = 1/flux_err**2``, 0 where err is
             0, NaN or inf).
         ivar: inverse variance (0 = missing). Give ``flux_err`` or ``ivar``, not both.
-        mask: boolean good-pixel mask, True = observed.
+        mask: boolean good-pixel mask, True = observed (good).
+        bad_mask: boolean bad-pixel mask, True / nonzero = bad (the opposite convention; combined with ``mask``).
         lsf_sigma: Gaussian LSF sigma in Angstrom, scalar or per pixel (optional).
         instrument: free-text instrument name, e.g. ``"apogee"``.
         meta: anything else (object id, source file, header values...).
@@ -113,6 +128,7 @@ class Spectrum:
     lsf_sigma: Any = None
     instrument: str | None = None
     meta: dict = field(default_factory=dict)
+    bad_mask: Any = None
 
     def __post_init__(self):
         src = f"{self.meta['source']}: " if self.meta.get("source") else ""
@@ -145,8 +161,13 @@ class Spectrum:
                 raise SpectrumError(f"{src}ivar has negative values (inverse variance must be >= 0)")
             if np.any(np.isinf(ivar)):
                 raise SpectrumError(f"{src}ivar has infinite values (zero uncertainty is not physical)")
-        mask = np.ones(wl.size, bool) if self.mask is None else np.asarray(self.mask).astype(bool)
+        mask = np.ones(wl.size, bool) if self.mask is None else _good_mask(self.mask, src)
         self._check_len(mask, "mask", wl.size, src)
+        if self.bad_mask is not None:
+            bad = np.asarray(self.bad_mask)
+            self._check_len(bad, "bad_mask", wl.size, src)
+            mask = mask & ~(bad.astype(bool) if bad.dtype.kind != "f" else (np.nan_to_num(bad, nan=1.0) != 0))
+            self.bad_mask = None  # folded into mask: the one good-pixel array from here on
         lsf = self.lsf_sigma
         if lsf is not None and np.ndim(lsf) > 0:
             lsf = np.asarray(lsf, dtype=np.float64)
@@ -155,11 +176,12 @@ class Spectrum:
         # Documented repair: descending wavelengths (e.g. APOGEE apVisit chips) are reversed.
         if wl.size > 1:
             d = np.diff(wl)
-            if np.any(d == 0):
-                i = int(np.flatnonzero(d == 0)[0])
-                raise SpectrumError(f"{src}duplicated wavelength {wl[i]:.6g} A at pixels {i} and {i + 1}")
             if not np.all(d > 0):
                 order = np.argsort(wl, kind="stable")
+                dup = np.flatnonzero(np.diff(wl[order]) == 0)
+                if dup.size:  # anywhere in the array, not only next to each other
+                    i, j = sorted((int(order[dup[0]]), int(order[dup[0] + 1])))
+                    raise SpectrumError(f"{src}duplicated wavelength {wl[i]:.6g} A at pixels {i} and {j}")
                 wl, flux, mask = wl[order], flux[order], mask[order]
                 ivar = None if ivar is None else ivar[order]
                 if lsf is not None and np.ndim(lsf) > 0:

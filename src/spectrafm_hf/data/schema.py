@@ -145,7 +145,8 @@ def spectra_to_table(spectra: Sequence[Spectrum], labels=None, label_err=None,
 
 
 def row_to_spectrum(row: dict) -> Spectrum:
-    """A dataset row back into a `Spectrum` (labels go into ``meta['labels']``)."""
+    """A dataset row back into a `Spectrum` (labels go into ``meta['labels']``). Its flux is marked normalised
+    (``meta['normalized'] = True``): prediction reads it exactly as the training collator does."""
     labels = {k: row[k] for k in row if k not in features([]) and not k.endswith("_err")}
     ivar = row.get("ivar")
     mask = row.get("mask")
@@ -157,5 +158,5 @@ def row_to_spectrum(row: dict) -> Spectrum:
         mask=np.asarray(mask, bool) if mask is not None and len(mask) else None,
         lsf_sigma=(lsf[0] if len(lsf) == 1 else np.asarray(lsf)) if lsf is not None and len(lsf) else None,
         instrument=row.get("instrument"),
-        meta={"object_id": row.get("object_id"), "labels": labels},
+        meta={"object_id": row.get("object_id"), "labels": labels, "normalized": True},
     )

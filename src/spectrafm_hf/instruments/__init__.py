@@ -44,7 +44,7 @@ from typing import Callable
 
 from ..spectrum import Spectrum, SpectrumError
 from . import apogee, gaia, galah, generic, lamost, sdss
-from ._common import (EmptySpectrumWarning, ReaderError, UnknownFormatError, _readable_file, is_fits, is_gzip,
+from ._common import (EmptySpectrumWarning, MaskWarning, ReaderError, UnknownFormatError, _readable_file, is_fits, is_gzip,
                       open_fits)
 from .continuum import normalize_continuum
 
@@ -55,6 +55,7 @@ __all__ = [
     "ReaderError",
     "UnknownFormatError",
     "EmptySpectrumWarning",
+    "MaskWarning",
     "normalize_continuum",
 ]
 
@@ -172,7 +173,7 @@ def detect_format(path) -> str:
         head = _text_head(p)
     except SpectrumError:
         raise
-    except (OSError, EOFError, zipfile.BadZipFile) as exc:
+    except Exception as exc:  # noqa: BLE001 - OSError, BadZipFile, astropy's VerifyError...: always a ReaderError
         raise ReaderError(f"{p}: cannot be read: {type(exc).__name__}: {exc}") from exc
     if "\x00" in head:
         raise UnknownFormatError(f"{p}: binary file of an unknown format (not FITS, zip/npz or text)")
@@ -219,7 +220,7 @@ def read(path, format: str | None = None, strict: bool = False, **options) -> li
         if str(p) in msg:
             raise
         raise ReaderError(f"{p}: {fmt} reader failed: {msg}") from exc
-    except (OSError, KeyError, IndexError, AttributeError, EOFError) as exc:
+    except Exception as exc:  # noqa: BLE001 - e.g. astropy's VerifyError on a broken header: always a ReaderError
         raise ReaderError(f"{p}: {fmt} reader failed: {type(exc).__name__}: {exc}") from exc
     for s in spectra:
         s.meta.setdefault("source", str(p))

@@ -16,6 +16,7 @@ __all__ = [
     "ReaderError",
     "UnknownFormatError",
     "EmptySpectrumWarning",
+    "MaskWarning",
     "SPEED_OF_LIGHT_KMS",
     "open_fits",
     "is_fits",
@@ -39,6 +40,10 @@ class ReaderError(SpectrumError):
 
 class UnknownFormatError(ReaderError):
     """No reader recognises the file."""
+
+
+class MaskWarning(UserWarning):
+    """A mask column whose meaning (True = good or True = bad) is doubtful; the message says how it was read."""
 
 
 class EmptySpectrumWarning(UserWarning):

@@ -8,7 +8,10 @@ Columns (or npz keys) are found by common names, case-insensitively:
 - inverse variance: ``ivar, inverse_variance, flux_ivar``; or a 1-sigma error: ``flux_err, flux_error, error,
   err, sigma, uncertainty, e_flux, eflux, unc``
 - good-pixel mask (True / nonzero = good, the package convention): ``mask, good, good_mask, goodpix``;
-  bad-pixel mask (nonzero = bad): ``bad, badpix, bad_mask, pixmask, and_mask, bitmask``
+  bad-pixel mask (nonzero = bad): ``bad, badpix, bad_mask, mask_bad, pixmask, and_mask, bitmask``.
+  ``bad_mask="column"`` names the bad-pixel column explicitly. A :class:`MaskWarning` is raised when the meaning is
+  doubtful: a bad-pixel-named column (read as nonzero = bad) without ``bad_mask=``, or a good-pixel column keeping
+  less than half of the pixels (a 1 = bad mask misread?).
 - object id: ``object_id, source_id, obj_id, objid, apogee_id, sobject_id, obsid, id, name``
 
 Units: a column/WCS unit (FITS ``TUNIT``/``CUNIT1``, ECSV ``unit``) is converted exactly; without one the numbers
@@ -16,19 +19,22 @@ must be Angstrom (nm/micron mistakes raise :class:`~spectrafm_hf.SpectrumError`)
 Wavelengths are taken as **vacuum** unless ``air=True`` (or a FITS WCS says ``AWAV`` / ``AIRORVAC='air'`` /
 ``VACUUM=F``). A table with vector columns gives one Spectrum per row (``meta['row']``).
 
-``meta['normalized']``: pass ``normalized=True/False`` when you know; otherwise a heuristic decides (median flux
-within 0.5-1.5 and 90% of the pixels within 0-2 -> True), or a scalar ``normalized`` key of an npz.
+``meta['normalized']``: pass ``normalized=True/False`` when you know, or a scalar ``normalized`` key of an npz;
+otherwise a heuristic fills it (median flux within 0.5-1.5 and 90% of the pixels within 0-2 -> True) with
+``meta['normalized_from'] = 'guess'``, and the processor decides from the flux unit (``meta['flux_unit']``: the
+flux column's unit or the image's BUNIT) or its own guess (`SpectraFMProcessor.prepare`).
 """
 
 from __future__ import annotations
 
+import warnings
 import zipfile
 from pathlib import Path
 
 import numpy as np
 
 from ..spectrum import Spectrum, air_to_vacuum
-from ._common import ReaderError, header_value, make_spectrum, native, open_fits, scalar
+from ._common import MaskWarning, ReaderError, header_value, make_spectrum, native, open_fits, scalar
 
 __all__ = ["read_generic_fits", "read_generic_table", "read_npz", "find_columns", "COLUMN_NAMES"]
 
@@ -39,7 +45,8 @@ COLUMN_NAMES = {
     "ivar": ("ivar", "inverse_variance", "flux_ivar", "invvar"),
     "error": ("flux_err", "flux_error", "error", "err", "sigma", "uncertainty", "e_flux", "eflux", "unc", "noise"),
     "good": ("mask", "good", "good_mask", "goodpix", "goodmask"),
-    "bad": ("bad", "badpix", "bad_mask", "badmask", "pixmask", "and_mask", "bitmask"),
+    "bad": ("bad", "badpix", "bad_mask", "badmask", "mask_bad", "bad_pixels", "pixmask", "and_mask", "or_mask",
+            "bitmask"),
     "object_id": ("object_id", "source_id", "obj_id", "objid", "apogee_id", "sobject_id", "obsid", "id", "name"),
 }
 
@@ -88,7 +95,7 @@ def _wavelength(values, unit, roles, role, wavelength_unit, air, path):
     return wl
 
 
-def _build(path, cols, get, unit_of, meta, wavelength_unit, air, mask_true_is_bad, instrument):
+def _build(path, cols, get, unit_of, meta, wavelength_unit, air, mask_rule, instrument):
     role = "wavelength" if "wavelength" in cols else "loglam"
     wl = _wavelength(get(cols[role]), unit_of(cols[role]), cols, role, wavelength_unit, air, path)
     flux = np.asarray(get(cols["flux"]), dtype=np.float64)
@@ -97,17 +104,48 @@ def _build(path, cols, get, unit_of, meta, wavelength_unit, air, mask_true_is_ba
         ivar = np.asarray(get(cols["ivar"]), dtype=np.float64)
     elif "error" in cols:
         err = np.asarray(get(cols["error"]), dtype=np.float64)
-    mask = None
-    if "good" in cols:
-        g = np.asarray(get(cols["good"]))
-        mask = (g == 0) if mask_true_is_bad else (g != 0)
-    elif "bad" in cols:
-        mask = np.asarray(get(cols["bad"])) == 0
+    mask = _read_mask(path, cols, get, *mask_rule)
     meta = dict(meta)
     meta["air_to_vacuum_applied"] = bool(air)
-    meta.setdefault("normalized", _looks_normalized(flux))
+    unit = unit_of(cols["flux"])
+    if unit is not None and str(unit).strip():
+        meta.setdefault("flux_unit", str(unit))
+    if "normalized" not in meta:  # nobody said: a guess, recorded as one (the processor looks at flux_unit first)
+        meta.update(normalized=_looks_normalized(flux), normalized_from="guess")
     return make_spectrum(path, wavelength=wl, flux=flux, ivar=ivar, flux_err=err, mask=mask,
                          instrument=instrument or meta.get("instrument") or "unknown", meta=meta)
+
+
+# a good-pixel mask leaving less than this fraction of the pixels is probably a bad-pixel mask (1 = bad) misread
+MIN_GOOD_MASK_FRACTION = 0.5
+
+
+def _read_mask(path, cols, get, mask_true_is_bad=False, bad_mask=None):
+    """The good-pixel mask (True = good) from the file's mask column, with a MaskWarning when its meaning is
+    doubtful: a column named like a bad-pixel mask (read as nonzero = bad), or a ``mask``/``good`` column that would
+    leave few pixels (perhaps 1 = bad)."""
+    if bad_mask is not None:  # the user names the bad-pixel column: nonzero = bad, no doubt
+        try:
+            values = np.asarray(get(bad_mask))
+        except (KeyError, ValueError, IndexError):
+            raise ReaderError(f"{path}: bad_mask={bad_mask!r}: no such column") from None
+        return np.nan_to_num(values.astype(np.float64), nan=1.0) == 0
+    if "good" in cols:
+        g = np.nan_to_num(np.asarray(get(cols["good"])).astype(np.float64), nan=0.0)
+        if mask_true_is_bad:
+            return g == 0
+        good = g != 0
+        if good.size and good.mean() < MIN_GOOD_MASK_FRACTION:
+            warnings.warn(
+                f"{path}: column {cols['good']!r} is read as a GOOD-pixel mask (nonzero = good) and keeps only "
+                f"{good.mean():.0%} of the pixels; if nonzero means bad, pass bad_mask={cols['good']!r} "
+                "(or mask_true_is_bad=True)", MaskWarning, stacklevel=4)
+        return good
+    if "bad" in cols:
+        warnings.warn(f"{path}: column {cols['bad']!r} is read as a BAD-pixel mask (nonzero = bad); pass "
+                      f"bad_mask={cols['bad']!r} to say so and silence this", MaskWarning, stacklevel=4)
+        return np.nan_to_num(np.asarray(get(cols["bad"])).astype(np.float64), nan=1.0) == 0
+    return None
 
 
 def _with_norm(meta, normalized):
@@ -122,7 +160,7 @@ def _looks_normalized(flux) -> bool:
     return bool(0.5 < np.median(f) < 1.5 and np.mean((f > 0) & (f < 2)) > 0.9)
 
 
-def _table_spectra(path, table, meta, container, wavelength_unit, air, mask_true_is_bad, instrument):
+def _table_spectra(path, table, meta, container, wavelength_unit, air, mask_rule, instrument):
     names = table.colnames
     cols = find_columns(names)
     if not (("wavelength" in cols or "loglam" in cols) and "flux" in cols):
@@ -143,7 +181,7 @@ def _table_spectra(path, table, meta, container, wavelength_unit, air, mask_true
             return np.ma.filled(np.ma.asarray(table[name], dtype=np.float64), np.nan) \
                 if table[name].dtype.kind in "fiu" else np.asarray(table[name])
 
-        return [_build(path, cols, get, unit_of, base, wavelength_unit, air, mask_true_is_bad, instrument)]
+        return [_build(path, cols, get, unit_of, base, wavelength_unit, air, mask_rule, instrument)]
     out = []
     for r in range(len(table)):
         m = dict(base, row=r)
@@ -155,7 +193,7 @@ def _table_spectra(path, table, meta, container, wavelength_unit, air, mask_true
             return np.ma.filled(np.ma.asarray(v, dtype=np.float64), np.nan) if np.asarray(v).dtype.kind in "fiu" \
                 else np.asarray(v)
 
-        out.append(_build(path, cols, get, unit_of, m, wavelength_unit, air, mask_true_is_bad, instrument))
+        out.append(_build(path, cols, get, unit_of, m, wavelength_unit, air, mask_rule, instrument))
     return out
 
 
@@ -170,7 +208,8 @@ def _header_says_air(h) -> bool:
 
 
 def read_generic_fits(path, wavelength_unit=None, air: bool | None = None, mask_true_is_bad: bool = False,
-                      instrument: str | None = None, hdu=None, normalized: bool | None = None) -> list[Spectrum]:
+                      instrument: str | None = None, hdu=None, normalized: bool | None = None,
+    bad_mask: str | None = None) -> list[Spectrum]:
     """Read a FITS file holding a spectrum table (first BINTABLE with wavelength and flux columns, or ``hdu``) or a
     1-D image with a linear / log-linear wavelength WCS (CRVAL1, CDELT1 or CD1_1, CRPIX1; log10 when
     ``CTYPE1`` contains LOG or ``DC-FLAG = 1``)."""
@@ -192,14 +231,14 @@ def read_generic_fits(path, wavelength_unit=None, air: bool | None = None, mask_
                             pass
                 a = (_header_says_air(h.header) or _header_says_air(h0)) if air is None else air
                 return _table_spectra(path, t, _with_norm({"hdu": idx, "object_id": oid}, normalized), "fits",
-                                      wavelength_unit, a, mask_true_is_bad, instrument)
+                                      wavelength_unit, a, (mask_true_is_bad, bad_mask), instrument)
         for i, h in enumerate(candidates):
             idx = hdu if hdu is not None else i
             d = getattr(h, "data", None)
             if isinstance(d, np.ndarray) and d.dtype.names is None and d.ndim == 1 and "CRVAL1" in h.header:
                 s = _image_spectrum(path, h, h0, idx, oid, wavelength_unit, air, instrument)
                 if normalized is not None:
-                    s.meta["normalized"] = bool(normalized)
+                    s.meta.update(normalized=bool(normalized), normalized_from="user")
                 return [s]
     raise ReaderError(f"{path}: FITS file has neither a table with wavelength/flux columns nor a 1-D image with a "
                       "wavelength WCS (CRVAL1/CDELT1)")
@@ -231,12 +270,16 @@ def _image_spectrum(path, h, h0, idx, oid, wavelength_unit, air, instrument):
         wl = air_to_vacuum(wl)
     flux = native(h.data)
     meta = {"format": "generic_fits_image", "hdu": idx, "object_id": oid, "air_to_vacuum_applied": bool(is_air),
-            "normalized": _looks_normalized(flux)}
+            "normalized": _looks_normalized(flux), "normalized_from": "guess"}
+    bunit = header_value(hd, "BUNIT") or header_value(h0, "BUNIT")
+    if bunit is not None:
+        meta["flux_unit"] = str(bunit)
     return make_spectrum(path, wavelength=wl, flux=flux, instrument=instrument or "unknown", meta=meta)
 
 
 def read_generic_table(path, wavelength_unit=None, air: bool = False, mask_true_is_bad: bool = False,
-                       instrument: str | None = None, normalized: bool | None = None) -> list[Spectrum]:
+                       instrument: str | None = None, normalized: bool | None = None,
+    bad_mask: str | None = None) -> list[Spectrum]:
     """Read an ECSV (with units) or CSV / whitespace text table with wavelength and flux columns."""
     from astropy.table import Table
 
@@ -253,12 +296,13 @@ def read_generic_table(path, wavelength_unit=None, air: bool = False, mask_true_
         raise ReaderError(f"{path}: cannot parse as a table: {type(exc).__name__}: {exc}") from exc
     meta = {"object_id": next((scalar(v) for k, v in t.meta.items() if str(k).lower() in COLUMN_NAMES["object_id"]),
                               None)}
-    return _table_spectra(path, t, _with_norm(meta, normalized), container, wavelength_unit, air, mask_true_is_bad,
-                          instrument)
+    return _table_spectra(path, t, _with_norm(meta, normalized), container, wavelength_unit, air,
+                          (mask_true_is_bad, bad_mask), instrument)
 
 
 def read_npz(path, wavelength_unit=None, air: bool = False, mask_true_is_bad: bool = False,
-             instrument: str | None = None, normalized: bool | None = None) -> list[Spectrum]:
+             instrument: str | None = None, normalized: bool | None = None,
+    bad_mask: str | None = None) -> list[Spectrum]:
     """Read a ``.npz`` with wavelength and flux arrays (1-D; or 2-D flux ``(n_spectra, n_pix)`` with a shared 1-D
     wavelength, giving one Spectrum per row)."""
     try:
@@ -278,8 +322,8 @@ def read_npz(path, wavelength_unit=None, air: bool = False, mask_true_is_bad: bo
     if flux.ndim == 1:
         if oid is not None and np.ndim(oid) == 0:
             base["object_id"] = scalar(oid)
-        return [_build(path, cols, lambda k: arrays[k], lambda k: None, base, wavelength_unit, air, mask_true_is_bad,
-                       instrument)]
+        return [_build(path, cols, lambda k: arrays[k], lambda k: None, base, wavelength_unit, air,
+                       (mask_true_is_bad, bad_mask), instrument)]
     if flux.ndim != 2:
         raise ReaderError(f"{path}: flux array has shape {flux.shape}; expected 1-D or (n_spectra, n_pixels)")
     out = []
@@ -291,5 +335,6 @@ def read_npz(path, wavelength_unit=None, air: bool = False, mask_true_is_bad: bo
         m = dict(base, row=r)
         if oid is not None and np.ndim(oid) == 1 and len(oid) == flux.shape[0]:
             m["object_id"] = scalar(oid[r])
-        out.append(_build(path, cols, get, lambda k: None, m, wavelength_unit, air, mask_true_is_bad, instrument))
+        out.append(_build(path, cols, get, lambda k: None, m, wavelength_unit, air, (mask_true_is_bad, bad_mask),
+                          instrument))
     return out

@@ -618,7 +618,7 @@ class SyntheticSet:
 
         out = []
         for i in range(self.n):
-            meta = {"labels": dict(zip(LABEL_NAMES, map(float, self.labels[i]))), "synthetic": True,
+            meta = {"labels": dict(zip(LABEL_NAMES, map(float, self.labels[i]))), "synthetic": True, "normalized": True,
                     "observed_domain": self.observed, "object_id": f"synth-{self.instrument}-{i}"}
             if self.true_labels is not None:
                 meta["true_labels"] = dict(zip(LABEL_NAMES, map(float, self.true_labels[i])))
