@@ -127,17 +127,23 @@ def open_stream_dataset(spec: str, split: str = "train", config: str | None = No
     from .data.builder import SpectraFMDatasets
     from .data.publish import load_published_dataset
 
+    import datasets
+
+    from .data.schema import require_columns
+
     path = Path(spec)
-    if path.is_dir():
-        files = sorted(str(p) for p in path.rglob("*.parquet") if not any(q.startswith(".") for q in p.parts))
-        if not files:
+    if path.is_dir():  # datasets names the splits from the file names (train-*.parquet, test-*.parquet, ...)
+        if not any(path.rglob("*.parquet")):
             raise ValueError(f"--dataset {spec}: no .parquet files in this folder")
-        dsd = load_published_dataset(data_files={split: files}, streaming=True)
+        dsd = datasets.load_dataset("parquet", data_dir=str(path), streaming=True)
     elif path.is_file() or any(c in spec for c in "*?["):
         files = sorted(glob.glob(spec, recursive=True)) if not path.is_file() else [spec]
         if not files:
             raise ValueError(f"--dataset {spec}: no file matches")
-        dsd = load_published_dataset(data_files={split: files}, streaming=True)
+        if split != "train":
+            raise ValueError(f"--dataset {spec}: Parquet files given by name are one split, 'train' (asked for "
+                             f"{split!r}); give the folder to have splits named from the file names")
+        dsd = load_published_dataset(data_files={"train": files}, streaming=True)
     elif spec in SpectraFMDatasets.builder_configs:
         builder = SpectraFMDatasets(config_name=spec, **(builder_kwargs or {}))
         return builder.as_streaming_dataset(split=split)
@@ -145,7 +151,10 @@ def open_stream_dataset(spec: str, split: str = "train", config: str | None = No
         dsd = load_published_dataset(spec, config, streaming=True)
     if split not in dsd:
         raise ValueError(f"--dataset {spec}: no split {split!r}; it has {list(dsd)}")
-    return dsd[split]
+    ds = dsd[split]
+    require_columns(list(ds.features or {}), ["wavelength", "flux"], what=f"--dataset {spec}",
+                    hint="rows need the package's schema (spectrafm_hf.data)")
+    return ds
 
 
 def _dataset_source(spec: str) -> str:
@@ -560,7 +569,7 @@ def predict_survey(pipe, inputs, output, *, dataset: bool = False, split: str = 
         n_chunks = max(r["chunks_seen"] for r in reports)
         code = None
         if group.rank == 0:
-            code = _finish(folder, n_chunks, output, keep_parts, reports, t0)
+            code = _finish(folder, n_chunks, output, keep_parts, reports, t0, earlier=set(done))
         code = group.broadcast(code)
         return SurveyResult(code, str(output), sum(r["spectra"] for r in reports),
                             sum(r["failures"] for r in reports), n_chunks, time.time() - t0, reports)
@@ -586,14 +595,20 @@ def _same(a, b) -> bool:
         return False
 
 
-def _finish(folder, n_chunks, output, keep_parts, reports, t0) -> int:
-    """rank 0, every rank done: check every chunk is recorded, merge, report; the exit code."""
+def _finish(folder, n_chunks, output, keep_parts, reports, t0, earlier=()) -> int:
+    """rank 0, every rank done: check every chunk is recorded, merge, report; the exit code. ``earlier``: chunks
+    done by an interrupted run, whose failures this run repeats (they were reported then)."""
     done = _done_chunks(folder)
     missing = [k for k in range(n_chunks) if k not in done]
     if missing:
         _err(f"chunks {missing[:10]} of {n_chunks} are not in any manifest of {folder}; rerun with --resume")
         return 1
     failures = [f for k in range(n_chunks) for f in done[k]["failures"]]
+    old = [f for k in sorted(earlier) if k < n_chunks for f in done[k]["failures"]]
+    for source, where, msg in old[:20]:
+        _err(f"FAILED (in the interrupted run) {source}{where}: {msg}")
+    if len(old) > 20:
+        _err(f"... and {len(old) - 20} more failures of the interrupted run (in {folder}/manifest-rank*.jsonl)")
     n_rows = sum(done[k]["rows"] for k in range(n_chunks))
     written = False
     if n_rows:
