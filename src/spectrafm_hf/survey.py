@@ -74,6 +74,13 @@ def _err(msg):
     print(f"spectrafm: {msg}", file=sys.stderr, flush=True)
 
 
+def cpu_seconds() -> float:
+    """CPU time (user + system) this process has used: throughput per CPU second does not depend on how busy
+    the machine is."""
+    t = os.times()
+    return t.user + t.system
+
+
 def peak_rss_mb() -> float:
     """This process's peak resident memory (MiB; 0 where the OS does not say)."""
     try:
@@ -530,7 +537,7 @@ def predict_survey(pipe, inputs, output, *, dataset: bool = False, split: str = 
         return SurveyResult(2, None)
     folder = parts_folder(output)
     try:
-        t0 = time.time()
+        t0, c0 = time.time(), cpu_seconds()
         done = _done_chunks(folder)
         if kind == "files":
             chunks = _file_chunks(paths, chunk_size)
@@ -564,7 +571,8 @@ def predict_survey(pipe, inputs, output, *, dataset: bool = False, split: str = 
             return SurveyResult(1, None)
         seconds = time.time() - t0
         report = {"rank": group.rank, "spectra": n_spectra, "failures": n_failures, "chunks": n_parts,
-                  "chunks_seen": n_seen, "seconds": round(seconds, 3), "peak_rss_mb": round(peak_rss_mb(), 1)}
+                  "chunks_seen": n_seen, "seconds": round(seconds, 3), "cpu_seconds": round(cpu_seconds() - c0, 3),
+                  "peak_rss_mb": round(peak_rss_mb(), 1)}
         reports = group.gather(report)  # waits for every rank
         n_chunks = max(r["chunks_seen"] for r in reports)
         code = None
@@ -629,6 +637,9 @@ def _finish(folder, n_chunks, output, keep_parts, reports, t0, earlier=()) -> in
     print(f"{n_rows} spectra in {n_chunks} chunks by {len(reports)} processes ({n_spectra} predicted by this run in "
           f"{seconds:.1f} s)" + (f"; {len(failures)} failures ({n_sources} whole files)" if failures else "")
           + (f"; wrote {output}" if written else "; nothing to write"), file=sys.stderr, flush=True)
+    for r in reports:
+        print(f"rank {r['rank']}: {r['spectra']} spectra in {r['chunks']} chunks, {r['seconds']:.2f} s "
+              f"({r['cpu_seconds']:.2f} CPU s), peak RSS {r['peak_rss_mb']:.0f} MiB", file=sys.stderr, flush=True)
     if not n_rows:
         return 2  # nothing predicted: every input failed, or there was none
     return 1 if failures else 0
