@@ -135,7 +135,8 @@ def main():
     p.add_argument("--full-n", type=int, default=20_000)
     p.add_argument("--rss-n", type=int, nargs=2, default=[10_000, 100_000], help="short-spectra counts compared")
     p.add_argument("--procs", type=int, nargs="+", default=[1, 2])
-    p.add_argument("--chunk-size", type=int, default=512)
+    p.add_argument("--chunk-size", type=int, default=512, help="spectra per part, short spectra")
+    p.add_argument("--full-chunk-size", type=int, default=64, help="spectra per part, full spectra (30 subsets each)")
     p.add_argument("--mfu", type=float, default=0.05)
     p.add_argument("--note", default="")
     p.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "survey_cpu.json"))
@@ -151,7 +152,7 @@ def main():
         result["short"] = {"n": args.short_n, "pixels": args.short_pixels,
                            "runs": [run(short, n, args.model, args.chunk_size, tmp) for n in args.procs]}
         result["full"] = {"n": args.full_n, "pixels": 7514,
-                          "runs": [run(full, n, args.model, args.chunk_size, tmp) for n in args.procs]}
+                          "runs": [run(full, n, args.model, args.full_chunk_size, tmp) for n in args.procs]}
         for part in ("short", "full"):
             runs = {r["processes"]: r for r in result[part]["runs"]}
             if 1 in runs and 2 in runs:

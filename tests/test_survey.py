@@ -160,6 +160,14 @@ def test_dataset_errors_are_named(tmp_path, capsys):
     assert "no split 'test'" in capsys.readouterr().err
     assert main(["predict", "--dataset", str(data), "--model", str(TINY)]) == 2
     assert "--output is needed" in capsys.readouterr().err
+    shard = data / "train-00000.parquet"
+    before = shard.read_bytes()
+    assert main(["predict", "--dataset", str(shard), "-o", str(shard), "--model", str(TINY)]) == 2
+    assert "refusing to overwrite an input" in capsys.readouterr().err
+    assert shard.read_bytes() == before
+    assert main(["predict", "--dataset", str(data), "-o", str(data / "labels.parquet"), "--model", str(TINY)]) == 2
+    assert "inside the --dataset folder" in capsys.readouterr().err
+    assert sorted(p.name for p in data.iterdir()) == ["train-00000.parquet", "train-00001.parquet"]
     assert not list(tmp_path.glob("o.parquet*"))
 
 

@@ -164,6 +164,20 @@ def open_stream_dataset(spec: str, split: str = "train", config: str | None = No
     return ds
 
 
+def _local_dataset_files(spec: str, output) -> list[str]:
+    """The Parquet files of a local --dataset (an --output among them is refused by the caller); an --output inside
+    a --dataset folder is refused here: its parts and table would become rows of the dataset on the next run."""
+    from .cli import UsageError
+
+    path = Path(spec)
+    if path.is_dir():
+        out = Path(output).absolute()
+        if path.resolve() in out.resolve().parents or path.resolve() in out.parents:
+            raise UsageError(f"--output {output} is inside the --dataset folder {spec}; write it elsewhere")
+        return [str(p) for p in path.rglob("*.parquet")]
+    return sorted(glob.glob(spec, recursive=True)) if not path.is_file() else [spec]
+
+
 def _dataset_source(spec: str) -> str:
     """The ``source`` written on rows from a dataset: absolute for local files, else the name as given."""
     return os.path.abspath(spec) if os.path.exists(spec) else spec
@@ -516,6 +530,7 @@ def predict_survey(pipe, inputs, output, *, dataset: bool = False, split: str = 
                 raise UsageError(f"--dataset takes one dataset, got {len(inputs)}: {inputs}")
             stream = open_stream_dataset(inputs[0], split=split, config=dataset_config)
             kind, recorded_inputs = "dataset", [_dataset_source(inputs[0])]
+            paths = _local_dataset_files(inputs[0], output)
         else:
             paths = expand_paths(inputs)
             if resume:
