@@ -14,13 +14,17 @@ stay within one chunk of each other). A rank writes each finished chunk as ``<ou
 (a temporary file renamed into place) and then appends a line to its ``manifest-rank<r>.jsonl`` (flushed and
 fsynced): a chunk is done exactly when a manifest names it, so a rank killed mid-way loses only the chunk it was
 working on and ``--resume`` redoes just the chunks no manifest names (with any number of processes). When every
-rank is done, rank 0 merges the parts in chunk order into ``<output>``: the rows, their order and their values are
-those of a single-process run (every spectrum's pixel subsets are seeded by itself, not by its batch). Merging
-Parquet streams part by part, so no process ever holds more than a chunk of spectra or a part of the table.
+rank is done, rank 0 merges the parts in chunk order into ``<output>``: the rows and their order are those of a
+single-process run, and so are the values to float32 precision (every spectrum's pixel subsets are seeded by
+itself, not by its batch; only the rounding of differently sized batches differs). Merging Parquet streams part by
+part, so no process ever holds more than a chunk of spectra or a part of the table.
 
 With a dataset, every rank reads the stream in Arrow batches of ``chunk_size`` rows and turns only its own chunks
-into spectra (the others are skipped undecoded): nothing is downloaded or cached beyond the rows being read, and
-the global row order never depends on the number of processes or on how the dataset is sharded.
+into spectra (the others are skipped without being decoded into spectra), so the global row order never depends
+on the number of processes or on how the dataset is sharded (`datasets.distributed.split_dataset_by_node` gives no
+global order, and reads every row on every rank anyway unless the shard count divides by the world size). Nothing
+is cached on disk; the price is that each rank reads the whole stream (for a Hub dataset: downloads it once per
+rank), which is small beside the network's cost per spectrum.
 """
 
 from __future__ import annotations
@@ -469,7 +473,9 @@ def _setup(output, resume, settings, inputs_for_clash):
                     raise UsageError(f"--resume: {folder} was started with other settings ({what}); rerun with "
                                      f"those, or remove the folder to start again")
             elif resume and Path(output).exists() and not folder.exists():
-                raise UsageError(f"--resume: {output} is complete (no parts folder {folder.name}); nothing to resume")
+                raise UsageError(f"--resume: {output} has no parts folder {folder.name}: it is finished, or was "
+                                 f"written by a single-process run of `spectrafm predict` (resume that with the same "
+                                 f"single-process command); write to another --output to start a new run")
             else:
                 folder.mkdir(exist_ok=True)
                 tmp = recorded.with_name(".survey.json.tmp")
