@@ -208,3 +208,25 @@ def test_killed_rank_resumes_without_loss_or_duplicates(tmp_path):
     one = tmp_path / "one.parquet"
     assert main(["predict", "--dataset", str(data), "-o", str(one), "--model", str(TINY), "--chunk-size", "4"]) == 1
     assert_same_table(resumed, pd.read_parquet(one))
+
+
+def test_torn_manifest_line_is_redone(tmp_path, capsys):
+    """A rank killed while writing its manifest line leaves half a line: that chunk is redone on --resume, and the
+    records appended after it stay readable."""
+    data = write_dataset(tmp_path / "data", n=12, bad_row=None)
+    out = tmp_path / "labels.parquet"
+    base = ["predict", "--dataset", str(data), "-o", str(out), "--model", str(TINY), "--chunk-size", "4"]
+    assert main(base + ["--keep-parts"]) == 0
+    first = pd.read_parquet(out)
+    parts = tmp_path / "labels.parquet.parts"
+    manifest = parts / "manifest-rank0.jsonl"
+    lines = manifest.read_text().splitlines()
+    manifest.write_text("\n".join(lines[:2]) + "\n" + lines[2][:25])  # chunk 2's record torn
+    (parts / "part-00000002.parquet").unlink()
+    os.remove(out)
+    capsys.readouterr()
+    assert main(base + ["--resume", "--keep-parts"]) == 0
+    assert "(4 predicted by this run" in capsys.readouterr().err  # chunk 2 only
+    assert_same_table(pd.read_parquet(out), first)
+    assert sorted(json.loads(line)["chunk"] for line in manifest.read_text().splitlines()
+                  if line.endswith("}")) == [0, 1, 2]

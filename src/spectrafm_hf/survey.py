@@ -343,7 +343,11 @@ def _work(group, predictor, opts, folder: Path, todo_chunks, n_chunks_known, ite
     kill = _kill_after()
     n_spectra = n_failures = n_parts = 0
     n_seen = 0
-    with open(folder / f"manifest-rank{group.rank}.jsonl", "a") as manifest:
+    path = folder / f"manifest-rank{group.rank}.jsonl"
+    if path.exists() and path.stat().st_size and not path.read_bytes().endswith(b"\n"):
+        with open(path, "a") as torn:  # a rank killed mid-line: end that line, so the next record stays readable
+            torn.write("\n")
+    with open(path, "a") as manifest:
         for chunk, payload in iterate():
             n_seen = chunk + 1
             if chunk % group.size != group.rank or chunk not in todo_chunks:
@@ -440,6 +444,12 @@ def cmd_predict_survey(args) -> int:
 
 
 def _settings(opts, kind, inputs, chunk_size, model, revision):
+    """What decides the chunks and their rows: a --resume must match it (the input list as a count and a hash, so
+    a survey of a million files keeps a small record)."""
+    import hashlib
+
+    digest = hashlib.sha256("\n".join(map(str, inputs)).encode()).hexdigest()[:16]
+    inputs = list(inputs) if len(inputs) <= 3 else f"{len(inputs)} files from {inputs[0]} (sha256 {digest})"
     return {"version": MANIFEST_VERSION, "kind": kind, "inputs": inputs, "chunk_size": chunk_size,
             "model": model, "model_revision": revision, "labels": opts.labels, "seed": opts.seed,
             "n_repeats": opts.n_repeats, "rows": getattr(opts, "rows", "all"),
