@@ -6,7 +6,6 @@ The multi-process tests start real 2-process jobs (gloo on CPU) with the tiny ch
 
 import json
 import os
-import shutil
 import socket
 import subprocess
 import sys

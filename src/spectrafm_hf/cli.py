@@ -402,7 +402,7 @@ def cmd_predict(args) -> int:
     from .survey import cmd_predict_survey, launched_world_size
 
     try:
-        if getattr(args, "dataset", False) or launched_world_size() > 1:  # several processes or a dataset: spectrafm_hf.survey
+        if getattr(args, "dataset", False) or launched_world_size() > 1:  # several processes or --dataset: survey.py
             return cmd_predict_survey(args)
         return _predict(args)
     except UsageError as e:

@@ -42,7 +42,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
 
-import numpy as np
 
 __all__ = ["SurveyResult", "cmd_predict_survey", "launched_world_size", "open_stream_dataset", "predict_survey"]
 
@@ -658,9 +657,7 @@ def _finish(folder, n_chunks, output, keep_parts, reports, t0, earlier=()) -> in
             _err(f"cannot write {output}: {type(e).__name__}: {e}; the {n_rows} rows are in {folder} (Parquet "
                  f"parts); rerun with --resume -o {output} to merge them again")
             return 3
-    if written and not keep_parts:
-        shutil.rmtree(folder, ignore_errors=True)
-    elif not n_rows and not keep_parts:
+    if (written or not n_rows) and not keep_parts:  # merged (or nothing to merge): the parts have served
         shutil.rmtree(folder, ignore_errors=True)
     n_spectra = sum(r["spectra"] for r in reports)
     seconds = time.time() - t0
