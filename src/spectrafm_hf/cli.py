@@ -391,7 +391,11 @@ def _write_or_rescue(table, output) -> bool:
 
 # ---------------------------------------------------------------------------------------------------- commands
 def cmd_predict(args) -> int:
+    from .survey import cmd_predict_survey, launched_world_size
+
     try:
+        if getattr(args, "dataset", False) or launched_world_size() > 1:  # several processes or --dataset: survey.py
+            return cmd_predict_survey(args)
         return _predict(args)
     except UsageError as e:
         _err(str(e))
@@ -817,6 +821,18 @@ def build_parser() -> argparse.ArgumentParser:
                    help="torch.compile the network: ~1.1x faster on many spectra, after a first call of tens of s")
     q.add_argument("--plot", default=None, help="also write a Kiel diagram of the predictions (PNG)")
     q.add_argument("--quiet", action="store_true", help="no progress bar")
+    survey = q.add_argument_group("surveys (also used whenever launched with several processes: accelerate launch "
+                                  "--multi_gpu --num_processes N -m spectrafm_hf.cli predict ..., or torchrun)")
+    survey.add_argument("--dataset", action="store_true",
+                        help="PATHS is one `datasets` dataset, read streaming: Parquet file(s)/folder/glob, a builder "
+                             "config (synthetic_apogee, ...) or a Hub dataset id")
+    survey.add_argument("--split", default="train", help="--dataset split (default: %(default)s)")
+    survey.add_argument("--dataset-config", default=None, help="--dataset subset (configuration) on the Hub")
+    survey.add_argument("--chunk-size", type=positive_int, default=512,
+                        help="files or dataset rows per Parquet part (<output>.parts/); a killed process loses at "
+                             "most one part (default: %(default)s)")
+    survey.add_argument("--keep-parts", action="store_true",
+                        help="keep <output>.parts/ (Parquet parts + manifests) after merging them into --output")
     q.set_defaults(func=cmd_predict)
 
     q = sub.add_parser("attention", help="where a label query looks, per wavelength (table and/or plot)")

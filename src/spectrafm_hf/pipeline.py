@@ -176,7 +176,9 @@ class SpectraFMPipeline:
         model = SpectraFMModel.from_pretrained(path, **kwargs)
         processor = SpectraFMProcessor.from_pretrained(
             path, **{k: v for k, v in kwargs.items() if k in ("cache_dir", "revision", "local_files_only", "token")})
-        return cls(model, processor, device=device, batch_size=batch_size, bf16=bf16, compile=compile)
+        pipe = cls(model, processor, device=device, batch_size=batch_size, bf16=bf16, compile=compile)
+        pipe.name_or_path = str(name_or_path)  # names the model on predict_distributed's rows
+        return pipe
 
     def save_pretrained(self, path: str | os.PathLike, overwrite: bool = False, **kwargs):
         """Write the model and the processor into ``path``, never destroying anything there
@@ -397,6 +399,21 @@ class SpectraFMPipeline:
                 chunk = []
         if chunk:
             yield self.predict(chunk, labels=labels, seed=seed, n_repeats=n_repeats)
+
+    def predict_distributed(self, inputs, output, *, dataset: bool = False, labels=None, seed: int = 0,
+                            n_repeats: int = 1, chunk_size: int | None = None, resume: bool = False, **kwargs):
+        """`predict` for a survey, on every process of an ``accelerate launch`` / ``torchrun`` (or in one process):
+        ``inputs`` are files/folders/globs, or with ``dataset=True`` one `datasets` dataset read in streaming mode
+        (Parquet files, a builder config such as ``"synthetic_apogee"``, or a Hub id; ``split=``,
+        ``dataset_config=``). Each process predicts its share of the chunks into Parquet parts beside ``output``;
+        rank 0 merges them into ``output``, the same table a single process writes. ``resume=True`` continues an
+        interrupted run. Call it on every rank with the same arguments; returns a `spectrafm_hf.survey.SurveyResult`
+        (``exit_code`` 0 = all written). See `spectrafm_hf.survey.predict_survey` for the other keyword arguments."""
+        from .survey import CHUNK_SIZE, predict_survey
+
+        inputs = [inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs)
+        return predict_survey(self, [str(i) for i in inputs], output, dataset=dataset, labels=labels, seed=seed,
+                              n_repeats=n_repeats, chunk_size=chunk_size or CHUNK_SIZE, resume=resume, **kwargs)
 
     def coverage_fraction(self, spectrum: Spectrum) -> float:
         """Fraction of the usable pixels inside the wavelength ranges the model was trained on (1.0 when the
