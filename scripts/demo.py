@@ -32,7 +32,6 @@ def main(argv=None):
 
     from spectrafm_hf import SpectraFMPipeline, read, synth
     from spectrafm_hf.cli import write_table
-    from spectrafm_hf.instruments import normalize_continuum
     from spectrafm_hf.plots import known_lines, plot_attention, plot_calibration, plot_kiel, plot_predicted_vs_true
     from spectrafm_hf.training.metrics import label_metrics
 
@@ -46,12 +45,11 @@ def main(argv=None):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         for path in sorted((REPO / "tests" / "fixtures" / "apogee").glob("*.fits")):
-            for s in read(path):
-                spectra.append(s if s.meta.get("normalized") else normalize_continuum(s))
+            spectra += read(path)  # raw flux is continuum-normalised by the processor, as in training
     table = pipe.predict(spectra)
     table["source"] = [Path(s.meta["source"]).name for s in spectra]
     write_table(table, out / "labels_apogee_fixtures.csv")
-    cols = ["source", "TEFF", "TEFF_err", "LOGG", "LOGG_err", "FE_H", "FE_H_err", "n_pixels"]
+    cols = ["source", "TEFF", "TEFF_err", "LOGG", "LOGG_err", "FE_H", "FE_H_err", "n_pixels", "snr", "flag"]
     print("\nReal APOGEE DR17 spectra of 2M19485057+5005279 (Doppler header: Teff 5226, logg 5.0, [Fe/H] -0.22)"
           " and two apVisit stars:")
     print(table[cols].round(3).to_string(index=False))
