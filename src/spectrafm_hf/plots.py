@@ -50,7 +50,9 @@ def known_lines(wmin: float, wmax: float, species: str | None = None, top: int =
 
 def plot_attention(table, path, label="FE_H", title=None, lines=None):
     """A spectrum with the label query's attention per wavelength underneath and known lines marked.
-    ``table`` is `SpectraFMPipeline.attention`'s output (wavelength, flux, attention)."""
+    ``table`` is `SpectraFMPipeline.attention`'s output (wavelength, flux, attention[, line]). ``lines``:
+    [(wavelength, name), ...] to mark; default: the 5 most attended lines when the table has a ``line`` column,
+    else the strongest known lines."""
     plt = _plt()
     fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(11, 5), sharex=True, gridspec_kw={"height_ratios": [2, 1]})
     wl, flux, att = (np.asarray(table[c], float) for c in ("wavelength", "flux", "attention"))
@@ -60,6 +62,10 @@ def plot_attention(table, path, label="FE_H", title=None, lines=None):
     ax2.plot(wl[ok], att[ok] / np.nanmax(att), lw=0.6, color="C3")
     ax2.set_ylabel(f"attention ({label})\nnormalised")
     ax2.set_xlabel(r"vacuum wavelength [$\AA$]")
+    if lines is None and "line" in table.columns:
+        from .lines import top_attended_lines
+
+        lines = [(w, name) for w, name, _ in top_attended_lines(table, n=5)] or None
     for w, name in lines if lines is not None else known_lines(wl.min(), wl.max()):
         for ax in (ax1, ax2):
             ax.axvline(w, color="C0", lw=0.6, alpha=0.5)
