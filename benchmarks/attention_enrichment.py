@@ -4,8 +4,8 @@ block, head-averaged) falls within +-0.5 A of strong lines than a uniform map wo
 fraction / pixel fraction, `spectrafm_hf.lines`), on observed-domain synthetic APOGEE stars (the `make demo` set:
 seed 12345), for the trained model and an untrained one (same config, fresh random weights, same processor).
 
-Each label is measured against every line set (Fe I, Mg I, OH, all atomic, all); its own set (`LABEL_LINE_SETS`:
-FE_H - Fe I, MG_FE - Mg I, O_FE - OH, TEFF and LOGG - all strong lines) is marked ``primary``. Writes the table
+Each label is measured against every line set (Fe I, Mg I, OH, CO, CN, all atomic, all molecular, all); its own set
+(`LABEL_LINE_SETS`: FE_H - Fe I, MG_FE - Mg I, O_FE - OH, TEFF and LOGG - all strong lines) is marked ``primary``. Writes the table
 (benchmarks/results/attention_enrichment.csv) and a figure (…png): the primary enrichment per label for both models,
 and the FE_H attention stacked around strong Fe I lines.
 
@@ -24,7 +24,7 @@ from spectrafm_hf import SpectraFMModel, SpectraFMPipeline, synth
 from spectrafm_hf.lines import LABEL_LINE_SETS, attention_enrichment, enrichment_summary, line_table
 
 REPO = Path(__file__).resolve().parents[1]
-LINE_SETS = ["Fe I", "Mg I", "OH", "atomic", "all"]
+LINE_SETS = ["Fe I", "Mg I", "OH", "CO", "CN", "atomic", "molecular", "all"]
 PROFILE_HALF_WIDTH, PROFILE_BIN = 3.0, 0.2  # Angstrom: the stacked FE_H attention profile around Fe I lines
 
 

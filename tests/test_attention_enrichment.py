@@ -62,10 +62,11 @@ def test_summary_is_ratio_of_mean_fractions_with_an_error():
 
 def test_line_sets():
     fe = line_table(15100, 17000, "Fe I")
-    mg, oh, atomic, every = (line_table(15100, 17000, s) for s in ("Mg I", "OH", "atomic", "all"))
+    mg, oh, atomic, mol, every = (line_table(15100, 17000, s) for s in ("Mg I", "OH", "atomic", "molecular", "all"))
     assert set(fe["species"]) == {"Fe I"} and set(mg["species"]) == {"Mg I"} and set(oh["species"]) == {"OH"}
+    assert set(mol["species"]) == {"OH", "CO", "CN"} and not set(atomic["species"]) & {"OH", "CO", "CN"}
     assert 100 < len(fe) < 400 and len(mg) > 10 and len(oh) > 100  # strong lines only, not the whole list
-    assert len(every) == len(atomic) + len(oh) and len(line_table(15100, 17000, "Fe I", strong=False)) > len(fe)
+    assert len(every) == len(atomic) + len(mol) and len(line_table(15100, 17000, "Fe I", strong=False)) > len(fe)
     assert (np.diff(every["wavelength"]) >= 0).all()
     # Mg I 15765.842 A (air) is one of the H band's strongest lines: in the strong set at its vacuum wavelength
     assert np.abs(mg["wavelength"] - 15770.15).min() < 0.05
@@ -91,7 +92,7 @@ def test_attention_table_carries_line_labels(tiny_pipeline, rng):
     att = tiny_pipeline.attention(spec, "FE_H")
     assert att["line"].tolist() == nearest_line_names(spec.wavelength).tolist()
     named = att["line"] != ""
-    assert 0 < named.mean() < 1 and att.loc[named, "line"].str.match(r"^(\w+ I+|OH) \d{5}\.\d\d$").all()
+    assert 0 < named.mean() < 1 and att.loc[named, "line"].str.match(r"^(\w+ I+|OH|CO|CN) \d{5}\.\d\d$").all()
     top = top_attended_lines(att, n=3)
     assert len(top) == 3 and [t[2] for t in top] == sorted((t[2] for t in top), reverse=True)
     for w, name, frac in top:
@@ -124,7 +125,7 @@ def test_script_at_toy_scale(tmp_path):
     csv, png = tmp_path / "e.csv", tmp_path / "e.png"
     table = main(["--model", str(TINY), "--n", "2", "--out", str(csv), "--figure", str(png)])
     saved = pd.read_csv(csv)
-    assert len(saved) == 2 * 5 * 5 and saved["primary"].sum() == 10  # models x labels x line sets
+    assert len(saved) == 2 * 5 * 8 and saved["primary"].sum() == 10  # models x labels x line sets
     prim = saved[saved["primary"]]
     assert dict(zip(prim["label"], prim["line_set"])) == LABEL_LINE_SETS
     assert (saved["enrichment"] > 0).all() and (saved["n_stars"] == 2).all()

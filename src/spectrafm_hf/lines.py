@@ -8,11 +8,12 @@ The enrichment of a line set is the fraction of attention on pixels within ``hal
 by the fraction of the used pixels (those with an attention value) that lie there: 1 = the query ignores the lines,
 > 1 = it looks at them more than at the rest of the spectrum.
 
-Line sets (vacuum wavelengths, `line_table`): an atomic species name as in the shipped table (``"Fe I"``,
-``"Mg I"``, ...), ``"OH"``, ``"atomic"`` (every atomic species) or ``"all"`` (atomic + OH). Only strong lines count
-by default: atomic lines with the table's strength index (at Teff 4500 K, log Pe 0.5) >= -2, which in an emulated
-4500 K giant are on average clearly deeper than the background of weak lines (197 Fe I, 23 Mg I lines in the APOGEE
-band), and OH lines with log gf - (5040/4500) EP >= -6.5 (178 lines; ~0.2-0.3 deep in a 4000 K giant).
+Line sets (vacuum wavelengths, `line_table`): a species name as in the shipped tables (``"Fe I"``, ``"Mg I"``, ...,
+``"OH"``, ``"CO"``, ``"CN"``), ``"atomic"`` (every atomic species), ``"molecular"`` or ``"all"``. Only strong lines
+count by default: atomic lines with the table's strength index (at Teff 4500 K, log Pe 0.5) >= -2, which in an
+emulated 4500 K giant are on average clearly deeper than the background of weak lines (196 Fe I, 23 Mg I lines in the
+APOGEE band), and the ~170-220 strongest lines of each molecule by log gf - (5040/4500) EP (178 OH, 223 CO, 169 CN;
+the OH ones are ~0.2-0.3 deep in a 4000 K giant); see resources/lines/PROVENANCE.md.
 """
 
 from __future__ import annotations
@@ -29,11 +30,11 @@ __all__ = ["LABEL_LINE_SETS", "line_table", "line_windows", "nearest_line_names"
 
 _DIR = Path(__file__).resolve().parent / "resources" / "lines"
 # the strength cuts that make a line "strong" (see the module docstring)
-STRONG_ATOMIC_INDEX = -2.0
-STRONG_OH_INDEX = -6.5
+STRONG_ATOMIC_INDEX = -2.0  # molecules: the `strong` column of hband_molecular_lines.csv
 # the line set each label's attention is measured against: [Fe/H] on Fe I, [Mg/Fe] on Mg I, [O/Fe] on OH (the H band
 # has no usable O I line); Teff and log g have no single species (excitation balance, line wings, molecules), so
-# they are measured against all strong lines: does the query look at lines rather than the continuum?
+# they are measured against all strong lines (atomic, OH, CO, CN): does the query look at lines rather than the
+# continuum?
 LABEL_LINE_SETS = {"FE_H": "Fe I", "MG_FE": "Mg I", "O_FE": "OH", "TEFF": "all", "LOGG": "all"}
 
 
@@ -42,11 +43,11 @@ def _all_lines() -> pd.DataFrame:
     atomic = pd.read_csv(_DIR / "strongest_atomic_lines_by_band.csv")
     atomic = pd.DataFrame({"wavelength": atomic["wl_vac_A"], "species": atomic["species"],
                            "strong": atomic["strength_T4500_logPe0.5"] >= STRONG_ATOMIC_INDEX, "kind": "atomic"})
-    oh = pd.read_csv(_DIR / "hband_oh_lines.csv")
-    oh = pd.DataFrame({"wavelength": oh["wl_vac_A"], "species": oh["species"],
-                       "strong": oh["strength_index_T4500"] >= STRONG_OH_INDEX, "kind": "molecular"})
+    mol = pd.read_csv(_DIR / "hband_molecular_lines.csv")
+    mol = pd.DataFrame({"wavelength": mol["wl_vac_A"], "species": mol["species"], "strong": mol["strong"].astype(bool),
+                        "kind": "molecular"})
     # the bands of the atomic table overlap (LAMOST covers GALAH): one row per line
-    t = pd.concat([atomic, oh]).drop_duplicates(subset=["wavelength", "species"])
+    t = pd.concat([atomic, mol]).drop_duplicates(subset=["wavelength", "species"])
     return t.sort_values("wavelength", kind="stable").reset_index(drop=True)
 
 
@@ -62,14 +63,14 @@ def line_table(wmin: float = 0.0, wmax: float = np.inf, species: str | Sequence[
     if strong:
         t = t[t["strong"]]
     if species not in (None, "all"):
-        if species == "atomic":
-            t = t[t["kind"] == "atomic"]
+        if species in ("atomic", "molecular"):
+            t = t[t["kind"] == species]
         else:
             names = [species] if isinstance(species, str) else list(species)
             unknown = sorted(set(names) - set(_all_lines()["species"]))
             if unknown:
-                raise ValueError(f"unknown species {unknown}; the line tables have e.g. 'Fe I', 'Mg I', 'OH' "
-                                 "(or give 'atomic' or 'all')")
+                raise ValueError(f"unknown species {unknown}; the line tables have e.g. 'Fe I', 'Mg I', 'OH', 'CO', "
+                                 "'CN' (or give 'atomic', 'molecular' or 'all')")
             t = t[t["species"].isin(names)]
     return t.reset_index(drop=True)
 
