@@ -4,8 +4,9 @@ block, head-averaged) falls within +-0.5 A of strong lines than a uniform map wo
 fraction / pixel fraction, `spectrafm_hf.lines`), on observed-domain synthetic APOGEE stars (the `make demo` set:
 seed 12345), for the trained model and an untrained one (same config, fresh random weights, same processor).
 
-Each label is measured against every line set (Fe I, Mg I, OH, CO, CN, all atomic, all molecular, all); its own set
-(`LABEL_LINE_SETS`: FE_H - Fe I, MG_FE - Mg I, O_FE - OH, TEFF and LOGG - all strong lines) is marked ``primary``. Writes the table
+Each label is measured against every line set (Fe I, Mg I, OH, CO, CN, all atomic, all molecular, all) and against
+the continuum pixels of APOGEE DR17 (astroNN's mask, shipped for the realism layer); its own set (`LABEL_LINE_SETS`:
+FE_H - Fe I, MG_FE - Mg I, O_FE - OH, TEFF and LOGG - all strong lines) is marked ``primary``. Writes the table
 (benchmarks/results/attention_enrichment.csv) and a figure (…png): the primary enrichment per label for both models,
 and the FE_H attention stacked around strong Fe I lines.
 
@@ -21,10 +22,12 @@ import pandas as pd
 import torch
 
 from spectrafm_hf import SpectraFMModel, SpectraFMPipeline, synth
+from spectrafm_hf.synth.realism import resource_path
 from spectrafm_hf.lines import LABEL_LINE_SETS, attention_enrichment, enrichment_summary, line_table
 
 REPO = Path(__file__).resolve().parents[1]
 LINE_SETS = ["Fe I", "Mg I", "OH", "CO", "CN", "atomic", "molecular", "all"]
+CONTINUUM_MASK = "realism/astroNN_dr17_contmask_7514.npy"
 PROFILE_HALF_WIDTH, PROFILE_BIN = 3.0, 0.2  # Angstrom: the stacked FE_H attention profile around Fe I lines
 
 
@@ -42,10 +45,13 @@ def measure(pipe, spectra, half_width, seed=0):
     prof_sum, prof_n = np.zeros(bins.size - 1), np.zeros(bins.size - 1)
     fe = line_table(species="Fe I")["wavelength"].to_numpy()
     sets = {name: line_table(species=name)["wavelength"].to_numpy() for name in LINE_SETS}
+    with resource_path(CONTINUUM_MASK).open("rb") as fh:
+        continuum = np.load(fh).astype(bool)
     for star, s in enumerate(spectra):
         maps = pipe._attention_maps(s, labels, seed=seed)  # (pixels, labels), the same maps as pipe.attention
+        on_grid = len(s) == continuum.size  # the mask is on the 7514-pixel grid
         for q, label in enumerate(labels):
-            for name, waves in sets.items():
+            for name, waves in {**sets, **({"continuum": continuum} if on_grid else {})}.items():
                 r = attention_enrichment((s.wavelength, maps[:, q]), waves, half_width=half_width)
                 rows.append({"star": star, "label": label, "line_set": name, **r})
         if "FE_H" in labels and fe.size:
@@ -119,7 +125,8 @@ def main(argv=None):
         for (label, line_set), g in per_star.groupby(["label", "line_set"], sort=False):
             rows.append({"model": model, "label": label, "line_set": line_set,
                          "primary": LABEL_LINE_SETS.get(label) == line_set,
-                         "n_lines": len(line_table(wmin, wmax, species=line_set)), **enrichment_summary(g)})
+                         "n_lines": len(line_table(wmin, wmax, species=line_set)) if line_set in LINE_SETS else None,
+                         **enrichment_summary(g)})
         print(f"{model}: {time.time() - t0:.0f} s")
     table = pd.DataFrame(rows)
     table.insert(0, "checkpoint", args.model)

@@ -46,6 +46,9 @@ def test_enrichment_of_a_constructed_map():
     table = pd.DataFrame({"wavelength": wl, "attention": att})
     assert attention_enrichment(table, np.array(lines)) == r
     assert attention_enrichment(table, "Fe I")["pixel_fraction"] > 0
+    assert attention_enrichment(table, inside)["enrichment"] == pytest.approx(r["enrichment"])  # a pixel mask
+    with pytest.raises(ValueError, match="as long as the attention map"):
+        attention_enrichment(table, inside[:10])
     with pytest.raises(ValueError, match="no used pixel"):
         attention_enrichment((wl, np.full(wl.size, np.nan)), lines)
     with pytest.raises(ValueError, match="column"):
@@ -125,7 +128,7 @@ def test_script_at_toy_scale(tmp_path):
     csv, png = tmp_path / "e.csv", tmp_path / "e.png"
     table = main(["--model", str(TINY), "--n", "2", "--out", str(csv), "--figure", str(png)])
     saved = pd.read_csv(csv)
-    assert len(saved) == 2 * 5 * 8 and saved["primary"].sum() == 10  # models x labels x line sets
+    assert len(saved) == 2 * 5 * 9 and saved["primary"].sum() == 10  # models x labels x (8 line sets + continuum)
     prim = saved[saved["primary"]]
     assert dict(zip(prim["label"], prim["line_set"])) == LABEL_LINE_SETS
     assert (saved["enrichment"] > 0).all() and (saved["n_stars"] == 2).all()

@@ -123,7 +123,8 @@ def attention_enrichment(table, lines: str | Sequence[str] | np.ndarray = "Fe I"
     """How much more of one attention map falls within ``half_width`` of ``lines`` than a uniform map would put there.
 
     ``table``: `SpectraFMPipeline.attention` output (wavelength, attention; NaN = pixel not used) or a
-    (wavelength, attention) pair. ``lines``: a line set name (see the module docstring) or line wavelengths.
+    (wavelength, attention) pair. ``lines``: a line set name (see the module docstring), line wavelengths, or a
+    boolean pixel mask as long as the map (any pixel set, e.g. continuum pixels; ``half_width`` is then unused).
     Returns attention_fraction, pixel_fraction (of the used pixels), enrichment (their ratio; NaN when no used pixel
     lies in a window) and n_pixels (used).
     """
@@ -135,7 +136,12 @@ def attention_enrichment(table, lines: str | Sequence[str] | np.ndarray = "Fe I"
         raise ValueError("the attention map has no used pixel (all NaN)")
     if (att[used] < 0).any():
         raise ValueError("attention weights must be >= 0")
-    inside = line_windows(wl, lines, half_width) & used
+    if isinstance(lines, np.ndarray) and lines.dtype == bool:
+        if lines.shape != att.shape:
+            raise ValueError(f"a pixel mask must be as long as the attention map ({att.size}), got {lines.shape}")
+        inside = lines & used
+    else:
+        inside = line_windows(wl, lines, half_width) & used
     total = att[used].sum()
     a = float(att[inside].sum() / total) if total > 0 else np.nan
     p = float(inside.sum() / used.sum())
