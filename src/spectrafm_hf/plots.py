@@ -66,10 +66,13 @@ def plot_attention(table, path, label="FE_H", title=None, lines=None):
         from .lines import top_attended_lines
 
         lines = [(w, name) for w, name, _ in top_attended_lines(table, n=5)] or None
-    for w, name in lines if lines is not None else known_lines(wl.min(), wl.max()):
+    lo, hi = ax1.get_ylim()
+    for k, (w, name) in enumerate(lines if lines is not None else known_lines(wl.min(), wl.max())):
         for ax in (ax1, ax2):
             ax.axvline(w, color="C0", lw=0.6, alpha=0.5)
-        ax1.text(w, ax1.get_ylim()[1], name, rotation=90, fontsize=7, va="top", ha="right", color="C0")
+        # staggered heights, so that labels of neighbouring lines do not overprint each other
+        ax1.text(w, hi - (0.04 + 0.07 * (k % 6)) * (hi - lo), f" {name}", fontsize=7, va="top", ha="left",
+                 color="C0")
     ax1.set_title(title or f"Where the {label} query looks")
     return _save(fig, path)
 
