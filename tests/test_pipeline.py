@@ -78,7 +78,7 @@ def test_embed_and_attention(tiny_pipeline, rng):
     emb = tiny_pipeline.embed(spectra)
     assert emb.shape == (2, 8) and np.isfinite(emb).all()
     att = tiny_pipeline.attention(spectra[1], "FE_H")
-    assert len(att) == 200 and set(att.columns) == {"wavelength", "flux", "attention"}
+    assert len(att) == 200 and set(att.columns) == {"wavelength", "flux", "attention", "line"}
     n_subsets = int(np.ceil(200 / 64))
     assert att["attention"].sum() == pytest.approx(n_subsets)  # each subset renormalised to 1
     assert (att["attention"] >= 0).all()

@@ -605,6 +605,7 @@ def _run_predict(args, paths, output, pd):
 
 def cmd_attention(args) -> int:
     from .instruments import read
+    from .lines import top_attended_lines
     from .plots import plot_attention
 
     try:
@@ -623,6 +624,9 @@ def cmd_attention(args) -> int:
     except Exception as e:  # noqa: BLE001
         _err(f"{args.file}: {e}")
         return FAILED
+    top = top_attended_lines(table, n=5)
+    if top:
+        print("most attended lines: " + ", ".join(f"{name} ({frac:.1%})" for _, name, frac in top), file=sys.stderr)
     if args.output:
         write_table(table, args.output)
     if args.plot:

@@ -442,17 +442,28 @@ class SpectraFMPipeline:
 
         The learned bias key/value slot is dropped and each subset's weights are renormalised to sum to 1 over its
         pixels, then placed back at their wavelengths (the paper's attention maps). Unused pixels get NaN.
+        The ``line`` column names the nearest strong known line within 0.5 A of each pixel (``"Fe I 15207.53"``,
+        ``""`` for none; `spectrafm_hf.lines`), so the most attended lines can be read off the table.
         """
-        names, query_ids = self._query_ids([label])
+        from .lines import nearest_line_names
+
+        result = self._attention_maps(spectrum, [label], seed)[:, 0]
+        return pd.DataFrame({"wavelength": spectrum.wavelength, "flux": spectrum.flux, "attention": result,
+                             "line": nearest_line_names(spectrum.wavelength)})
+
+    def _attention_maps(self, spectrum: Spectrum, labels, seed: int = 0) -> np.ndarray:
+        """`attention` of several label queries in one pass (decoder queries only cross-attend, so they do not
+        affect each other): (n_pixels, n_labels), NaN at unused pixels."""
+        names, query_ids = self._query_ids(labels)
         wl, x, good = self.processor.normalize(spectrum)
         idx = np.flatnonzero(good)
         batch, owner, _ = self.processor.subset_batch([spectrum], seed=seed)
-        att = self._run(batch, query_ids, output_attentions=True)["attention"][:, 0, :]  # (subsets, L + 1)
-        result = np.full(len(spectrum), np.nan)
+        att = self._run(batch, query_ids, output_attentions=True)["attention"]  # (subsets, labels, L + 1)
+        result = np.full((len(spectrum), len(names)), np.nan)
         for row, part in enumerate(self.processor.pixel_subsets(idx.size, seed=seed)):
-            w = att[row, : part.size]
-            result[idx[part]] = w / w.sum()
-        return pd.DataFrame({"wavelength": spectrum.wavelength, "flux": spectrum.flux, "attention": result})
+            w = att[row, :, : part.size].T
+            result[idx[part]] = w / w.sum(0)
+        return result
 
     # ------------------------------------------------------------------ few-shot fine-tuning
     def _label_arrays(self, labels, label_names, label_err, n_spectra):

@@ -50,7 +50,9 @@ def known_lines(wmin: float, wmax: float, species: str | None = None, top: int =
 
 def plot_attention(table, path, label="FE_H", title=None, lines=None):
     """A spectrum with the label query's attention per wavelength underneath and known lines marked.
-    ``table`` is `SpectraFMPipeline.attention`'s output (wavelength, flux, attention)."""
+    ``table`` is `SpectraFMPipeline.attention`'s output (wavelength, flux, attention[, line]). ``lines``:
+    [(wavelength, name), ...] to mark; default: the 5 most attended lines when the table has a ``line`` column,
+    else the strongest known lines."""
     plt = _plt()
     fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(11, 5), sharex=True, gridspec_kw={"height_ratios": [2, 1]})
     wl, flux, att = (np.asarray(table[c], float) for c in ("wavelength", "flux", "attention"))
@@ -60,10 +62,17 @@ def plot_attention(table, path, label="FE_H", title=None, lines=None):
     ax2.plot(wl[ok], att[ok] / np.nanmax(att), lw=0.6, color="C3")
     ax2.set_ylabel(f"attention ({label})\nnormalised")
     ax2.set_xlabel(r"vacuum wavelength [$\AA$]")
-    for w, name in lines if lines is not None else known_lines(wl.min(), wl.max()):
+    if lines is None and "line" in table.columns:
+        from .lines import top_attended_lines
+
+        lines = [(w, name) for w, name, _ in top_attended_lines(table, n=5)] or None
+    lo, hi = ax1.get_ylim()
+    for k, (w, name) in enumerate(lines if lines is not None else known_lines(wl.min(), wl.max())):
         for ax in (ax1, ax2):
             ax.axvline(w, color="C0", lw=0.6, alpha=0.5)
-        ax1.text(w, ax1.get_ylim()[1], name, rotation=90, fontsize=7, va="top", ha="right", color="C0")
+        # staggered heights, so that labels of neighbouring lines do not overprint each other
+        ax1.text(w, hi - (0.04 + 0.07 * (k % 6)) * (hi - lo), f" {name}", fontsize=7, va="top", ha="left",
+                 color="C0")
     ax1.set_title(title or f"Where the {label} query looks")
     return _save(fig, path)
 
