@@ -132,3 +132,19 @@ def test_predict_revision_loads_that_commit(fake_hub, tmp_path, rng):  # noqa: F
     assert not np.allclose(tables["first"]["TEFF"], tables["main"]["TEFF"])
     local = cli._load_pipeline(str(TINY), "cpu").predict([spectrum])  # the first push holds TINY's weights
     np.testing.assert_allclose(tables["first"]["TEFF"], local["TEFF"], rtol=1e-5)
+
+
+def test_predict_ecsv_output_carries_astropy_units_and_resumes(tmp_path, capsys):
+    from astropy.table import QTable
+
+    out = tmp_path / "labels.ecsv"
+    args = ["predict", str(REPO / "tests" / "fixtures" / "apogee"), "--model", str(TINY), "-o", str(out), "--quiet"]
+    assert cli.main(args) == 0
+    table = QTable.read(out)  # astropy reads the units back from the ECSV header
+    assert str(table["TEFF"].unit) == "K" and str(table["TEFF_err"].unit) == "K"
+    assert str(table["FE_H"].unit) == "dex" and table["n_pixels"].unit is None
+    same = cli.read_table(out)
+    assert len(same) == 4 and same["source"].str.endswith(".fits").all()
+    assert cli.main(args + ["--resume"]) == 0  # read back for --resume: nothing left to do
+    assert "4 already done" in capsys.readouterr().err
+    pd.testing.assert_frame_equal(cli.read_table(out), same)

@@ -71,7 +71,7 @@ def expand_paths(items) -> list[str]:
 # table suffix -> (format, gzip-compressed); the longest matching suffix wins
 TABLE_FORMATS = {".csv": ("csv", False), ".txt": ("csv", False), ".tsv": ("tsv", False), ".parquet": ("parquet", False),
                  ".fits": ("fits", False), ".fit": ("fits", False), ".csv.gz": ("csv", True),
-                 ".tsv.gz": ("tsv", True), ".fits.gz": ("fits", True)}
+                 ".tsv.gz": ("tsv", True), ".fits.gz": ("fits", True), ".ecsv": ("ecsv", False)}
 
 
 PLOT_SUFFIXES = (".png", ".pdf", ".svg", ".jpg", ".jpeg", ".eps", ".tif", ".tiff", ".webp")
@@ -125,7 +125,7 @@ def _is_read_only(path) -> bool:
 
 
 def write_table(table, path):
-    """Write a pandas table as CSV/TSV, FITS (units in the header) or Parquet (optionally .gz), atomically: a
+    """Write a pandas table as CSV/TSV, FITS or ECSV (units in the header) or Parquet (optionally .gz), atomically: a
     temporary file renamed over the target, removed when anything fails. A read-only target is refused."""
     path = Path(path)
     fmt, gz = table_format(path)
@@ -141,6 +141,8 @@ def write_table(table, path):
             table.to_csv(tmp, index=False, sep="," if fmt == "csv" else "\t", compression="gzip" if gz else None)
         elif fmt == "parquet":
             table.to_parquet(tmp, index=False)
+        elif fmt == "ecsv":  # astropy's text table: the units (K, dex...) travel in its header
+            _astropy_table(table).write(tmp, format="ascii.ecsv", overwrite=True)
         else:
             data = _fits_bytes(table)
             with (gzip.open(tmp, "wb") if gz else open(tmp, "wb")) as f:
@@ -153,26 +155,38 @@ def write_table(table, path):
     return path
 
 
-def _fits_bytes(table) -> bytes:
+def _astropy_table(table, fits=False):
+    """An astropy Table of a prediction table, its label columns with their units (astropy's names: K, dex...).
+    ``fits``: non-ASCII text as UTF-8 bytes (FITS strings are ASCII) and no units (`_fits_bytes` writes them: astropy
+    would drop "dex")."""
     import pandas as pd
-    from astropy.io import fits
     from astropy.table import Table
 
     from .pipeline import label_unit
 
     table = table.copy()
     utf8 = {}
-    for col in _text_columns(table):  # FITS has no "object": numbers or strings
+    for col in _text_columns(table):  # no "object" columns: numbers or strings
         try:
             table[col] = pd.to_numeric(table[col])
         except (ValueError, TypeError):
             table[col] = table[col].map(lambda v: "" if v is None else str(v))
-            if not table[col].map(str.isascii).all():  # FITS strings are bytes: non-ASCII text is stored as UTF-8
+            if fits and not table[col].map(str.isascii).all():
                 utf8[col] = np.array([v.encode("utf-8") for v in table[col]])
     astropy_table = Table.from_pandas(table)
     for col, values in utf8.items():
         astropy_table.replace_column(col, values)
-    hdu = fits.table_to_hdu(astropy_table)
+    for col in table.columns if not fits else []:
+        astropy_table[col].unit = label_unit(col)
+    return astropy_table
+
+
+def _fits_bytes(table) -> bytes:
+    from astropy.io import fits
+
+    from .pipeline import label_unit
+
+    hdu = fits.table_to_hdu(_astropy_table(table, fits=True))
     for i, col in enumerate(table.columns, start=1):  # units in the header; "dex" is written as text
         unit = label_unit(col)
         if unit:
@@ -189,10 +203,10 @@ def read_table(path):
     fmt, _ = table_format(path)
     if fmt == "parquet":
         return pd.read_parquet(path)
-    if fmt == "fits":
+    if fmt in ("fits", "ecsv"):
         from astropy.table import Table
 
-        table = Table.read(path).to_pandas()
+        table = Table.read(path, format="ascii.ecsv" if fmt == "ecsv" else None).to_pandas()
         for col in _text_columns(table):  # FITS strings come back as (UTF-8) bytes
             table[col] = table[col].map(lambda v: v.decode("utf-8", "replace") if isinstance(v, bytes) else v)
         return table
@@ -825,7 +839,8 @@ def build_parser() -> argparse.ArgumentParser:
     model_opts(q)
     q.add_argument("--labels", nargs="+", default=None, help="labels to predict (default: all the model's)")
     q.add_argument("--output", "-o", default=None,
-                   help="table.csv | .tsv | .fits | .parquet (.csv.gz, .tsv.gz, .fits.gz too; default: stdout). Never "
+                   help="table.csv | .tsv | .fits | .ecsv | .parquet (.csv.gz, .tsv.gz, .fits.gz too; FITS and ECSV "
+                        "carry the units; default: stdout). Never "
                         "an input file or a read-only file; one run at a time per output (a lock file beside it)")
     q.add_argument("--resume", action="store_true",
                    help="skip files already in --output and append the rest (the table is rewritten every minute "
