@@ -29,8 +29,10 @@ def _child(code, *args, timeout=120):
 
 
 def test_console_script_is_the_launcher():
-    scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
-    assert scripts["spectrafm"] == "spectrafm_launcher:main"
+    pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())
+    assert pyproject["project"]["scripts"]["spectrafm"] == "spectrafm_launcher:main"
+    assert "spectrafm_launcher" in pyproject["tool"]["setuptools"]["py-modules"]  # shipped beside the package
+    assert (REPO / "src" / "spectrafm_launcher.py").is_file()
 
 
 def test_help_of_every_command_imports_no_torch():
