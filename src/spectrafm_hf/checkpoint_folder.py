@@ -4,7 +4,7 @@ details out of the files that leave the machine.
 
 The files we write (:func:`is_checkpoint_file`): ``config.json``, ``generation_config.json``,
 ``preprocessor_config.json``, ``training_info.json``, ``README.md`` (the card), the weights ``model.safetensors`` or
-its shards ``model-00001-of-00002.safetensors`` with ``model.safetensors.index.json``, and the model code files
+its shards ``model-00001-of-00002.safetensors`` with ``model.safetensors.index.json``, and the code files
 (:data:`CODE_FILES`). Anything else in a folder (notes, secrets, data, sub-folders) is the user's: it is never
 copied into the cache, never uploaded, never replaced or deleted.
 """
