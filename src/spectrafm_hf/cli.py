@@ -818,7 +818,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "instrument, with SpectraFM (Koblischke & Bovy 2024).",
         epilog="Exit codes: 0 ok, 1 some inputs failed (the rest were written), 2 nothing could be done (bad "
                "arguments or output, unreadable --resume table, output in use by another run), 3 predictions made "
-               "but --output not writable (the rows are in the fallback file named on stderr).",
+               "but --output not writable (the rows are in the fallback file named on stderr), 130 interrupted "
+               "(Ctrl-C; predict first writes what is done).",
     )
     p.add_argument("--version", action="version", version=f"%(prog)s {package_version()}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
