@@ -32,7 +32,7 @@ from spectrafm_hf.training.info import training_info, write_training_info
 SECRET = "hf_PLANTEDsecretTOKEN0123456789abcdef"
 HOST = "planted-host-7f3a9c"  # the host name the tests pretend to run on
 OURS = {"config.json", "model.safetensors", "preprocessor_config.json", "configuration_spectrafm.py",
-        "modeling_spectrafm.py"}
+        "modeling_spectrafm.py", "processing_spectrafm.py", "spectrum.py"}  # the last two: the remote processor
 
 
 def _hashes(root: Path) -> dict[str, str]:
@@ -248,7 +248,7 @@ def test_push_uploads_the_allow_list_only_and_says_what(fake_hub, tmp_path, caps
 
     assert main(["push", str(folder), "org/allow-cli"]) == 0
     out = capsys.readouterr().out
-    assert "uploaded 6 files: README.md, config.json, configuration_spectrafm.py" in out
+    assert f"uploaded {len(expected)} files: README.md, config.json, configuration_spectrafm.py" in out
     assert "notes.txt" not in out and "secrets.yaml" not in out
     assert set(_pushed(fake_hub, "org/allow-cli")) - {".gitattributes"} == expected
 

@@ -20,6 +20,7 @@ AutoFeatureExtractor.register(SpectraFMConfig, SpectraFMProcessor, exist_ok=True
 # Saved folders carry their code, so they load with trust_remote_code=True where the package is not installed.
 SpectraFMConfig.register_for_auto_class()
 SpectraFMModel.register_for_auto_class("AutoModel")
+SpectraFMProcessor.register_for_auto_class("AutoFeatureExtractor")  # with spectrum.py, its one relative import
 
 from .pipeline import SpectraFMPipeline  # noqa: E402  (needs the registrations above)
 from .stellar_labels_task import StellarLabelsPipeline  # noqa: E402

@@ -4,7 +4,7 @@ details out of the files that leave the machine.
 
 The files we write (:func:`is_checkpoint_file`): ``config.json``, ``generation_config.json``,
 ``preprocessor_config.json``, ``training_info.json``, ``README.md`` (the card), the weights ``model.safetensors`` or
-its shards ``model-00001-of-00002.safetensors`` with ``model.safetensors.index.json``, and the model code files
+its shards ``model-00001-of-00002.safetensors`` with ``model.safetensors.index.json``, and the code files
 (:data:`CODE_FILES`). Anything else in a folder (notes, secrets, data, sub-folders) is the user's: it is never
 copied into the cache, never uploaded, never replaced or deleted.
 """
@@ -22,13 +22,17 @@ import socket
 import tempfile
 from pathlib import Path
 
-__all__ = ["PACKAGE_DIR", "CODE_FILES", "AUTO_MAP", "CHECKPOINT_FILES", "is_checkpoint_file", "checkpoint_files",
+__all__ = ["PACKAGE_DIR", "CODE_FILES", "AUTO_MAP", "PROCESSOR_AUTO_MAP", "CHECKPOINT_FILES", "is_checkpoint_file", "checkpoint_files",
            "is_spectrafm_folder", "foreign_entries", "ensure_remote_code", "record_local_details",
            "redact_local_details", "RECORD_LOCAL_DETAILS_ENV"]
 
 PACKAGE_DIR = Path(__file__).resolve().parent
-CODE_FILES = ("configuration_spectrafm.py", "modeling_spectrafm.py")
-AUTO_MAP = {"AutoConfig": "configuration_spectrafm.SpectraFMConfig", "AutoModel": "modeling_spectrafm.SpectraFMModel"}
+# Remote code: flat siblings that import only numpy/torch/transformers and each other (the processor's continuum
+# fits of raw flux need the package and say so)
+CODE_FILES = ("configuration_spectrafm.py", "modeling_spectrafm.py", "processing_spectrafm.py", "spectrum.py")
+PROCESSOR_AUTO_MAP = {"AutoFeatureExtractor": "processing_spectrafm.SpectraFMProcessor"}
+AUTO_MAP = {"AutoConfig": "configuration_spectrafm.SpectraFMConfig", "AutoModel": "modeling_spectrafm.SpectraFMModel",
+            **PROCESSOR_AUTO_MAP}
 CHECKPOINT_FILES = ("config.json", "generation_config.json", "preprocessor_config.json", "training_info.json",
                     "README.md", "model.safetensors", "model.safetensors.index.json", *CODE_FILES)
 WEIGHT_SHARD = re.compile(r"^model-\d{5}-of-\d{5}\.safetensors$")
@@ -82,23 +86,27 @@ def _write_json(path: Path, data: dict):
 
 
 def ensure_remote_code(folder: str | os.PathLike) -> list[str]:
-    """Make ``folder`` loadable with ``AutoModel.from_pretrained(folder, trust_remote_code=True)`` where
-    ``spectrafm_hf`` is not installed: copy the missing model code files (:data:`CODE_FILES`, flat siblings that
-    import only torch/transformers) from the package and add the missing ``auto_map`` entries to ``config.json``.
-    Files already there are kept (they match the weights they were saved with). Returns what was added."""
+    """Make ``folder`` loadable with ``AutoModel``/``AutoFeatureExtractor.from_pretrained(folder,
+    trust_remote_code=True)`` where ``spectrafm_hf`` is not installed: copy the missing code files
+    (:data:`CODE_FILES`) from the package and add the missing ``auto_map`` entries to ``config.json`` and
+    ``preprocessor_config.json``. Files already there are kept (they match the weights they were saved with).
+    Returns what was added."""
     folder = Path(folder)
     added = []
     for name in CODE_FILES:
         if not (folder / name).is_file():
             shutil.copyfile(PACKAGE_DIR / name, folder / name)
             added.append(name)
-    config = _read_json(folder / "config.json")
-    auto_map = dict(config.get("auto_map") or {})
-    missing = {k: v for k, v in AUTO_MAP.items() if k not in auto_map}
-    if missing:
-        config["auto_map"] = {**auto_map, **missing}
-        _write_json(folder / "config.json", config)
-        added.append("config.json:auto_map")
+    for name, entries in (("config.json", AUTO_MAP), ("preprocessor_config.json", PROCESSOR_AUTO_MAP)):
+        if name != "config.json" and not (folder / name).is_file():  # a model without a processor
+            continue
+        config = _read_json(folder / name)
+        auto_map = dict(config.get("auto_map") or {})
+        missing = {k: v for k, v in entries.items() if k not in auto_map}
+        if missing:
+            config["auto_map"] = {**auto_map, **missing}
+            _write_json(folder / name, config)
+            added.append(f"{name}:auto_map")
     return added
 
 

@@ -9,10 +9,16 @@
     spectrafm push FOLDER ORG/NAME [--private | --public]
     spectrafm install [--model spectrafm-base]               (puts the default model in the local HF cache)
 
+The console script is `spectrafm_launcher.main`: it answers ``--help``, ``--version`` and argument errors from
+`build_parser` without importing torch or transformers, then runs `main`. This module imports only the standard
+library and numpy at module level (the launcher loads it on its own to build the parser); everything else is
+imported inside the commands.
+
 Exit codes: 0 = everything worked; 1 = some inputs failed (files or single spectra; the others were processed and
 written); 2 = nothing could be done (bad arguments, no model, no readable input, an output that would overwrite an
 input or is read-only, an unreadable --resume table, another run writing the same output); 3 = the predictions were
-made but --output could not be written: they are in the fallback file named on stderr (or on stdout).
+made but --output could not be written: they are in the fallback file named on stderr (or on stdout); 130 = stopped
+by Ctrl-C (predict first writes what is done).
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import stat
 import sys
 import tempfile
@@ -37,6 +44,7 @@ import numpy as np
 
 DEFAULT_MODEL = "spectrafm-base"
 OK, PARTIAL, FAILED, WRITE_FAILED = 0, 1, 2, 3
+INTERRUPTED = 130  # 128 + SIGINT, as shells report a Ctrl-C
 FLUSH_SECONDS = 60.0  # predict --output: rewrite the table at most this often while running (for --resume)
 SPECTRA_PER_PREDICTION = 64  # predict: spectra of consecutive files share forward passes (small files fill a batch)
 
@@ -63,7 +71,7 @@ def expand_paths(items) -> list[str]:
 # table suffix -> (format, gzip-compressed); the longest matching suffix wins
 TABLE_FORMATS = {".csv": ("csv", False), ".txt": ("csv", False), ".tsv": ("tsv", False), ".parquet": ("parquet", False),
                  ".fits": ("fits", False), ".fit": ("fits", False), ".csv.gz": ("csv", True),
-                 ".tsv.gz": ("tsv", True), ".fits.gz": ("fits", True)}
+                 ".tsv.gz": ("tsv", True), ".fits.gz": ("fits", True), ".ecsv": ("ecsv", False)}
 
 
 PLOT_SUFFIXES = (".png", ".pdf", ".svg", ".jpg", ".jpeg", ".eps", ".tif", ".tiff", ".webp")
@@ -117,7 +125,7 @@ def _is_read_only(path) -> bool:
 
 
 def write_table(table, path):
-    """Write a pandas table as CSV/TSV, FITS (units in the header) or Parquet (optionally .gz), atomically: a
+    """Write a pandas table as CSV/TSV, FITS or ECSV (units in the header) or Parquet (optionally .gz), atomically: a
     temporary file renamed over the target, removed when anything fails. A read-only target is refused."""
     path = Path(path)
     fmt, gz = table_format(path)
@@ -133,6 +141,8 @@ def write_table(table, path):
             table.to_csv(tmp, index=False, sep="," if fmt == "csv" else "\t", compression="gzip" if gz else None)
         elif fmt == "parquet":
             table.to_parquet(tmp, index=False)
+        elif fmt == "ecsv":  # astropy's text table: the units (K, dex...) travel in its header
+            _astropy_table(table).write(tmp, format="ascii.ecsv", overwrite=True)
         else:
             data = _fits_bytes(table)
             with (gzip.open(tmp, "wb") if gz else open(tmp, "wb")) as f:
@@ -145,26 +155,38 @@ def write_table(table, path):
     return path
 
 
-def _fits_bytes(table) -> bytes:
+def _astropy_table(table, fits=False):
+    """An astropy Table of a prediction table, its label columns with their units (astropy's names: K, dex...).
+    ``fits``: non-ASCII text as UTF-8 bytes (FITS strings are ASCII) and no units (`_fits_bytes` writes them: astropy
+    would drop "dex")."""
     import pandas as pd
-    from astropy.io import fits
     from astropy.table import Table
 
     from .pipeline import label_unit
 
     table = table.copy()
     utf8 = {}
-    for col in _text_columns(table):  # FITS has no "object": numbers or strings
+    for col in _text_columns(table):  # no "object" columns: numbers or strings
         try:
             table[col] = pd.to_numeric(table[col])
         except (ValueError, TypeError):
             table[col] = table[col].map(lambda v: "" if v is None else str(v))
-            if not table[col].map(str.isascii).all():  # FITS strings are bytes: non-ASCII text is stored as UTF-8
+            if fits and not table[col].map(str.isascii).all():
                 utf8[col] = np.array([v.encode("utf-8") for v in table[col]])
     astropy_table = Table.from_pandas(table)
     for col, values in utf8.items():
         astropy_table.replace_column(col, values)
-    hdu = fits.table_to_hdu(astropy_table)
+    for col in table.columns if not fits else []:
+        astropy_table[col].unit = label_unit(col)
+    return astropy_table
+
+
+def _fits_bytes(table) -> bytes:
+    from astropy.io import fits
+
+    from .pipeline import label_unit
+
+    hdu = fits.table_to_hdu(_astropy_table(table, fits=True))
     for i, col in enumerate(table.columns, start=1):  # units in the header; "dex" is written as text
         unit = label_unit(col)
         if unit:
@@ -181,22 +203,29 @@ def read_table(path):
     fmt, _ = table_format(path)
     if fmt == "parquet":
         return pd.read_parquet(path)
-    if fmt == "fits":
+    if fmt in ("fits", "ecsv"):
         from astropy.table import Table
 
-        table = Table.read(path).to_pandas()
+        table = Table.read(path, format="ascii.ecsv" if fmt == "ecsv" else None).to_pandas()
         for col in _text_columns(table):  # FITS strings come back as (UTF-8) bytes
             table[col] = table[col].map(lambda v: v.decode("utf-8", "replace") if isinstance(v, bytes) else v)
         return table
     return pd.read_csv(path, sep="," if fmt == "csv" else "\t")
 
 
-def _load_pipeline(name, device=None, batch_size=None, bf16=False, compile=False):
+def _load_pipeline(name, device=None, batch_size=None, bf16=False, compile=False, revision=None):
+    """The pipeline of ``--model`` (a folder, embedded name or Hub id) at ``--revision`` (a Hub branch, tag or
+    commit; None: main)."""
     from .hub import resolve_model
     from .pipeline import SpectraFMPipeline
 
-    return SpectraFMPipeline.from_pretrained(resolve_model(name), device=device, batch_size=batch_size, bf16=bf16,
-                                             compile=compile)
+    kwargs = {} if revision is None else {"revision": revision}
+    where = resolve_model(name, **kwargs)
+    if revision is not None and Path(where).is_dir():
+        raise ValueError(f"--revision {revision}: {name} is a local folder or an embedded model, which have no "
+                         "revisions; --revision is for Hub ids")
+    return SpectraFMPipeline.from_pretrained(where, device=device, batch_size=batch_size,
+                                             bf16=bf16, compile=compile, **kwargs)
 
 
 def _prepare(spectrum, pipe):
@@ -235,7 +264,7 @@ def _where(spectrum) -> str:
     return f" ({', '.join(parts)})" if parts else ""
 
 
-def model_identity(name) -> tuple[str, str]:
+def model_identity(name, revision=None) -> tuple[str, str]:
     """(model, revision) written on every predicted row: the embedded name or Hub id (a local folder: its absolute
     path), and the Hub commit, or for a folder the first 12 hex digits of the SHA-256 of its config and weights."""
     from .hub import embedded_checkpoints, resolve_model
@@ -253,7 +282,7 @@ def model_identity(name) -> tuple[str, str]:
         return model, digest.hexdigest()[:12]
     from huggingface_hub import try_to_load_from_cache
 
-    config = try_to_load_from_cache(str(name), "config.json")
+    config = try_to_load_from_cache(str(name), "config.json", revision=revision)
     return str(name), Path(config).parent.name if isinstance(config, str) else "unknown"
 
 
@@ -475,8 +504,8 @@ def _predict(args) -> int:
 def _run_predict(args, paths, output, pd):
     """The predictions of cmd_predict once its arguments are checked; returns (exit code, output written)."""
     try:
-        pipe = _load_pipeline(args.model, args.device, args.batch_size, args.bf16, args.compile)
-        model, revision = model_identity(args.model)
+        pipe = _load_pipeline(args.model, args.device, args.batch_size, args.bf16, args.compile, args.revision)
+        model, revision = model_identity(args.model, args.revision)
     except Exception as e:  # noqa: BLE001 - report any loading problem in one line
         _err(f"cannot load model {args.model!r}: {e}")
         return FAILED, False
@@ -597,7 +626,7 @@ def _run_predict(args, paths, output, pd):
     if interrupted:
         _err(f"interrupted after {n_done} of {len(todo)} files"
              + (f"; rerun with --resume -o {output} to do the other {len(todo) - n_done}" if output else ""))
-        return (PARTIAL if frames or previous is not None else FAILED), written
+        return INTERRUPTED, written
     if not frames and previous is None and failures:
         return FAILED, written
     return (PARTIAL if failures else OK), written
@@ -618,7 +647,7 @@ def cmd_attention(args) -> int:
         _err(str(e))
         return FAILED
     try:
-        pipe = _load_pipeline(args.model, args.device)
+        pipe = _load_pipeline(args.model, args.device, revision=args.revision)
         spectrum = _prepare(read(args.file, strict=True)[args.index], pipe)
         table = pipe.attention(spectrum, args.label, seed=args.seed)
     except Exception as e:  # noqa: BLE001
@@ -683,7 +712,7 @@ def cmd_evaluate(args) -> int:
         if args.output:
             table_format(args.output)
             _check_write_target(args.output, [args.data], "--output")
-        pipe = _load_pipeline(args.model, args.device)
+        pipe = _load_pipeline(args.model, args.device, revision=args.revision)
         ds = datasets.Dataset.from_parquet(args.data) if args.data.endswith(".parquet") else \
             datasets.load_from_disk(args.data)
     except Exception as e:  # noqa: BLE001
@@ -716,7 +745,7 @@ def cmd_info(args) -> int:
     from .hub import resolve_model
 
     try:
-        pipe = _load_pipeline(args.model, "cpu")
+        pipe = _load_pipeline(args.model, "cpu", revision=args.revision)
     except Exception as e:  # noqa: BLE001
         _err(f"cannot load {args.model!r}: {e}")
         return FAILED
@@ -782,6 +811,14 @@ def positive_int(text):
     return value
 
 
+def package_version() -> str:
+    """``spectrafm_hf.__version__``, read from the package's ``__init__.py``: the parser must not import the package
+    (torch, transformers)."""
+    text = Path(__file__).with_name("__init__.py").read_text(encoding="utf-8")
+    found = re.search(r"^__version__ = [\"']([^\"']+)[\"']", text, flags=re.MULTILINE)
+    return found.group(1) if found else "unknown"
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="spectrafm",
@@ -789,12 +826,15 @@ def build_parser() -> argparse.ArgumentParser:
                     "instrument, with SpectraFM (Koblischke & Bovy 2024).",
         epilog="Exit codes: 0 ok, 1 some inputs failed (the rest were written), 2 nothing could be done (bad "
                "arguments or output, unreadable --resume table, output in use by another run), 3 predictions made "
-               "but --output not writable (the rows are in the fallback file named on stderr).",
+               "but --output not writable (the rows are in the fallback file named on stderr), 130 interrupted "
+               "(Ctrl-C; predict first writes what is done).",
     )
+    p.add_argument("--version", action="version", version=f"%(prog)s {package_version()}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def model_opts(q):
         q.add_argument("--model", default=DEFAULT_MODEL, help="folder, embedded name or Hub id (default: %(default)s)")
+        q.add_argument("--revision", default=None, help="Hub branch, tag or commit of --model (default: main)")
         q.add_argument("--device", default=None, help="cpu / cuda (default: cuda when available)")
         q.add_argument("--seed", type=int, default=0, help="seed of the pixel subsets (default: 0)")
 
@@ -808,7 +848,8 @@ def build_parser() -> argparse.ArgumentParser:
     model_opts(q)
     q.add_argument("--labels", nargs="+", default=None, help="labels to predict (default: all the model's)")
     q.add_argument("--output", "-o", default=None,
-                   help="table.csv | .tsv | .fits | .parquet (.csv.gz, .tsv.gz, .fits.gz too; default: stdout). Never "
+                   help="table.csv | .tsv | .fits | .ecsv | .parquet (.csv.gz, .tsv.gz, .fits.gz too; FITS and ECSV "
+                        "carry the units; default: stdout). Never "
                         "an input file or a read-only file; one run at a time per output (a lock file beside it)")
     q.add_argument("--resume", action="store_true",
                    help="skip files already in --output and append the rest (the table is rewritten every minute "
@@ -871,6 +912,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     q = sub.add_parser("info", help="what a model predicts, from which wavelengths, trained on what")
     q.add_argument("model", nargs="?", default=DEFAULT_MODEL)
+    q.add_argument("--revision", default=None, help="Hub branch, tag or commit of the model (default: main)")
     q.set_defaults(func=cmd_info)
 
     q = sub.add_parser("push", help="publish a model folder (with its card) to the Hugging Face Hub")
@@ -895,7 +937,7 @@ def main(argv=None) -> int:
     try:
         return args.func(args)
     except KeyboardInterrupt:
-        return FAILED
+        return INTERRUPTED
 
 
 if __name__ == "__main__":

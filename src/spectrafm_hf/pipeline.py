@@ -186,11 +186,13 @@ class SpectraFMPipeline:
         checkpoint files (a crash leaves no half-written checkpoint); a folder holding other files is refused with
         a `FileExistsError` naming them, unless ``overwrite=True``, which replaces only the checkpoint's own files
         (config.json, weights, preprocessor_config.json, code files) and leaves every other file alone."""
+        from .checkpoint_folder import ensure_remote_code
         from .safe_write import atomic_directory
 
         with atomic_directory(path, overwrite=overwrite) as tmp:
             self.model.save_pretrained(tmp, **kwargs)
             self.processor.save_pretrained(tmp)
+            ensure_remote_code(tmp)  # config.json's auto_map names the processor too
         return path
 
     @property

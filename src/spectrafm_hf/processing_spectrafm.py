@@ -18,11 +18,20 @@ Saved as ``preprocessor_config.json`` beside the weights. It owns everything bet
 - pixel subsets of ``context_length`` (random for training, seeded for reproducible inference, and covering
   sets of subsets for spectra longer than the context);
 - label scaling: ``(label - center) / scale`` and back, with ``sigma = exp(log_variance / 2) * scale``.
+
+Remote code: saved folders carry this file and ``spectrum.py`` beside the weights (``auto_map`` in
+preprocessor_config.json), so ``AutoFeatureExtractor.from_pretrained(folder_or_hub_id, trust_remote_code=True)``
+works where ``spectrafm_hf`` is not installed. Both files import only numpy/torch/transformers and each other; the
+continuum fits of raw flux need the package's instrument grids and templates (`_package_module`), so without the
+package they raise an ImportError saying to install it, while flux marked continuum-normalised
+(``meta["normalized"] = True`` or a normalised BUNIT) works as with the package.
 """
 
 from __future__ import annotations
 
+import importlib
 import math
+from collections.abc import Mapping
 from typing import Sequence
 
 import numpy as np
@@ -63,6 +72,36 @@ def _normalized_from_metadata(meta):
     return None, None
 
 
+def _package_module(name: str):
+    """``spectrafm_hf.<name>``: the package's instrument grids, continuum templates and fits. Imported by name, not
+    relatively, so that the remote-code copy of this file stays self-contained (transformers fetches every
+    relatively imported file from the repo) and says what to do when the package is missing."""
+    try:
+        return importlib.import_module(f"spectrafm_hf.{name}")
+    except ImportError as e:
+        if (e.name or "").split(".")[0] != "spectrafm_hf":
+            raise
+        raise ImportError(
+            "fitting a continuum (raw flux, or flux whose metadata does not say it is continuum-normalised) needs the "
+            "spectrafm_hf package: pip install spectrafm_hf. Without it, give continuum-normalised flux and say so "
+            "(Spectrum(..., meta={'normalized': True}))") from None
+
+
+def _as_spectrum(obj):
+    """A `Spectrum`: this module's, one with the same fields from another copy of this module (the package's, when
+    this is the remote-code copy, or the reverse), or built from a mapping of its arguments
+    (``{"wavelength": ..., "flux": ..., "meta": {"normalized": True}}``)."""
+    if isinstance(obj, Spectrum) or all(hasattr(obj, a) for a in ("wavelength", "flux", "ivar", "good", "meta")):
+        return obj
+    if isinstance(obj, Mapping):
+        return Spectrum(**obj)
+    raise TypeError(f"expected a Spectrum (or a dict of its arguments), got {type(obj).__name__}")
+
+
+def _is_one_spectrum(obj) -> bool:
+    return isinstance(obj, (Spectrum, Mapping)) or hasattr(obj, "good")
+
+
 def _with_meta(spectrum, **values):
     """A shallow copy of the spectrum with extra meta (the caller's object is never changed)."""
     import copy
@@ -76,11 +115,8 @@ def _continuum_pixel_fit(spectrum, cfg):
     """The training data's continuum (`synth.realism.renormalize_continuum`) for a spectrum on (a superset of) the
     instrument grid: per chip, an ivar-weighted Legendre polynomial of ``degree`` in grid-pixel coordinate fitted
     to the usable continuum pixels; NaN outside the chips. None when under half the usable pixels lie on the grid."""
-    from .synth import get_instrument
-    from .synth.realism import load_templates
-
-    spec = get_instrument(cfg.get("instrument", "apogee"))
-    grid, cmask = spec.wavelength, load_templates(spec).continuum_mask
+    spec = _package_module("synth").get_instrument(cfg.get("instrument", "apogee"))
+    grid, cmask = spec.wavelength, _package_module("synth.realism").load_templates(spec).continuum_mask
     degree = int(cfg.get("degree", spec.realism.continuum_degree))
     wl, good = spectrum.wavelength, spectrum.good
     j = np.clip(np.searchsorted(grid, wl), 1, len(grid) - 1)
@@ -280,8 +316,7 @@ class SpectraFMProcessor(FeatureExtractionMixin):
         (raw flux divided by that continuum) / ``median`` (models that divide by the median), source ``metadata``
         (the reader or the user set ``meta["normalized"]``), ``flux_unit`` (BUNIT) or ``guess``. A spectrum already
         prepared is returned unchanged."""
-        if not isinstance(spectrum, Spectrum):
-            raise TypeError(f"expected a Spectrum, got {type(spectrum).__name__}")
+        spectrum = _as_spectrum(spectrum)
         if "normalization" in spectrum.meta or not spectrum.good.any():  # (normalize_arrays refuses the latter)
             return spectrum
         if self.divide_by_median:
@@ -315,9 +350,8 @@ class SpectraFMProcessor(FeatureExtractionMixin):
             cont = _continuum_pixel_fit(spectrum, self.continuum)
             if cont is not None:
                 return "continuum_pixels", cont
-        from .instruments.continuum import normalize_continuum
-
-        return "chebyshev", normalize_continuum(spectrum, force=True, return_continuum=True)[1]
+        fit = _package_module("instruments.continuum").normalize_continuum
+        return "chebyshev", fit(spectrum, force=True, return_continuum=True)[1]
 
     def _divide_by_continuum(self, spectrum: Spectrum):
         src = spectrum.meta.get("source") or spectrum.meta.get("object_id") or "spectrum"
@@ -486,7 +520,7 @@ class SpectraFMProcessor(FeatureExtractionMixin):
         Returns a `BatchFeature` with ``flux``, ``wavelength`` and ``observed_mask`` of shape (n_spectra, L).
         ``seed=None`` draws a fresh random subset each call (training); an int gives reproducible subsets.
         """
-        if isinstance(spectra, Spectrum):
+        if _is_one_spectrum(spectra):
             spectra = [spectra]
         rng = np.random.default_rng(seed)
         rows = []
@@ -504,7 +538,7 @@ class SpectraFMProcessor(FeatureExtractionMixin):
         Returns ``(batch, owner, n_pixels)``: ``owner[i]`` is the index of the spectrum that row ``i`` belongs to and
         ``n_pixels[j]`` the number of usable pixels of spectrum ``j``.
         """
-        if isinstance(spectra, Spectrum):
+        if _is_one_spectrum(spectra):
             spectra = [spectra]
         rows, owner, n_pixels = [], [], []
         for j, s in enumerate(spectra):

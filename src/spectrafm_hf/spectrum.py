@@ -97,6 +97,17 @@ def _as_flux(flux) -> np.ndarray:
     return np.asarray(flux, dtype=np.float64)
 
 
+def _astropy():
+    """(astropy.units, InverseVariance). Imported inside try: this file is also remote code (beside a checkpoint's
+    weights), which may import only numpy/torch/transformers at load time."""
+    try:
+        import astropy.units as u
+        from astropy.nddata import InverseVariance
+    except ImportError:
+        raise ImportError("this needs astropy: pip install astropy") from None
+    return u, InverseVariance
+
+
 @dataclass
 class Spectrum:
     """One stellar spectrum: vacuum wavelength [Angstrom], flux, inverse variance, good-pixel mask.
@@ -244,13 +255,14 @@ class Spectrum:
     def to_specutils(self):
         """A specutils ``Spectrum1D`` (``Spectrum`` in specutils >= 2) with vacuum Angstrom axis,
         ``InverseVariance`` uncertainty and specutils' mask convention (True = bad)."""
-        import astropy.units as u
-        from astropy.nddata import InverseVariance
-
-        try:
+        u, InverseVariance = _astropy()
+        try:  # (imports inside try: the remote-code copy of this file must not require astropy/specutils)
             from specutils import Spectrum as _S1D
         except ImportError:  # specutils < 2
-            from specutils import Spectrum1D as _S1D
+            try:
+                from specutils import Spectrum1D as _S1D
+            except ImportError:
+                raise ImportError("to_specutils needs specutils: pip install specutils") from None
         unc = None if self.ivar is None else InverseVariance(self.ivar)
         return _S1D(
             flux=self.flux * u.dimensionless_unscaled,
@@ -263,8 +275,7 @@ class Spectrum:
     @classmethod
     def from_specutils(cls, spec, instrument: str | None = None) -> "Spectrum":
         """Build from a specutils ``Spectrum1D``/``Spectrum`` (1-D flux). Its mask is True = bad."""
-        import astropy.units as u
-        from astropy.nddata import InverseVariance
+        u, InverseVariance = _astropy()
 
         wl = spec.spectral_axis.to(u.AA, equivalencies=u.spectral())
         ivar = None

@@ -21,6 +21,9 @@ Supported formats (name: what):
 - ``gaia_rvs_bulk``: Gaia bulk ``RvsMeanSpectrum_*.csv.gz``
 - ``gaia_zip``: a Gaia DataLink zip (every RVS / XP_SAMPLED member)
 - ``generic_fits``, ``generic_table`` (ECSV/CSV/text), ``npz``: any file with wavelength and flux columns
+- ``specutils``: a file none of the above recognises, read by ``specutils.Spectrum.read`` when specutils is installed
+  (its loaders identify the format; the wavelength axis is taken as vacuum, and the flux unit, not the format, says
+  whether the flux is normalised)
 
 Every Spectrum has ``instrument`` set and ``meta`` with ``source`` (the file), ``format``, ``normalized`` (True when
 the flux is already continuum-normalised), ``object_id`` (None when the file has none) and ``hdu``/``row`` where a
@@ -203,7 +206,13 @@ def read(path, format: str | None = None, strict: bool = False, **options) -> li
         A list of :class:`~spectrafm_hf.Spectrum` (one or more).
     """
     p = Path(path)
-    fmt = format or detect_format(p)
+    if format is None:
+        try:
+            fmt = detect_format(p)
+        except UnknownFormatError as exc:  # none of ours: specutils' loaders may know it
+            return _read_with_specutils(p, exc, strict)
+    else:
+        fmt = format
     if fmt not in READERS:
         raise UnknownFormatError(f"{p}: unknown format {fmt!r}; known formats: {sorted(READERS)}")
     reader = READERS[fmt]
@@ -234,3 +243,34 @@ def read(path, format: str | None = None, strict: bool = False, **options) -> li
                 raise ReaderError(msg)
             warnings.warn(msg, EmptySpectrumWarning, stacklevel=2)
     return spectra
+
+
+def _read_with_specutils(path: Path, unknown: UnknownFormatError, strict: bool) -> list[Spectrum]:
+    """``specutils.Spectrum.read(path)`` for a file none of our readers recognises; an `UnknownFormatError` naming
+    both attempts when specutils is missing or cannot read it either."""
+    try:
+        try:
+            from specutils import Spectrum as SpecutilsSpectrum
+        except ImportError:  # specutils < 2
+            from specutils import Spectrum1D as SpecutilsSpectrum
+    except ImportError:
+        raise UnknownFormatError(f"{unknown}; specutils is not installed, so its readers were not tried "
+                                 "(pip install specutils)") from unknown
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            spec = SpecutilsSpectrum.read(str(path))
+        flux_unit = spec.flux.unit.to_string() if spec.flux.unit is not None else ""
+        spectrum = Spectrum.from_specutils(spec)
+    except Exception as exc:  # noqa: BLE001 - any loader failure: one message naming both attempts
+        raise UnknownFormatError(f"{unknown}; specutils.Spectrum.read could not read it either: "
+                                 f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from exc
+    # the flux unit decides normalised or not (SpectraFMProcessor.prepare); the loader's header stays out of meta
+    spectrum.meta = {"source": str(path), "format": "specutils", "normalized": None, "object_id": None,
+                     "flux_unit": flux_unit}
+    if spectrum.n_good == 0:
+        msg = f"{path}: spectrum has no usable pixel (all flux NaN/masked or ivar 0)"
+        if strict:
+            raise ReaderError(msg)
+        warnings.warn(msg, EmptySpectrumWarning, stacklevel=3)
+    return [spectrum]
