@@ -79,3 +79,23 @@ def test_published_dataset_errors_name_the_problem(tmp_path):
     with pytest.raises(ValueError, match="no 'train' split"):
         load_data(DataArguments(data_files={"validation": str(tmp_path / "v.parquet")},
                                 dataset_cache_dir=str(tmp_path / "c")))
+
+
+def test_push_dataset_command_publishes_parquet_files(fake_hub, tmp_path, capsys):  # noqa: F811
+    from spectrafm_hf.cli import main
+
+    dsd = fake_dataset_dict(n_train=6, n_eval=3, n_pixels=40)
+    folder = tmp_path / "shards"
+    folder.mkdir()
+    for split, ds in dsd.items():
+        ds.to_parquet(str(folder / f"{split}-00000.parquet"))
+    (folder / "notes.txt").write_text("HF_TOKEN=hf_secret")  # not a data file: never read, never pushed
+    assert main(["push-dataset", str(folder), "org/shards", "--subset", "apogee", "--private"]) == 0
+    out = capsys.readouterr().out
+    assert "train 6" in out and "org/shards" in out
+    files = fake_hub.files("org/shards", "dataset")
+    assert "README.md" in files and not any("notes" in f for f in files)
+    assert fake_hub._repo("org/shards", "dataset").private is True
+    back = load_published_dataset("org/shards", "apogee", cache_dir=str(tmp_path / "cache"))
+    assert sorted(back) == ["test", "train", "validation"] and back["train"].num_rows == 6
+    assert main(["push-dataset", str(tmp_path / "missing"), "org/x"]) == 2

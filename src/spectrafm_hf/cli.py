@@ -787,6 +787,38 @@ def cmd_push(args) -> int:
     return OK
 
 
+def cmd_push_dataset(args) -> int:
+    """Publish spectra (Parquet files/folder, or a dataset builder config) as a Hub dataset with its card."""
+    from .data import load_published_dataset, load_spectra_dataset, push_dataset
+
+    source = args.source
+    try:
+        if os.path.exists(source) or any(c in source for c in "*?["):
+            files = source
+            if os.path.isdir(source):  # splits from the file names (train-*.parquet, test-*.parquet), else train
+                files = {}
+                for f in sorted(Path(source).rglob("*.parquet")):
+                    split = f.name.split("-")[0].split(".")[0]
+                    files.setdefault(split if split in ("train", "validation", "test") else "train", []).append(str(f))
+                if not files:
+                    _err(f"no .parquet file in {source}")
+                    return FAILED
+            dsd = load_published_dataset(data_files=files)
+        else:
+            dsd = load_spectra_dataset(source, **json.loads(args.builder_kwargs or "{}"))
+    except Exception as e:  # noqa: BLE001 - one line, no traceback
+        _err(f"cannot read {source!r}: {e}")
+        return FAILED
+    try:
+        files = push_dataset(dsd, args.repo_id, subset=args.subset, private=args.private, revision=args.revision)
+    except Exception as e:  # noqa: BLE001
+        _err(f"push failed: {e}")
+        return FAILED
+    rows = ", ".join(f"{k} {len(v)}" for k, v in dsd.items())
+    print(f"pushed {rows} spectra to dataset {args.repo_id} ({args.subset}); the repo holds {len(files)} files")
+    return OK
+
+
 def cmd_install(args) -> int:
     from . import hub
 
@@ -923,6 +955,19 @@ def build_parser() -> argparse.ArgumentParser:
                      help="create the repo private (default: the Hub's default for you or your organisation)")
     vis.add_argument("--public", dest="private", action="store_false", help="create the repo public")
     q.set_defaults(func=cmd_push)
+
+    q = sub.add_parser("push-dataset", help="publish spectra as a Hugging Face Hub dataset (Parquet + card)")
+    q.add_argument("source", help="Parquet file, folder or glob in the package's schema, or a dataset config name "
+                                  "(e.g. observed_apogee)")
+    q.add_argument("repo_id")
+    q.add_argument("--subset", default="default", help="the dataset configuration name (e.g. apogee)")
+    q.add_argument("--builder-kwargs", default=None, help="JSON arguments of a dataset config, e.g. '{\"n_train\": 5000}'")
+    q.add_argument("--revision", default=None)
+    vis = q.add_mutually_exclusive_group()
+    vis.add_argument("--private", dest="private", action="store_true", default=None,
+                     help="create the repo private (default: the Hub's default for you or your organisation)")
+    vis.add_argument("--public", dest="private", action="store_false", help="create the repo public")
+    q.set_defaults(func=cmd_push_dataset)
 
     q = sub.add_parser("install", help="put a model into the local HF cache so AutoModel.from_pretrained(name) "
                                        "works offline")
