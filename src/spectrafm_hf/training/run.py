@@ -404,9 +404,16 @@ def run_training(model_args: ModelArguments, data_args: DataArguments, training_
 
 def train_or_reuse(values: dict, splits=None, log=print) -> Path:
     """Train one run from a flat dict of argument fields into ``values["output_dir"]``; a run whose ``final/``
-    folder exists is reused as it is, an interrupted one resumes from its last checkpoint. Returns ``final/``."""
+    folder exists is reused as it is, an interrupted one resumes from its last checkpoint. Returns ``final/``.
+
+    ``values["early_stopping_patience"]`` (optional, not a Trainer field): stop when ``metric_for_best_model`` on
+    the evaluation split has not improved for that many evaluations (a plateau; ``max_steps`` is then a budget)."""
+    from transformers import EarlyStoppingCallback
     from transformers.trainer_utils import get_last_checkpoint
 
+    values = dict(values)
+    patience = values.pop("early_stopping_patience", None)
+    callbacks = [EarlyStoppingCallback(early_stopping_patience=int(patience))] if patience else []
     run_dir = Path(values["output_dir"])
     final = run_dir / "final"
     if (final / "config.json").is_file():
@@ -418,7 +425,7 @@ def train_or_reuse(values: dict, splits=None, log=print) -> Path:
         training_args.resume_from_checkpoint = last
         log(f"resuming from {last}")
     log(f"training ({training_args.max_steps} steps) into {run_dir}")
-    run_training(model_args, data_args, training_args, splits=splits)
+    run_training(model_args, data_args, training_args, callbacks=callbacks, splits=splits)
     return final
 
 
