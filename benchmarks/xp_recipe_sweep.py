@@ -7,7 +7,8 @@ the VALIDATION split (robust scatter and 68 % coverage per label; the test split
 peak learning rate (warm-up + cosine), tokens per spectrum (115 = a random third of the 343 XP pixels per step, the
 pipeline averaging three disjoint thirds at prediction, vs all 343 in one context) and gradient clipping (the
 Trainer's max_grad_norm 1.0 vs none; the clip rate is the fraction of logged steps whose gradient norm exceeded
-it). One core: ``OMP_NUM_THREADS=1``.
+it; without clipping, the fraction above 1.0). The collapse guard is off here (the sweep measures, it does not
+stop runs); ``final_spread`` is std(pred) / std(true) on validation. One core: ``OMP_NUM_THREADS=1``.
 
     OMP_NUM_THREADS=1 python benchmarks/xp_recipe_sweep.py [--steps 1000] [--variants lr2e-3,...]
         [--out benchmarks/results/xp_recipe_sweep.csv]
@@ -32,6 +33,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "scripts"))
 
 import real_data  # noqa: E402
+from spectrafm_hf.training.run import train_or_reuse  # noqa: E402
 
 CTX115 = {"context_length": 115}
 VARIANTS = {  # name: (training overrides, config overrides)
@@ -47,7 +49,7 @@ VARIANTS = {  # name: (training overrides, config overrides)
 def clip_rate(run_dir: Path, threshold: float):
     """Fraction of logged training steps whose (pre-clipping) gradient norm exceeded ``threshold``."""
     states = sorted(run_dir.glob("checkpoint-*/trainer_state.json"), key=lambda p: int(p.parent.name.split("-")[1]))
-    if not states or threshold <= 0:
+    if not states:
         return None, None
     norms = [h["grad_norm"] for h in json.loads(states[-1].read_text())["log_history"] if "grad_norm" in h]
     norms = np.asarray([n for n in norms if n is not None], float)
@@ -78,14 +80,14 @@ def main():
         base = cfg.get("spectrafm") or {}
         extra = {**train_kw, "config_overrides": {**base.get("config_overrides", {}), **cfg_kw},
                  "logging_steps": 20, "eval_steps": max(1, args.steps // 5), "save_steps": max(1, args.steps // 5),
-                 "early_stopping_patience": None}
+                 "early_stopping_patience": None, "collapse_min_spread": 0.0}  # measure, do not stop
         values = real_data.spectrafm_values(cfg, run_dir, args.steps, labels, **extra)
         t = time.time()
         fresh = not (run_dir / "final" / "config.json").is_file()
-        final = real_data.train_or_reuse(values, splits=(train, val, None), log=real_data.log)
+        final = train_or_reuse(values, splits=(train, val, None), log=real_data.log)
         train_s = time.time() - t if fresh else None
         pred = real_data.predict_spectrafm(final, val, labels)
-        rate, median_norm = clip_rate(run_dir, float(values.get("max_grad_norm", 1.0)))
+        rate, median_norm = clip_rate(run_dir, float(values.get("max_grad_norm") or 1.0))
         rows = [r for r in rows if r["variant"] != name or r["steps"] != args.steps]
         for n in labels:
             m = real_data.metrics_rows("sweep", name, pred, truth, [n])[0]
@@ -95,7 +97,8 @@ def main():
                          "context_length": values["config_overrides"]["context_length"],
                          "max_grad_norm": values.get("max_grad_norm", 1.0), "clip_rate": rate,
                          "median_grad_norm": median_norm, "train_seconds": train_s,
-                         "robust_scatter": m["robust_scatter"], "rmse": m["rmse"], "coverage68": m["coverage68"]})
+                         "robust_scatter": m["robust_scatter"], "rmse": m["rmse"], "coverage68": m["coverage68"],
+                         "final_spread": float(np.std(pred[f"{n}_pred"]) / np.std(truth[n]))})
         real_data.log(f"{name}: " + ", ".join(f"{r['label']} {r['robust_scatter']:.3g}" for r in rows
                                               if r["variant"] == name and r["steps"] == args.steps))
         out_csv.parent.mkdir(parents=True, exist_ok=True)

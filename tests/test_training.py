@@ -173,30 +173,32 @@ def test_collapse_guard_stops_only_on_a_constant_prediction_after_warmup():
     from spectrafm_hf.training.guards import CollapseGuardCallback
 
     args = TrainingArguments(output_dir="unused", warmup_steps=10, report_to=[], use_cpu=True)
-    guard = CollapseGuardCallback(["TEFF", "FE_H"], min_spread=0.05)
+    guard = CollapseGuardCallback(["TEFF", "FE_H"], min_spread=0.05, patience=2)
     state, control = TrainerState(global_step=10, max_steps=100), TrainerControl()
     metrics = {"eval_TEFF_spread": 0.9, "eval_FE_H_spread": 0.001}
     guard.on_evaluate(args, state, control, metrics=metrics)
     assert not control.should_training_stop and not guard.collapsed  # still warming up
-    state.global_step = 20
-    guard.on_evaluate(args, state, control, metrics={**metrics, "eval_FE_H_spread": 0.3})
-    assert not control.should_training_stop
+    for step, spread in ((20, 0.001), (30, 0.3), (40, 0.001)):  # a low spread that recovers is not a collapse
+        state.global_step = step
+        guard.on_evaluate(args, state, control, metrics={**metrics, "eval_FE_H_spread": spread})
+        assert not control.should_training_stop and not guard.collapsed
+    state.global_step = 50
     guard.on_evaluate(args, state, control, metrics=metrics)
-    assert control.should_training_stop and guard.collapsed == {"FE_H": {"step": 20, "spread": 0.001}}
+    assert control.should_training_stop and guard.collapsed == {"FE_H": {"step": 50, "spread": 0.001}}
     with pytest.raises(ValueError, match="min_spread"):
         CollapseGuardCallback(["FE_H"], min_spread=1.5)
 
 
 def test_run_training_stops_and_reports_when_the_guard_fires(dsd, tmp_path):
-    # a threshold no model meets stands in for a collapsed run: training ends at the first evaluation
+    # a threshold no model meets stands in for a collapsed run: training ends at the third evaluation
     margs = ModelArguments(config_overrides=TINY_MODEL, target_labels=["FE_H"], collapse_min_spread=0.999)
     trainer, metrics = run_training(margs, DataArguments(), _args(tmp_path, "guard", max_steps=40, eval_steps=4,
                                                                   save_steps=4),
                                     splits=(dsd["train"], dsd["validation"], None))
-    assert trainer.state.global_step == 4
-    assert metrics["collapsed"]["FE_H"]["step"] == 4 and metrics["collapsed"]["FE_H"]["spread"] < 0.999
+    assert trainer.state.global_step == 12
+    assert metrics["collapsed"]["FE_H"]["step"] == 12 and metrics["collapsed"]["FE_H"]["spread"] < 0.999
     saved = json.loads((tmp_path / "guard" / "final_metrics.json").read_text())
-    assert saved["collapsed"]["FE_H"]["step"] == 4
+    assert saved["collapsed"]["FE_H"]["step"] == 12
 
 
 def test_pipeline_fit_with_helper_labels_does_not_collapse_where_fe_h_alone_does(dsd):

@@ -49,9 +49,10 @@ class ModelArguments:
                 "that the training split has values of). Fine-tuning on [Fe/H] alone can collapse to a constant; "
                 "with the labels the model knows as helpers it learns (issue 14)."})
     use_helper_labels: bool = field(default=True, metadata={"help": "False: train on target_labels only"})
-    collapse_min_spread: float = field(default=0.05, metadata={
-        "help": "Stop training (and say so) when, after warm-up, the validation predictions of a label spread less "
-                "than this fraction of its true spread (a constant prediction); 0 = no guard."})
+    collapse_min_spread: float = field(default=0.02, metadata={
+        "help": "Stop training (and say so) when, at three evaluations in a row after warm-up, the validation "
+                "predictions of a label spread less than this fraction of its true spread (a constant prediction); "
+                "0 = no guard."})
     freeze: list[str] = field(default_factory=list, metadata={"help": "decoder, encoder, encoder_block_2, embeddings"})
     lora_r: int = field(default=0, metadata={"help": "LoRA rank (0 = full fine-tuning); merged into the weights at "
                                                      "the end so the result is a plain SpectraFM folder."})
@@ -361,7 +362,7 @@ def run_training(model_args: ModelArguments, data_args: DataArguments, training_
     train_collator = SpectraCollator(**common)
     guards = []
     if model_args.collapse_min_spread > 0 and evald is not None:
-        guards.append(CollapseGuardCallback(label_names, model_args.collapse_min_spread))
+        guards.append(CollapseGuardCallback(label_names, model_args.collapse_min_spread, patience=3))
     trainer = SpectraFMTrainer(
         model=model,
         args=training_args,
