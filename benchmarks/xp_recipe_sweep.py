@@ -5,7 +5,7 @@ Every variant gets the same optimizer-step budget (``--steps``, batch 32 unless 
 XP training stars, starting from the ``spectrafm`` recipe of ``scripts/configs/real_xp_cpu.yaml``, and is scored on
 the VALIDATION split (robust scatter and 68 % coverage per label; the test split is never used here). Varied: the
 peak learning rate (warm-up + cosine), tokens per spectrum (115 = a random third of the 343 XP pixels per step, the
-pipeline averaging three disjoint thirds at prediction, vs all 343 in one context) and gradient clipping (the
+pipeline averaging three disjoint thirds at prediction; every 3rd pixel, a fixed 115; or all 343 in one context) and gradient clipping (the
 Trainer's max_grad_norm 1.0 vs none; the clip rate is the fraction of logged steps whose gradient norm exceeded
 it; without clipping, the fraction above 1.0). The collapse guard is off here (the sweep measures, it does not
 stop runs); ``final_spread`` is std(pred) / std(true) on validation. One core: ``OMP_NUM_THREADS=1``.
@@ -43,6 +43,8 @@ VARIANTS = {  # name: (training overrides, config overrides)
     "lr4e-3": ({"learning_rate": 4e-3}, CTX115),
     "lr2e-3_noclip": ({"learning_rate": 2e-3, "max_grad_norm": 0.0}, CTX115),
     "lr2e-3_ctx343": ({"learning_rate": 2e-3}, {"context_length": 343}),
+    "lr2e-3_stride3": ({"learning_rate": 2e-3, "_stride": 3}, CTX115),  # every 3rd pixel: fixed 115 tokens
+    "lr2e-3_stride3_noclip": ({"learning_rate": 2e-3, "_stride": 3, "max_grad_norm": 0.0}, CTX115),
 }
 
 
@@ -75,7 +77,8 @@ def main():
     for name in [v.strip() for v in args.variants.split(",") if v.strip()]:
         if name not in VARIANTS:
             raise SystemExit(f"unknown variant {name!r}; known: {sorted(VARIANTS)}")
-        train_kw, cfg_kw = VARIANTS[name]
+        train_kw, cfg_kw = dict(VARIANTS[name][0]), VARIANTS[name][1]
+        stride = train_kw.pop("_stride", None)
         run_dir = Path(args.output_dir) / name
         base = cfg.get("spectrafm") or {}
         extra = {**train_kw, "config_overrides": {**base.get("config_overrides", {}), **cfg_kw},
@@ -84,9 +87,10 @@ def main():
         values = real_data.spectrafm_values(cfg, run_dir, args.steps, labels, **extra)
         t = time.time()
         fresh = not (run_dir / "final" / "config.json").is_file()
-        final = train_or_reuse(values, splits=(train, val, None), log=real_data.log)
+        final = train_or_reuse(values, splits=(real_data.strided(train, stride), real_data.strided(val, stride),
+                                               None), log=real_data.log)
         train_s = time.time() - t if fresh else None
-        pred = real_data.predict_spectrafm(final, val, labels)
+        pred = real_data.predict_spectrafm(final, real_data.strided(val, stride), labels)
         rate, median_norm = clip_rate(run_dir, float(values.get("max_grad_norm") or 1.0))
         rows = [r for r in rows if r["variant"] != name or r["steps"] != args.steps]
         for n in labels:
@@ -95,6 +99,7 @@ def main():
                          "n_train": len(train), "batch_size": values["per_device_train_batch_size"],
                          "learning_rate": values["learning_rate"],
                          "context_length": values["config_overrides"]["context_length"],
+                         "pixel_stride": stride or 1,
                          "max_grad_norm": values.get("max_grad_norm", 1.0), "clip_rate": rate,
                          "median_grad_norm": median_norm, "train_seconds": train_s,
                          "robust_scatter": m["robust_scatter"], "rmse": m["rmse"], "coverage68": m["coverage68"],

@@ -93,6 +93,25 @@ def flux_matrix(ds) -> np.ndarray:
     return flux
 
 
+def strided(ds, k):
+    """Every k-th pixel of each spectrum (wavelength, flux, ivar, mask): SpectraFM's tokens for a grid that
+    oversamples its information (Gaia XP: 343 points for ~110 basis functions). Baselines keep every pixel."""
+    if not k or int(k) <= 1:
+        return ds
+    k = int(k)
+    cols = [c for c in ("wavelength", "flux", "ivar", "mask") if c in ds.column_names]
+
+    def cut(batch):
+        return {c: [v[::k] if len(v) else v for v in batch[c]] for c in cols}
+
+    return ds.map(cut, batched=True, desc=f"pixel stride {k}")
+
+
+def fm_data(cfg, ds):
+    """The rows SpectraFM sees (``spectrafm.pixel_stride``)."""
+    return strided(ds, (cfg.get("spectrafm") or {}).get("pixel_stride"))
+
+
 def frame(ds, names) -> pd.DataFrame:
     return pd.DataFrame({"object_id": list(ds["object_id"]), **{n: np.asarray(ds[n], np.float64) for n in names}})
 
@@ -101,7 +120,7 @@ def frame(ds, names) -> pd.DataFrame:
 def spectrafm_values(cfg, run_dir: Path, steps: int, labels, **extra) -> dict:
     """Argument fields of one SpectraFM run (training_defaults < spectrafm recipe < extra)."""
     values = dict(cfg.get("training_defaults") or {})
-    values.update({k: v for k, v in (cfg.get("spectrafm") or {}).items()})
+    values.update({k: v for k, v in (cfg.get("spectrafm") or {}).items() if k != "pixel_stride"})
     values.update(extra)
     values.update(output_dir=str(run_dir), max_steps=int(steps), target_labels=list(labels))
     every = max(1, int(steps) // int(cfg.get("evaluations_per_run", 5)))
@@ -198,10 +217,10 @@ def xp_full(cfg, runner: Runner, train, val, test):
         sub = train if size is None else select_stars(train, {}, int(size), int(e.get("selection_seed", 77)))
         tag = f"n{len(sub)}"
         run_dir = runner.out / "xp_full" / tag
-        final = train_or_reuse(spectrafm_values(cfg, run_dir, steps, labels), splits=(sub, val, None),
-                               log=lambda m: log(f"xp_full: {m}"))
+        final = train_or_reuse(spectrafm_values(cfg, run_dir, steps, labels),
+                               splits=(fm_data(cfg, sub), fm_data(cfg, val), None), log=lambda m: log(f"xp_full: {m}"))
         runs[tag] = final
-        pred = runner.cached(f"xp_full_{tag}_spectrafm", lambda: predict_spectrafm(final, test, labels))
+        pred = runner.cached(f"xp_full_{tag}_spectrafm", lambda: predict_spectrafm(final, fm_data(cfg, test), labels))
         rows += metrics_rows("xp_full", "spectrafm", pred, truth, labels, n_train=len(sub))
         X, Y = flux_matrix(sub), frame(sub, labels)[labels].to_numpy()
         for kind, params in (e.get("baselines") or {}).items():
@@ -233,7 +252,7 @@ def xp_fewshot(cfg, runner: Runner, train, val, test):
     if pre:
         pretrained = train_or_reuse(
             spectrafm_values(cfg, runner.out / "xp_fewshot" / "pretrain_teff_logg", pre["steps"], pre["labels"]),
-            splits=(train, val, None), log=lambda m: log(f"xp_fewshot: {m}"))
+            splits=(fm_data(cfg, train), fm_data(cfg, val), None), log=lambda m: log(f"xp_fewshot: {m}"))
     fine = dict(e.get("finetune") or {})
     rows = []
     for draw in e.get("draws", [77]):
@@ -249,8 +268,10 @@ def xp_fewshot(cfg, runner: Runner, train, val, test):
             if start is not None:
                 extra.update(model_name_or_path=str(start), config_overrides={})
             final = train_or_reuse(spectrafm_values(cfg, run_dir, e["steps"], ["FE_H"], **extra),
-                                   splits=(few, val_rich, None), log=lambda m: log(f"xp_fewshot: {m}"))
-            pred = runner.cached(f"xp_fewshot_{model}_draw{draw}", lambda: predict_spectrafm(final, test, ["FE_H"]))
+                                   splits=(fm_data(cfg, few), fm_data(cfg, val_rich), None),
+                                   log=lambda m: log(f"xp_fewshot: {m}"))
+            pred = runner.cached(f"xp_fewshot_{model}_draw{draw}",
+                                 lambda: predict_spectrafm(final, fm_data(cfg, test), ["FE_H"]))
             rows += metrics_rows("xp_fewshot", model, pred, truth, ["FE_H"], draw=draw)
         X, Y = flux_matrix(few), frame(few, ["FE_H"])[["FE_H"]].to_numpy()
         for kind, params in (e.get("baselines") or {}).items():
@@ -278,9 +299,10 @@ def xp_multimodal(cfg, runner: Runner, train, val, test):
         values = spectrafm_values(cfg, run_dir, e["steps"], labels, **extra)
         if extra:
             values["config_overrides"] = {**values.get("config_overrides", {}), "scalar_input_names": phot}
-        final = train_or_reuse(values, splits=(train, val, None), log=lambda m: log(f"xp_multimodal: {m}"))
+        final = train_or_reuse(values, splits=(fm_data(cfg, train), fm_data(cfg, val), None),
+                               log=lambda m: log(f"xp_multimodal: {m}"))
         pred = runner.cached(f"xp_multimodal_{model}",
-                             lambda: predict_spectrafm(final, test, labels, phot if extra else ()))
+                             lambda: predict_spectrafm(final, fm_data(cfg, test), labels, phot if extra else ()))
         rows += metrics_rows("xp_multimodal", model, pred, truth, labels, n_train=len(train))
     return rows
 
@@ -359,7 +381,7 @@ def summarise(table: pd.DataFrame) -> dict:
         for n in full.label.unique():
             g = full[(full.n_train == biggest) & (full.label == n) & (full.split == "all")]
             fm = float(g[g.model == "spectrafm"].robust_scatter.iloc[0])
-            others = g[g.model != "spectrafm"]
+            others = g[~g.model.str.startswith("spectrafm")]  # baselines only, not SpectraFM variants
             b = others.loc[others.robust_scatter.idxmin()] if len(others) else None
             best[n] = {"spectrafm": fm, "best_baseline": None if b is None else str(b.model),
                        "best_baseline_robust_scatter": None if b is None else float(b.robust_scatter),
