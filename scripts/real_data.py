@@ -3,7 +3,10 @@
 
     python scripts/real_data.py scripts/configs/real_xp_cpu.yaml      # the CPU preset (~1 h on 2 cores)
     python scripts/real_data.py scripts/configs/real_xp_tiny.yaml     # smoke test on the committed 200-star subset
-    ... [--experiments xp_full,xp_fewshot,xp_multimodal] [--output_dir DIR] [--results_csv FILE]
+    ... [--experiments xp_full,xp_fewshot,xp_multimodal] [--sizes all,10000] [--output_dir DIR] [--results_csv FILE]
+
+A run of some experiments (or of some ``xp_full`` sizes) replaces their rows in ``results_csv`` and keeps the
+others; every row says which preset recipe made it (``recipe``, the config's ``recipe`` key).
 
 Experiments (each training run is skipped when its ``final/`` folder exists; delete it to redo that run):
 
@@ -90,6 +93,25 @@ def flux_matrix(ds) -> np.ndarray:
     return flux
 
 
+def strided(ds, k):
+    """Every k-th pixel of each spectrum (wavelength, flux, ivar, mask): SpectraFM's tokens for a grid that
+    oversamples its information (Gaia XP: 343 points for ~110 basis functions). Baselines keep every pixel."""
+    if not k or int(k) <= 1:
+        return ds
+    k = int(k)
+    cols = [c for c in ("wavelength", "flux", "ivar", "mask") if c in ds.column_names]
+
+    def cut(batch):
+        return {c: [v[::k] if len(v) else v for v in batch[c]] for c in cols}
+
+    return ds.map(cut, batched=True, desc=f"pixel stride {k}")
+
+
+def fm_data(cfg, ds):
+    """The rows SpectraFM sees (``spectrafm.pixel_stride``)."""
+    return strided(ds, (cfg.get("spectrafm") or {}).get("pixel_stride"))
+
+
 def frame(ds, names) -> pd.DataFrame:
     return pd.DataFrame({"object_id": list(ds["object_id"]), **{n: np.asarray(ds[n], np.float64) for n in names}})
 
@@ -98,7 +120,7 @@ def frame(ds, names) -> pd.DataFrame:
 def spectrafm_values(cfg, run_dir: Path, steps: int, labels, **extra) -> dict:
     """Argument fields of one SpectraFM run (training_defaults < spectrafm recipe < extra)."""
     values = dict(cfg.get("training_defaults") or {})
-    values.update({k: v for k, v in (cfg.get("spectrafm") or {}).items()})
+    values.update({k: v for k, v in (cfg.get("spectrafm") or {}).items() if k != "pixel_stride"})
     values.update(extra)
     values.update(output_dir=str(run_dir), max_steps=int(steps), target_labels=list(labels))
     every = max(1, int(steps) // int(cfg.get("evaluations_per_run", 5)))
@@ -129,6 +151,8 @@ def fit_baseline(kind, params, X, Y, Xv, Yv, Xt, labels) -> pd.DataFrame:
     if kind == "mlp":  # one network for all labels, as the paper's scratch NN has one output head per label
         fit_kw = {k: params.pop(k) for k in ("epochs", "steps", "eval_every", "seed") if k in params}
         model = ScratchMLP(**params).fit(X, Y, Xv, Yv, **fit_kw)
+        log(f"mlp: best validation epoch {model.best_epoch_} of {len(model.history_)}, "
+            f"{model.skipped_steps_} non-finite steps skipped")
         mean, sigma = model.predict(Xt)
         mean, sigma = np.atleast_2d(mean.T).T, np.atleast_2d(sigma.T).T
         for k, n in enumerate(labels):
@@ -137,6 +161,8 @@ def fit_baseline(kind, params, X, Y, Xv, Yv, Xt, labels) -> pd.DataFrame:
     for k, n in enumerate(labels):  # ridge and trees: one model per label (their penalties differ by label)
         model = (RidgeBaseline(**params) if kind == "ridge" else GradientBoostingBaseline(**params))
         model.fit(X, Y[:, k], Xv, Yv[:, k])
+        if kind == "gbt":
+            log(f"gbt {n}: {model.n_trees_} of {model.params['max_iter']} trees chosen on validation")
         out[f"{n}_pred"], out[f"{n}_sigma"] = model.predict(Xt)
     return pd.DataFrame(out)
 
@@ -184,14 +210,17 @@ def xp_full(cfg, runner: Runner, train, val, test):
     Xt = flux_matrix(test)
     Xv, Yv = flux_matrix(val), frame(val, labels)[labels].to_numpy()
     rows, runs = [], {}
+    only = cfg.get("_only_sizes")
     for size, steps in zip(e["sizes"], e["steps"]):
+        if only is not None and ("all" if size is None else str(int(size))) not in only:
+            continue
         sub = train if size is None else select_stars(train, {}, int(size), int(e.get("selection_seed", 77)))
         tag = f"n{len(sub)}"
         run_dir = runner.out / "xp_full" / tag
-        final = train_or_reuse(spectrafm_values(cfg, run_dir, steps, labels), splits=(sub, val, None),
-                               log=lambda m: log(f"xp_full: {m}"))
+        final = train_or_reuse(spectrafm_values(cfg, run_dir, steps, labels),
+                               splits=(fm_data(cfg, sub), fm_data(cfg, val), None), log=lambda m: log(f"xp_full: {m}"))
         runs[tag] = final
-        pred = runner.cached(f"xp_full_{tag}_spectrafm", lambda: predict_spectrafm(final, test, labels))
+        pred = runner.cached(f"xp_full_{tag}_spectrafm", lambda: predict_spectrafm(final, fm_data(cfg, test), labels))
         rows += metrics_rows("xp_full", "spectrafm", pred, truth, labels, n_train=len(sub))
         X, Y = flux_matrix(sub), frame(sub, labels)[labels].to_numpy()
         for kind, params in (e.get("baselines") or {}).items():
@@ -223,7 +252,7 @@ def xp_fewshot(cfg, runner: Runner, train, val, test):
     if pre:
         pretrained = train_or_reuse(
             spectrafm_values(cfg, runner.out / "xp_fewshot" / "pretrain_teff_logg", pre["steps"], pre["labels"]),
-            splits=(train, val, None), log=lambda m: log(f"xp_fewshot: {m}"))
+            splits=(fm_data(cfg, train), fm_data(cfg, val), None), log=lambda m: log(f"xp_fewshot: {m}"))
     fine = dict(e.get("finetune") or {})
     rows = []
     for draw in e.get("draws", [77]):
@@ -239,8 +268,10 @@ def xp_fewshot(cfg, runner: Runner, train, val, test):
             if start is not None:
                 extra.update(model_name_or_path=str(start), config_overrides={})
             final = train_or_reuse(spectrafm_values(cfg, run_dir, e["steps"], ["FE_H"], **extra),
-                                   splits=(few, val_rich, None), log=lambda m: log(f"xp_fewshot: {m}"))
-            pred = runner.cached(f"xp_fewshot_{model}_draw{draw}", lambda: predict_spectrafm(final, test, ["FE_H"]))
+                                   splits=(fm_data(cfg, few), fm_data(cfg, val_rich), None),
+                                   log=lambda m: log(f"xp_fewshot: {m}"))
+            pred = runner.cached(f"xp_fewshot_{model}_draw{draw}",
+                                 lambda: predict_spectrafm(final, fm_data(cfg, test), ["FE_H"]))
             rows += metrics_rows("xp_fewshot", model, pred, truth, ["FE_H"], draw=draw)
         X, Y = flux_matrix(few), frame(few, ["FE_H"])[["FE_H"]].to_numpy()
         for kind, params in (e.get("baselines") or {}).items():
@@ -268,9 +299,10 @@ def xp_multimodal(cfg, runner: Runner, train, val, test):
         values = spectrafm_values(cfg, run_dir, e["steps"], labels, **extra)
         if extra:
             values["config_overrides"] = {**values.get("config_overrides", {}), "scalar_input_names": phot}
-        final = train_or_reuse(values, splits=(train, val, None), log=lambda m: log(f"xp_multimodal: {m}"))
+        final = train_or_reuse(values, splits=(fm_data(cfg, train), fm_data(cfg, val), None),
+                               log=lambda m: log(f"xp_multimodal: {m}"))
         pred = runner.cached(f"xp_multimodal_{model}",
-                             lambda: predict_spectrafm(final, test, labels, phot if extra else ()))
+                             lambda: predict_spectrafm(final, fm_data(cfg, test), labels, phot if extra else ()))
         rows += metrics_rows("xp_multimodal", model, pred, truth, labels, n_train=len(train))
     return rows
 
@@ -317,9 +349,11 @@ def figures(cfg, runner: Runner, table: pd.DataFrame, test, results: Path, full_
         fig.savefig(paths["learning_curve"], dpi=110)
         plt.close(fig)
     few = table[(table.experiment == "xp_fewshot") & (table.label == "FE_H") & (table.split == "all")]
-    if len(few):
-        draw = sorted(few.draw.dropna().unique())[0]
-        models = list(dict.fromkeys(few.model))
+    draws = sorted(few.draw.dropna().unique()) if len(few) else []
+    models = list(dict.fromkeys(few.model))
+    if draws and all((runner.pred_dir / f"xp_fewshot_{'mlp' if m == 'scratch_nn' else m}_draw{int(draws[0])}.csv")
+                     .is_file() for m in models):  # rows kept from an earlier run may have no predictions here
+        draw = draws[0]
         fig, axes = plt.subplots(1, len(models), figsize=(4.2 * len(models), 4.2), squeeze=False)
         for ax, model in zip(axes[0], models):
             name = "mlp" if model == "scratch_nn" else model
@@ -347,7 +381,7 @@ def summarise(table: pd.DataFrame) -> dict:
         for n in full.label.unique():
             g = full[(full.n_train == biggest) & (full.label == n) & (full.split == "all")]
             fm = float(g[g.model == "spectrafm"].robust_scatter.iloc[0])
-            others = g[g.model != "spectrafm"]
+            others = g[~g.model.str.startswith("spectrafm")]  # baselines only, not SpectraFM variants
             b = others.loc[others.robust_scatter.idxmin()] if len(others) else None
             best[n] = {"spectrafm": fm, "best_baseline": None if b is None else str(b.model),
                        "best_baseline_robust_scatter": None if b is None else float(b.robust_scatter),
@@ -395,6 +429,16 @@ def run(cfg, experiments):
     if "xp_multimodal" in experiments and cfg.get("xp_multimodal"):
         rows += xp_multimodal(cfg, runner, train, val, test)
     table = pd.DataFrame(rows)
+    table["recipe"] = cfg.get("recipe")
+    if csv_path.is_file():  # keep the rows of what was not re-run this time
+        old = pd.read_csv(csv_path)
+        def keys(t):
+            num = [pd.to_numeric(t[k], errors="coerce") if k in t else pd.Series(np.nan, index=t.index)
+                   for k in ("n_train", "draw")]
+            return list(zip(t.experiment, t.model, *(v.map(lambda x: "" if pd.isna(x) else f"{x:g}") for v in num)))
+
+        done = set(keys(table))
+        table = pd.concat([old[[k not in done for k in keys(old)]], table], ignore_index=True)
     for extra in cfg.get("include_results") or []:  # rows of experiments run by other scripts (miles_fewshot.py)
         if Path(extra).is_file():
             other = pd.read_csv(extra)
@@ -426,11 +470,14 @@ def main(argv=None):
     parser.add_argument("--output_dir")
     parser.add_argument("--results_dir")
     parser.add_argument("--results_csv")
+    parser.add_argument("--sizes", help="xp_full: only these training-set sizes (e.g. all,10000)")
     args = parser.parse_args(argv)
     cfg = yaml.safe_load(Path(args.config).read_text())
     for key in ("output_dir", "results_dir", "results_csv"):
         if getattr(args, key):
             cfg[key] = getattr(args, key)
+    if args.sizes:
+        cfg["_only_sizes"] = {v.strip() for v in args.sizes.split(",") if v.strip()}
     run(cfg, [e.strip() for e in args.experiments.split(",") if e.strip()])
     return 0
 

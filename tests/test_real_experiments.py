@@ -102,6 +102,18 @@ def test_reruns_reuse_trained_models(tiny):
                         "--experiments", "xp_full"])
     log = buffer.getvalue()
     assert "training (" not in log and log.count("exists, skipped") == 2
+    # a partial run replaces its own rows and keeps the others
+    before = pd.read_csv(out / "results" / "real_data.csv")
+    buffer = io.StringIO()
+    with contextlib.redirect_stdout(buffer):
+        _script().main([str(REPO / "scripts" / "configs" / "real_xp_tiny.yaml"), "--output_dir", str(out),
+                        "--experiments", "xp_full", "--sizes", "40"])
+    assert buffer.getvalue().count("exists, skipped") == 1
+    after = pd.read_csv(out / "results" / "real_data.csv")
+    assert "recipe" in after.columns and len(after) == len(before)
+    key = ["experiment", "model", "label", "split", "n_train", "draw"]
+    assert after.sort_values(key)[key].astype(str).values.tolist() == \
+        before.sort_values(key)[key].astype(str).values.tolist()
 
 
 def test_gradient_boosting_learns_a_known_function_and_picks_trees_on_validation(rng):

@@ -123,7 +123,9 @@ def test_finetune_variants(pretrained, dsd, tmp_path, model_kw, expect_frozen):
                               splits=(dsd["train"], dsd["validation"], dsd["test"]))
     assert np.isfinite(metrics["test_FE_H_rmse"])
     info = json.loads((tmp_path / "ft" / "final" / "training_info.json").read_text())
-    assert info["data"]["train"] == 10 and info["data"]["labels"] == ["FE_H"]
+    # the labels the pretrained model knows are trained alongside as helpers (issue 14)
+    assert info["data"]["train"] == 10 and info["data"]["labels"] == ["FE_H", "TEFF", "LOGG", "O_FE", "MG_FE"]
+    assert info["data"]["helper_labels"] == ["TEFF", "LOGG", "O_FE", "MG_FE"]
     before = load_file(base / "final" / "model.safetensors")
     after = load_file(tmp_path / "ft" / "final" / "model.safetensors")
     assert set(before) == set(after)  # LoRA is merged back: a plain SpectraFM folder
@@ -150,6 +152,83 @@ def test_finetune_with_a_new_label(pretrained, dsd, tmp_path):
     pipe = SpectraFMPipeline.from_pretrained(tmp_path / "new" / "final", device="cpu")
     assert pipe.label_names == LABELS + ["VMIC"]
     assert 0.8 < pipe.processor.label_centers[-1] < 2.0
+
+
+def test_helper_labels_can_be_chosen_or_turned_off(pretrained, dsd, tmp_path):
+    base, _ = pretrained
+    splits = (dsd["train"], dsd["validation"], None)
+    for name, kw, expected in (("off", dict(use_helper_labels=False), ["FE_H"]),
+                               ("some", dict(helper_labels=["LOGG"]), ["FE_H", "LOGG"])):
+        margs = ModelArguments(model_name_or_path=str(base / "final"), target_labels=["FE_H"], **kw)
+        run_training(margs, DataArguments(), _args(tmp_path, name, max_steps=2, eval_strategy="no"), splits=splits)
+        info = json.loads((tmp_path / name / "final" / "training_info.json").read_text())
+        assert info["data"]["labels"] == expected
+    margs = ModelArguments(model_name_or_path=str(base / "final"), target_labels=["FE_H"], helper_labels=["VMIC"])
+    with pytest.raises(ValueError, match="VMIC"):
+        run_training(margs, DataArguments(), _args(tmp_path, "bad", max_steps=2, eval_strategy="no"), splits=splits)
+
+
+def test_collapse_guard_stops_only_on_a_constant_prediction_after_warmup():
+    from transformers import TrainerControl, TrainerState
+
+    from spectrafm_hf.training.guards import CollapseGuardCallback
+
+    args = TrainingArguments(output_dir="unused", warmup_steps=10, report_to=[], use_cpu=True)
+    guard = CollapseGuardCallback(["TEFF", "FE_H"], min_spread=0.05, patience=2)
+    state, control = TrainerState(global_step=10, max_steps=100), TrainerControl()
+    metrics = {"eval_TEFF_spread": 0.9, "eval_FE_H_spread": 0.001}
+    guard.on_evaluate(args, state, control, metrics=metrics)
+    assert not control.should_training_stop and not guard.collapsed  # still warming up
+    for step, spread in ((20, 0.001), (30, 0.3), (40, 0.001)):  # a low spread that recovers is not a collapse
+        state.global_step = step
+        guard.on_evaluate(args, state, control, metrics={**metrics, "eval_FE_H_spread": spread})
+        assert not control.should_training_stop and not guard.collapsed
+    state.global_step = 50
+    guard.on_evaluate(args, state, control, metrics=metrics)
+    assert control.should_training_stop and guard.collapsed == {"FE_H": {"step": 50, "spread": 0.001}}
+    with pytest.raises(ValueError, match="min_spread"):
+        CollapseGuardCallback(["FE_H"], min_spread=1.5)
+
+
+def test_run_training_stops_and_reports_when_the_guard_fires(dsd, tmp_path):
+    # a threshold no model meets stands in for a collapsed run: training ends at the third evaluation
+    margs = ModelArguments(config_overrides=TINY_MODEL, target_labels=["FE_H"], collapse_min_spread=0.999)
+    trainer, metrics = run_training(margs, DataArguments(), _args(tmp_path, "guard", max_steps=40, eval_steps=4,
+                                                                  save_steps=4),
+                                    splits=(dsd["train"], dsd["validation"], None))
+    assert trainer.state.global_step == 12
+    assert metrics["collapsed"]["FE_H"]["step"] == 12 and metrics["collapsed"]["FE_H"]["spread"] < 0.999
+    saved = json.loads((tmp_path / "guard" / "final_metrics.json").read_text())
+    assert saved["collapsed"]["FE_H"]["step"] == 12
+
+
+def test_pipeline_fit_with_helper_labels_does_not_collapse_where_fe_h_alone_does(dsd):
+    import pandas as pd
+
+    from spectrafm_hf.data import row_to_spectrum
+
+    torch.set_num_threads(1)
+    rows = fake_dataset_dict(n_train=48, n_eval=2)["train"]
+    spectra = [row_to_spectrum(r) for r in rows]
+    table = pd.DataFrame({n: np.asarray(rows[n], float) for n in ("TEFF", "LOGG", "FE_H")})
+    pipe = SpectraFMPipeline.from_pretrained(TINY, device="cpu")
+    kw = dict(label_names=["FE_H"], steps=150, learning_rate=2e-3, seed=0)
+    spread, rmse = {}, {}
+    for helpers in (None, "auto"):
+        pred = pipe.fit(spectra, table, helper_labels=helpers, **kw).predict(spectra, labels="FE_H")["FE_H"]
+        spread[helpers] = pred.std() / table.FE_H.std()
+        rmse[helpers] = np.sqrt(np.mean((pred - table.FE_H) ** 2))
+    # measured: [Fe/H] alone collapses to a constant (spread 0.016); with TEFF/LOGG from the table and O_FE/MG_FE
+    # from the model's own predictions as helpers it learns (spread 0.59, RMSE halved)
+    assert spread[None] < 0.1 and spread["auto"] > 0.3, spread
+    assert rmse["auto"] < 0.7 * rmse[None], rmse
+    # helpers from the model's own predictions only (array labels): what the model knew is kept better
+    before = pipe.predict(spectra, labels="TEFF")["TEFF"]
+    drift = {h: np.abs(pipe.fit(spectra, table[["FE_H"]].to_numpy(), helper_labels=h, **kw)
+                       .predict(spectra, labels="TEFF")["TEFF"] - before).mean() for h in (None, "auto")}
+    assert drift["auto"] < drift[None], drift
+    with pytest.raises(KeyError, match="VMIC"):
+        pipe.fit(spectra, table, helper_labels=["VMIC"], **{**kw, "steps": 1})
 
 
 def test_yaml_and_flags_parse(tmp_path):

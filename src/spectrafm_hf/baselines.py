@@ -48,12 +48,17 @@ def _as_2d_labels(y) -> tuple[np.ndarray, bool]:
 
 
 # ============================================================================================== scratch MLP
+LOG_VARIANCE_BOUNDS = (-15.0, 10.0)  # SpectraFMConfig's default clamp, in standardised label units
+
+
 def _gaussian_nll(mean, log_variance, target, target_err=None):
-    """SpectraFM's loss: 0.5 [(y - mu)^2 / s^2 + ln s^2], s^2 = exp(logvar) + err^2 + 1e-8, NaN targets ignored."""
+    """SpectraFM's loss: 0.5 [(y - mu)^2 / s^2 + ln s^2], s^2 = exp(logvar) + err^2 + 1e-8, NaN targets ignored.
+    The log-variance is clamped to `LOG_VARIANCE_BOUNDS` (as in SpectraFM): unclamped, a network that drives it to
+    -inf on easy stars makes 1/s^2 and its gradients overflow."""
     import torch
 
     ok = torch.isfinite(target)
-    var = torch.exp(log_variance) + 1e-8
+    var = torch.exp(log_variance.clamp(*LOG_VARIANCE_BOUNDS)) + 1e-8
     if target_err is not None:
         var = var + torch.nan_to_num(target_err, nan=0.0) ** 2
     r = torch.where(ok, target - mean, torch.zeros_like(mean))
@@ -71,16 +76,23 @@ class ScratchMLP:
         batch_size: stars per step (the paper: 64).
         restart_epochs: period of the cosine warm-restart schedule, stepped once per epoch (the paper: 500);
             0 = constant learning rate.
+        max_grad_norm: clip the gradient norm of every step to this (None = no clipping). Real spectra have rare
+            pixels hundreds of times the median flux (Gaia XP); without clipping one such batch can send the
+            weights to NaN (the paper's script had no clipping; its synthetic-like spectra had no such pixels).
         device: torch device (default CPU).
+
+    A step whose loss is not finite is skipped (counted in ``skipped_steps_``) instead of being applied.
     """
 
     def __init__(self, hidden: Sequence[int] = (2048, 1280, 1024), dropout: float = 0.1, learning_rate: float = 1e-4,
-                 batch_size: int = 64, restart_epochs: int = 500, device: str = "cpu"):
+                 batch_size: int = 64, restart_epochs: int = 500, max_grad_norm: float | None = 10.0,
+                 device: str = "cpu"):
         self.hidden = tuple(int(h) for h in hidden)
         self.dropout = float(dropout)
         self.learning_rate = float(learning_rate)
         self.batch_size = int(batch_size)
         self.restart_epochs = int(restart_epochs)
+        self.max_grad_norm = None if max_grad_norm is None else float(max_grad_norm)
         self.device = device
         self.net = None
 
@@ -167,7 +179,7 @@ class ScratchMLP:
         gen = torch.Generator().manual_seed(seed)
         self.history_ = []
         best, self.best_epoch_, self._best_state = math.inf, None, None
-        done = 0
+        done, self.skipped_steps_ = 0, 0
         for epoch in range(1, epochs + 1):
             self.net.train()
             order = torch.randperm(n, generator=gen)
@@ -179,10 +191,18 @@ class ScratchMLP:
                 mean, logvar = self.net(x[idx])
                 loss = _gaussian_nll(mean, logvar, t[idx], None if te is None else te[idx])
                 optimizer.zero_grad(set_to_none=True)
+                done += 1
+                if not torch.isfinite(loss):
+                    self.skipped_steps_ += 1
+                    continue
                 loss.backward()
+                if self.max_grad_norm is not None:
+                    norm = torch.nn.utils.clip_grad_norm_(self.net.parameters(), self.max_grad_norm)
+                    if not torch.isfinite(norm):
+                        self.skipped_steps_ += 1
+                        continue
                 optimizer.step()
                 losses.append(float(loss.detach()))
-                done += 1
             if scheduler is not None:
                 scheduler.step()
             record = {"epoch": epoch, "train_loss": float(np.mean(losses)) if losses else float("nan")}
@@ -225,7 +245,7 @@ class ScratchMLP:
         with torch.no_grad():
             m, lv = self._forward_batched(self._inputs(X))
         mean = m.cpu().numpy().astype(np.float64) * self.y_std_ + self.y_mean_
-        sigma = np.sqrt(np.exp(lv.cpu().numpy().astype(np.float64))) * self.y_std_
+        sigma = np.sqrt(np.exp(np.clip(lv.cpu().numpy().astype(np.float64), *LOG_VARIANCE_BOUNDS))) * self.y_std_
         return (mean[:, 0], sigma[:, 0]) if self._squeeze else (mean, sigma)
 
 

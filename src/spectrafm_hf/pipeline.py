@@ -516,6 +516,31 @@ class SpectraFMPipeline:
                 raise ValueError(f"label_err has shape {label_err.shape}; the labels have {values.shape}") from None
         return names, values, label_err
 
+    def _helper_values(self, helper_labels, names, table, spectra, seed) -> dict:
+        """{helper: (values, errors)} for `fit` (see its ``helper_labels``)."""
+        if helper_labels is None or helper_labels is False:
+            return {}
+        if isinstance(helper_labels, str) and helper_labels == "auto":
+            wanted = [n for n in self.label_names if n not in names]
+        else:
+            wanted = [helper_labels] if isinstance(helper_labels, str) else list(helper_labels)
+            self._query_ids(wanted)  # KeyError naming any label this model does not predict
+            wanted = [n for n in wanted if n not in names]
+        if table is not None and not isinstance(table, pd.DataFrame):
+            table = pd.DataFrame(dict(table))
+        out, missing = {}, []
+        for n in wanted:
+            if table is not None and n in table.columns:
+                err = table[f"{n}_err"] if f"{n}_err" in table.columns else np.zeros(len(table))
+                out[n] = (table[n].to_numpy(np.float64), np.nan_to_num(np.asarray(err, np.float64), nan=0.0))
+            else:
+                missing.append(n)
+        if missing:  # what this model predicts now: fine-tuning is asked to keep it
+            pred = self.predict(spectra, labels=missing, seed=seed)
+            for n in missing:
+                out[n] = (pred[n].to_numpy(np.float64), pred[f"{n}_err"].to_numpy(np.float64))
+        return {n: out[n] for n in wanted}
+
     def fit(
         self,
         spectra: Sequence[Spectrum],
@@ -529,6 +554,7 @@ class SpectraFMPipeline:
         freeze: Sequence[str] = (),
         seed: int = 0,
         callback=None,
+        helper_labels="auto",
     ) -> "SpectraFMPipeline":
         """Fine-tune a copy of the model on labelled spectra and return a new pipeline (this one is unchanged).
 
@@ -553,9 +579,17 @@ class SpectraFMPipeline:
         if label_names is not None and not isinstance(label_names, str) and len(label_names) == 0:
             raise ValueError("fit: label_names=[] names no label to fit; leave it out to fit the model's labels")
         spectra = _as_list(spectra)
+        table = labels if isinstance(labels, (pd.DataFrame, Mapping)) else None
         names, labels, label_err = self._label_arrays(labels, label_names, label_err, len(spectra))
         if not np.isfinite(labels).any():
             raise ValueError(f"fit: every target value of {names} is NaN or infinite; there is nothing to fit")
+        helpers = self._helper_values(helper_labels, names, table, spectra, seed)
+        if helpers:
+            if label_err is None:
+                label_err = np.zeros_like(labels)
+            names = names + list(helpers)
+            labels = np.column_stack([labels, *(v for v, _ in helpers.values())])
+            label_err = np.column_stack([label_err, *(e for _, e in helpers.values())])
         _, query_ids = self._query_ids(names)
         target, target_err = self.processor.scale_labels(
             labels, names, np.zeros_like(labels) if label_err is None else np.nan_to_num(label_err, nan=0.0)

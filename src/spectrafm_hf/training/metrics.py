@@ -37,7 +37,8 @@ def label_metrics(pred, true, sigma=None) -> dict:
 
 def make_compute_metrics(processor, label_names):
     """A ``compute_metrics`` for the `Trainer`: predictions are (mean, log_variance), label_ids the normalised
-    targets, all (n, n_labels) in ``label_names`` order. Keys look like ``FE_H_rmse`` (physical units)."""
+    targets, all (n, n_labels) in ``label_names`` order. Keys look like ``FE_H_rmse`` (physical units);
+    ``FE_H_spread`` = std of the predictions / std of the true values (near 0: a constant prediction)."""
 
     def compute_metrics(eval_pred):
         mean, log_variance = eval_pred.predictions[:2]
@@ -47,6 +48,9 @@ def make_compute_metrics(processor, label_names):
         for k, name in enumerate(label_names):
             for key, v in label_metrics(value[:, k], true[:, k], sigma[:, k]).items():
                 out[f"{name}_{key}"] = v
+            ok = np.isfinite(true[:, k]) & np.isfinite(value[:, k])
+            std_true = float(np.std(true[ok, k])) if ok.sum() > 1 else 0.0
+            out[f"{name}_spread"] = float(np.std(value[ok, k]) / std_true) if std_true > 0 else float("nan")
         z = (value - true) / sigma
         out["z_std"] = float(np.nanstd(z))
         return out

@@ -28,12 +28,13 @@ from ..modeling_spectrafm import SpectraFMModel
 from ..processing_spectrafm import SpectraFMProcessor
 from ..safe_write import atomic_directory, check_target
 from .collator import EpochCallback, SpectraCollator
+from .guards import CollapseGuardCallback
 from .freezing import freeze
 from .info import TrainingInfoCallback, training_info, write_training_info
 from .metrics import label_metrics, make_compute_metrics
 
 __all__ = ["ModelArguments", "DataArguments", "SpectraFMTrainer", "parse_args", "args_from_dict", "run_training",
-           "train_or_reuse", "run_evaluation", "select_stars", "add_labels", "fit_scalar_inputs"]
+           "train_or_reuse", "run_evaluation", "select_stars", "add_labels", "fit_scalar_inputs", "helper_labels_for"]
 
 
 @dataclass
@@ -44,6 +45,15 @@ class ModelArguments:
                                                                            "(e.g. hidden_size) or to change on load."})
     target_labels: list[str] | None = field(default=None, metadata={"help": "Labels to train and evaluate "
                                                                         "(default: the model's)."})
+    helper_labels: list[str] | None = field(default=None, metadata={
+        "help": "Labels trained together with target_labels (default: those the loaded model already predicts "
+                "that the training split has values of). Fine-tuning on [Fe/H] alone can collapse to a constant; "
+                "with the labels the model knows as helpers it learns (issue 14)."})
+    use_helper_labels: bool = field(default=True, metadata={"help": "False: train on target_labels only"})
+    collapse_min_spread: float = field(default=0.02, metadata={
+        "help": "Stop training (and say so) when, at three evaluations in a row after warm-up, the validation "
+                "predictions of a label spread less than this fraction of its true spread (a constant prediction); "
+                "0 = no guard."})
     freeze: list[str] = field(default_factory=list, metadata={"help": "decoder, encoder, encoder_block_2, embeddings"})
     lora_r: int = field(default=0, metadata={"help": "LoRA rank (0 = full fine-tuning); merged into the weights at "
                                                      "the end so the result is a plain SpectraFM folder."})
@@ -228,6 +238,24 @@ def load_data(data_args: DataArguments):
     return train, evald, test
 
 
+def helper_labels_for(model_args: ModelArguments, target_labels, train_dataset) -> list[str]:
+    """The labels trained next to ``target_labels`` (see ``ModelArguments.helper_labels``): explicit ones must be
+    columns of the training split; by default, the labels the loaded checkpoint predicts that the training split
+    has at least one value of (a fresh model predicts nothing yet: no default helpers)."""
+    if not model_args.use_helper_labels:
+        return []
+    targets = list(target_labels)
+    if model_args.helper_labels is not None:
+        helpers = [n for n in model_args.helper_labels if n not in targets]
+        check_label_columns(train_dataset, helpers, split="train (helper_labels)")
+        return helpers
+    if not model_args.model_name_or_path:
+        return []
+    known = SpectraFMConfig.from_pretrained(resolve_model(model_args.model_name_or_path)).label_names
+    return [n for n in known if n not in targets and n in train_dataset.column_names
+            and np.isfinite(np.asarray(train_dataset[n], dtype=np.float64)).any()]
+
+
 # ---------------------------------------------------------------------------------------------------- model
 def add_labels(model: SpectraFMModel, processor: SpectraFMProcessor, names, train_dataset=None):
     """Give the model new labels to predict (a new label set for a fine-tune): new embedding rows, new scalers."""
@@ -355,6 +383,8 @@ def run_training(model_args: ModelArguments, data_args: DataArguments, training_
 
         label_names = list(DEFAULT_LABEL_NAMES)
     check_label_columns(train, label_names, data_args.input_label_names)
+    helpers = helper_labels_for(model_args, label_names, train)
+    label_names = list(label_names) + helpers  # trained and evaluated like the targets
     model, processor = build_model(model_args, train, label_names)
     query_ids = [model.config.label_names.index(n) for n in label_names]
     input_ids = [(model.config.label_names + model.config.scalar_input_names).index(n)
@@ -372,7 +402,8 @@ def run_training(model_args: ModelArguments, data_args: DataArguments, training_
         config={"model": asdict(model_args), "data": asdict(data_args),
                 "training": {k: v for k, v in training_args.to_dict().items() if not k.startswith("_")}},
         data={"train": len(train), "eval": len(evald) if evald is not None else 0,
-              "test": len(test) if test is not None else 0, "wavelength_window": window, "labels": label_names},
+              "test": len(test) if test is not None else 0, "wavelength_window": window, "labels": label_names,
+              "helper_labels": helpers},
         seed=training_args.seed,
         trainable_parameters=int(trainable),
         total_parameters=int(base_model.num_parameters()),
@@ -381,6 +412,9 @@ def run_training(model_args: ModelArguments, data_args: DataArguments, training_
 
     train_collator = SpectraCollator(**common, window_prob=data_args.window_prob, window_width=data_args.window_width,
                                      augment=RealismAugment.from_dict(data_args.augment))
+    guards = []
+    if model_args.collapse_min_spread > 0 and evald is not None:
+        guards.append(CollapseGuardCallback(label_names, model_args.collapse_min_spread, patience=3))
     trainer = SpectraFMTrainer(
         model=model,
         args=training_args,
@@ -390,10 +424,13 @@ def run_training(model_args: ModelArguments, data_args: DataArguments, training_
         eval_data_collator=SpectraCollator(**common, deterministic=True),
         compute_metrics=make_compute_metrics(processor, label_names),
         processing_class=processor,
-        callbacks=[TrainingInfoCallback(info), EpochCallback(train_collator), *callbacks],
+        callbacks=[TrainingInfoCallback(info), EpochCallback(train_collator), *guards, *callbacks],
     )
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     metrics = {}
+    for guard in guards:
+        if guard.collapsed:
+            metrics["collapsed"] = guard.collapsed  # in final_metrics.json and training_info.json
     if evald is not None:
         metrics.update(trainer.evaluate(evald, metric_key_prefix="eval"))
     if test is not None:
@@ -431,9 +468,16 @@ def _push_final(trainer, final: Path, model_args: ModelArguments, metrics: dict)
 
 def train_or_reuse(values: dict, splits=None, log=print) -> Path:
     """Train one run from a flat dict of argument fields into ``values["output_dir"]``; a run whose ``final/``
-    folder exists is reused as it is, an interrupted one resumes from its last checkpoint. Returns ``final/``."""
+    folder exists is reused as it is, an interrupted one resumes from its last checkpoint. Returns ``final/``.
+
+    ``values["early_stopping_patience"]`` (optional, not a Trainer field): stop when ``metric_for_best_model`` on
+    the evaluation split has not improved for that many evaluations (a plateau; ``max_steps`` is then a budget)."""
+    from transformers import EarlyStoppingCallback
     from transformers.trainer_utils import get_last_checkpoint
 
+    values = dict(values)
+    patience = values.pop("early_stopping_patience", None)
+    callbacks = [EarlyStoppingCallback(early_stopping_patience=int(patience))] if patience else []
     run_dir = Path(values["output_dir"])
     final = run_dir / "final"
     if (final / "config.json").is_file():
@@ -445,7 +489,7 @@ def train_or_reuse(values: dict, splits=None, log=print) -> Path:
         training_args.resume_from_checkpoint = last
         log(f"resuming from {last}")
     log(f"training ({training_args.max_steps} steps) into {run_dir}")
-    run_training(model_args, data_args, training_args, splits=splits)
+    run_training(model_args, data_args, training_args, callbacks=callbacks, splits=splits)
     return final
 
 
