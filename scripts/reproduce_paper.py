@@ -210,7 +210,7 @@ def metrics_table(preds: dict, test_frame: pd.DataFrame) -> pd.DataFrame:
 
     masks = split_masks(test_frame["FE_H"], test_frame["LOGG"])
     rows = []
-    for model in MODELS:
+    for model in MODELS + [m for m in preds if m not in MODELS]:  # then the stage-3 variants
         if model not in preds:
             continue
         p = preds[model]
@@ -456,6 +456,9 @@ def run(cfg: dict) -> dict:
     runs["spectrafm_alternative"] = train_stage("alternative", cfg, cfg["alternative"], out / "alternative",
                                                 splits=(few, val, None), model_name_or_path=str(stage1),
                                                 **few_recipe)
+    for variant, overrides in (cfg.get("stage3_variants") or {}).items():  # e.g. L2-SP: same stars, same recipe
+        runs[variant] = train_stage(variant, cfg, {**cfg["stage3"], **overrides}, out / variant,
+                                    splits=(few, val, None), model_name_or_path=str(stage2), **few_recipe)
     npre = dict(cfg["no_pretraining"])
     arch, flux_norm = fresh_architecture(stage1)
     npre.setdefault("config_overrides", arch)

@@ -15,7 +15,7 @@ from conftest import REPO
 from spectrafm_hf.baselines import CannonBaseline, RidgeBaseline, ScratchMLP
 
 MODELS = {"spectrafm_stage3", "spectrafm_alternative", "scratch_nn", "spectrafm_no_pretraining", "cannon", "ridge",
-          "spectrafm_stage1", "spectrafm_stage2"}
+          "spectrafm_stage1", "spectrafm_stage2", "spectrafm_stage3_l2sp"}
 SPLITS = {"all", "feh_lt_-1", "feh_ge_-1", "feh_lt_-1.5", "giants", "dwarfs"}
 COLUMNS = ["model", "split", "n", "bias", "mae", "rmse", "robust_scatter", "coverage68", "coverage95"]
 

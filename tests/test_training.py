@@ -255,3 +255,34 @@ def test_shipped_presets_parse(name):
     if "stage3" in name:
         assert d.pixel_range == [4107, 4619] and m.freeze == ["decoder", "encoder_block_2"]
         assert d.max_train_stars == 100 and d.train_selection == {"FE_H": [-1.0, None]}
+
+
+def test_l2sp_keeps_fine_tuned_weights_near_the_start(dsd, tmp_path):
+    """L2-SP (issue 14): the same fine-tune with a strong penalty moves the weights far less, in the Trainer path
+    and in pipe.fit; a negative alpha is refused."""
+    from safetensors.torch import load_file
+
+    splits = (dsd["train"], dsd["validation"], None)
+    start = load_file(str(TINY / "model.safetensors"))
+    moved = {}
+    for alpha in (0.0, 100.0):
+        margs = ModelArguments(model_name_or_path=str(TINY), l2sp_alpha=alpha, calibrate_uncertainties=False)
+        run_training(margs, DataArguments(), _args(tmp_path, f"a{alpha}", max_steps=6, learning_rate=1e-2,
+                                                   eval_strategy="no", save_strategy="no"), splits=splits)
+        end = load_file(str(tmp_path / f"a{alpha}" / "final" / "model.safetensors"))
+        moved[alpha] = sum(float(((end[k] - start[k]) ** 2).sum()) for k in start if k in end)
+    assert moved[100.0] < 0.25 * moved[0.0]
+
+    pipe = SpectraFMPipeline.from_pretrained(TINY, device="cpu")
+    from spectrafm_hf.data import row_to_spectrum
+
+    spectra = [row_to_spectrum(r) for r in dsd["train"]]
+    labels = {"FE_H": np.asarray(dsd["train"]["FE_H"])}
+    w0 = torch.cat([p.detach().flatten() for p in pipe.model.parameters()])
+    dist = {}
+    for alpha in (0.0, 100.0):
+        new = pipe.fit(spectra, labels, steps=6, learning_rate=1e-2, l2sp_alpha=alpha, helper_labels=None)
+        dist[alpha] = float(((torch.cat([p.detach().flatten() for p in new.model.parameters()]) - w0) ** 2).sum())
+    assert dist[100.0] < 0.25 * dist[0.0]
+    with pytest.raises(ValueError, match="l2sp_alpha"):
+        pipe.fit(spectra, labels, steps=1, l2sp_alpha=-1.0)

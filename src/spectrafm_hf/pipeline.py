@@ -314,6 +314,7 @@ class SpectraFMPipeline:
         prepared = [self.processor.prepare(s) for s in spectra]
         mean, err, scatter, n_pixels, n_subsets, embedding = self._predict_prepared(
             prepared, names, query_ids, known, seed, n_repeats, embed=self.processor.embedding_mean is not None)
+        err = err * self.processor.sigma_scales(names)  # post-hoc recalibration (1 unless fitted)
         snr = np.array([spectrum_snr(s) for s in prepared])
         low = self.processor.snr_range is not None
         noisy = np.flatnonzero(np.isfinite(snr) & (snr < self.processor.snr_range[0])) if low else np.zeros(0, int)
@@ -541,6 +542,31 @@ class SpectraFMPipeline:
                 out[n] = (pred[n].to_numpy(np.float64), pred[f"{n}_err"].to_numpy(np.float64))
         return {n: out[n] for n in wanted}
 
+    def calibrate_uncertainties(self, spectra: Sequence[Spectrum], labels, label_names: Sequence[str] | None = None,
+                                label_err=None, seed: int = 0, n_repeats: int = 1,
+                                coverage: float = 0.6827) -> dict[str, float]:
+        """Recalibrate ``_err`` on labelled validation spectra (never the test set): per label, the factor that makes
+        ``coverage`` of them fall within the predicted 1-sigma interval, stored in the processor
+        (``uncertainty_scale``, saved by `save_pretrained`) and applied by every later `predict`. ``labels`` and
+        ``label_err`` are read as in `fit`. Returns the factors (> 1: the model was overconfident)."""
+        spectra = _as_list(spectra)
+        names, values, label_err = self._label_arrays(labels, label_names, label_err, len(spectra))
+        saved = dict(self.processor.uncertainty_scale)
+        for n in names:  # predict with the model's own sigma
+            self.processor.uncertainty_scale.pop(n, None)
+        try:
+            table = self.predict(spectra, labels=names, seed=seed, n_repeats=n_repeats, noise_draws=0)
+            # spectra below the training S/N have sigma scaled for their noise: calibrate on the others
+            snr = table["snr"].to_numpy()
+            keep = ~(np.isfinite(snr) & (snr < self.processor.snr_range[0])) if self.processor.snr_range else \
+                np.ones(len(table), bool)
+            return self.processor.fit_uncertainty_scale(
+                names, table[names].to_numpy()[keep], table[[f"{n}_err" for n in names]].to_numpy()[keep],
+                values[keep], None if label_err is None else label_err[keep], coverage=coverage)
+        except BaseException:
+            self.processor.uncertainty_scale = saved
+            raise
+
     def fit(
         self,
         spectra: Sequence[Spectrum],
@@ -555,6 +581,7 @@ class SpectraFMPipeline:
         seed: int = 0,
         callback=None,
         helper_labels="auto",
+        l2sp_alpha: float = 0.0,
     ) -> "SpectraFMPipeline":
         """Fine-tune a copy of the model on labelled spectra and return a new pipeline (this one is unchanged).
 
@@ -568,8 +595,12 @@ class SpectraFMPipeline:
         those of its columns the model predicts) are used, other columns are ignored, and when ``label_err`` is not
         given its ``<LABEL>_err`` columns are the uncertainties. A missing label column raises a ValueError naming it
         and the columns found. ``label_err`` may be an array or a table too; NaN errors count as 0.
+        ``l2sp_alpha`` > 0 adds the L2-SP penalty ``alpha * sum |w - w_start|^2`` (stay near the pretrained weights).
         """
         from .training.freezing import freeze as freeze_parts
+
+        if not (isinstance(l2sp_alpha, (int, float)) and math.isfinite(l2sp_alpha) and l2sp_alpha >= 0):
+            raise ValueError(f"fit: l2sp_alpha must be a number >= 0, got {l2sp_alpha!r}")
 
         for arg, value in (("steps", steps), ("batch_size", batch_size)):
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
@@ -604,6 +635,7 @@ class SpectraFMPipeline:
         if not params:
             raise ValueError("every parameter is frozen; nothing to fine-tune")
         optimizer = torch.optim.AdamW(params, lr=learning_rate, weight_decay=weight_decay)
+        start = [p.detach().clone() for p in params] if l2sp_alpha > 0 else None  # L2-SP anchor
         rng = np.random.default_rng(seed)
         torch.manual_seed(seed)
         ctx = self.processor.context_length
@@ -624,8 +656,11 @@ class SpectraFMPipeline:
                 labels=torch.as_tensor(target[rows], dtype=torch.float32, device=self.device),
                 label_err=torch.as_tensor(target_err[rows], dtype=torch.float32, device=self.device),
             )
+            total = out.loss
+            if start is not None:
+                total = total + l2sp_alpha * sum(((p - p0) ** 2).sum() for p, p0 in zip(params, start))
             optimizer.zero_grad(set_to_none=True)
-            out.loss.backward()
+            total.backward()
             optimizer.step()
             loss = float(out.loss.detach())
             if callback is not None:

@@ -212,6 +212,9 @@ class SpectraFMProcessor(FeatureExtractionMixin):
             encoder embedding (`SpectraFMPipeline.embed`): Mahalanobis distance ``|W (e - mean)|`` with ``W`` the
             whitening matrix of in-domain embeddings; above ``embedding_threshold`` (calibrated so ~1 % of in-domain
             test spectra exceed it) the ``out_of_distribution`` flag is set. See benchmarks/embedding_stats.py.
+        uncertainty_scale (`dict[str, float]`, *optional*): post-hoc recalibration of the model's sigma per label,
+            fitted on validation spectra (`fit_uncertainty_scale`) so that 68 % of ``|prediction - truth|`` fall
+            within ``scale * sigma``; `SpectraFMPipeline.predict` multiplies ``_err`` by it. Labels not listed: 1.
 
     Example:
         >>> import numpy as np
@@ -252,6 +255,7 @@ class SpectraFMProcessor(FeatureExtractionMixin):
         embedding_mean: Sequence[float] | None = None,
         embedding_whitening: Sequence[Sequence[float]] | None = None,
         embedding_threshold: float | None = None,
+        uncertainty_scale: dict | None = None,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -300,6 +304,9 @@ class SpectraFMProcessor(FeatureExtractionMixin):
         self.embedding_whitening = None if embedding_whitening is None else [[float(v) for v in row]
                                                                               for row in embedding_whitening]
         self.embedding_threshold = None if embedding_threshold is None else float(embedding_threshold)
+        self.uncertainty_scale = {str(k): float(v) for k, v in (uncertainty_scale or {}).items()}
+        if any(not v > 0 for v in self.uncertainty_scale.values()):
+            raise ValueError(f"uncertainty_scale values must be positive, got {self.uncertainty_scale}")
         self._ref_cache = None
         self._emb_cache = None
 
@@ -381,6 +388,35 @@ class SpectraFMProcessor(FeatureExtractionMixin):
             self._emb_cache = (np.asarray(self.embedding_mean), np.asarray(self.embedding_whitening))
         mean, w = self._emb_cache
         return np.linalg.norm((np.asarray(embedding, np.float64) - mean) @ w.T, axis=1)
+
+    def sigma_scales(self, names: Sequence[str]) -> np.ndarray:
+        """The recalibration factor of each label in ``names`` (1 where none was fitted)."""
+        return np.array([self.uncertainty_scale.get(n, 1.0) for n in names], np.float64)
+
+    def fit_uncertainty_scale(self, names: Sequence[str], predicted, sigma, true, true_err=None,
+                              coverage: float = 0.6827) -> dict[str, float]:
+        """Fit and store ``uncertainty_scale`` from validation predictions: per label, the ``coverage`` quantile of
+        ``|predicted - true| / sqrt(sigma^2 + true_err^2)`` (the catalogue error, when given, is part of the observed
+        residual, so it is not blamed on the model). ``sigma`` is the model's own, uncalibrated sigma; rows with a
+        NaN anywhere are skipped. Returns the new factors; a label with fewer than 20 usable rows raises."""
+        def as_2d(a):
+            a = np.asarray(a, np.float64)
+            return a.reshape(-1, 1) if a.ndim == 1 and len(names) == 1 else a
+
+        predicted, sigma, true = as_2d(predicted), as_2d(sigma), as_2d(true)
+        true_err = np.zeros_like(true) if true_err is None else np.nan_to_num(as_2d(true_err))
+        if predicted.shape[1:] != (len(names),) or predicted.shape != sigma.shape or predicted.shape != true.shape:
+            raise ValueError(f"predicted, sigma and true need shape (n, {len(names)}), got "
+                             f"{predicted.shape}, {sigma.shape}, {true.shape}")
+        scales = {}
+        for k, name in enumerate(names):
+            z = np.abs(predicted[:, k] - true[:, k]) / np.hypot(sigma[:, k], true_err[:, k])
+            z = z[np.isfinite(z)]
+            if z.size < 20:
+                raise ValueError(f"fit_uncertainty_scale: {name} has {z.size} usable validation rows, need >= 20")
+            scales[name] = float(f"{np.quantile(z, coverage):.5g}")
+        self.uncertainty_scale.update(scales)
+        return scales
 
     def fit_embeddings(self, embeddings, test_embeddings, quantile: float = 0.99, shrinkage: float = 1e-3):
         """Set the out-of-distribution statistics from in-domain embeddings (n, hidden): their mean and whitening
