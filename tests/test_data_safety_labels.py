@@ -111,9 +111,9 @@ def test_a_normalised_spectrum_is_used_as_given(pipe, rng):
 # ================================================================ Why 5: noise in the uncertainty, low_snr flag
 def test_low_snr_is_flagged_and_gets_the_noise_term(pipe, dwarf):
     proc = pipe.processor
-    assert proc.snr_range and proc.snr_range[0] > 100  # stored with the checkpoint (benchmarks/reliability_stats.py)
+    assert proc.snr_range and proc.snr_range[0] > 20  # stored with the checkpoint (benchmarks/reliability_stats.py)
     rng = np.random.default_rng(0)
-    for target in (10, 100):
+    for target in (10, round(proc.snr_range[0] / 2)):  # far below, and half the lowest training S/N
         noisy = degrade(dwarf, target, rng)
         row = pipe.predict(noisy)
         assert row["snr"].item() == pytest.approx(target, rel=0.15)
@@ -193,7 +193,7 @@ def test_ood_threshold_flags_about_one_percent_of_in_domain_spectra(pipe):
 def test_base_model_carries_its_reliability_statistics():
     cfg = json.loads((BASE / "preprocessor_config.json").read_text())
     assert len(cfg["embedding_mean"]) == 128 and len(cfg["embedding_whitening"]) == 128
-    assert cfg["embedding_threshold"] > 0 and cfg["snr_range"][0] > 100
+    assert cfg["embedding_threshold"] > 0 and cfg["snr_range"][0] > 20
     assert cfg["continuum"]["method"] == "continuum_pixels"
 
 

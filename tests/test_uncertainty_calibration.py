@@ -81,6 +81,9 @@ def test_run_training_fits_the_calibration_on_the_validation_split(tmp_path, cal
     margs = ModelArguments(model_name_or_path=str(TINY), calibrate_uncertainties=calibrate)
     _, metrics = run_training(margs, DataArguments(), args, splits=(dsd["train"], dsd["validation"], None))
     stored = json.loads((tmp_path / "run" / "final" / "preprocessor_config.json").read_text())
+    # the starting model's embedding statistics describe other weights: dropped, not carried into the fine-tune
+    assert json.loads((TINY / "preprocessor_config.json").read_text())["embedding_mean"]
+    assert stored["embedding_mean"] is None and stored["embedding_threshold"] is None
     if calibrate:
         assert set(stored["uncertainty_scale"]) == {"TEFF", "LOGG", "O_FE", "MG_FE", "FE_H"}
         assert stored["uncertainty_scale"] == pytest.approx(metrics["uncertainty_scale"])
