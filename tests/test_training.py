@@ -286,3 +286,49 @@ def test_l2sp_keeps_fine_tuned_weights_near_the_start(dsd, tmp_path):
     assert dist[100.0] < 0.25 * dist[0.0]
     with pytest.raises(ValueError, match="l2sp_alpha"):
         pipe.fit(spectra, labels, steps=1, l2sp_alpha=-1.0)
+
+
+def test_rehearsal_mixes_an_earlier_set_into_the_training_rows(dsd, tmp_path):
+    """Rehearsal (issue 14): rows of another set with their labels are appended so that about `fraction` of the
+    training rows are rehearsal; a label the rehearsal set lacks is NaN there; bad options are refused."""
+    from spectrafm_hf.training.run import add_rehearsal
+
+    train = dsd["train"].select(range(8))
+    mixed = add_rehearsal(train, {"dataset_config": "synthetic_apogee", "fraction": 0.75, "seed": 3,
+                                  "dataset_kwargs": {"n_train": 40, "n_validation": 4, "n_test": 0, "seed": 9,
+                                                     "snr": 200}}, cache_dir=str(tmp_path / "cache"))
+    assert len(mixed) == 8 + 24 and mixed.features == train.features
+    assert mixed["object_id"][:8] == train["object_id"]
+    fe_h = np.asarray(mixed["FE_H"], np.float64)
+    assert np.isfinite(fe_h).all() and len(set(mixed["object_id"][8:])) == 24
+    for bad in ({"fraction": 0.5}, {"dataset_config": "synthetic_apogee", "fraction": 1.0},
+                {"dataset_config": "synthetic_apogee", "typo": 1}):
+        with pytest.raises(ValueError, match="rehearsal"):
+            add_rehearsal(train, bad)
+    # through run_training: the run trains on both and says so in training_info.json
+    margs = ModelArguments(model_name_or_path=str(TINY), target_labels=["FE_H"], calibrate_uncertainties=False)
+    dargs = DataArguments(rehearsal={"dataset_config": "synthetic_apogee", "fraction": 0.5, "dataset_kwargs": {
+        "n_train": 40, "n_validation": 4, "n_test": 0, "seed": 9, "snr": 200}}, dataset_cache_dir=str(tmp_path / "c"))
+    run_training(margs, dargs, _args(tmp_path, "reh", max_steps=2, eval_strategy="no", save_strategy="no"),
+                 splits=(train, dsd["validation"], None))
+    info = json.loads((tmp_path / "reh" / "final" / "training_info.json").read_text())
+    assert info["data"]["train"] == 16 and info["config"]["data"]["rehearsal"]["fraction"] == 0.5
+
+
+def test_pipe_fit_rehearsal_trains_on_the_earlier_labels_too(rng):
+    """pipe.fit(rehearsal=...): the rehearsal rows' labels enter every batch: fitted on stars all at [Fe/H] +0.4 with
+    rehearsal stars at -1.6, the model predicts the rehearsal stars lower than the same fit without rehearsal."""
+    from conftest import fake_apogee_spectrum
+
+    pipe = SpectraFMPipeline.from_pretrained(TINY, device="cpu")
+    new = [fake_apogee_spectrum(rng, n=300) for _ in range(8)]
+    old = [fake_apogee_spectrum(rng, n=300, start=2000) for _ in range(8)]
+    kw = dict(steps=30, batch_size=8, learning_rate=1e-2, helper_labels=None, label_names=["FE_H"])
+    plain = pipe.fit(new, {"FE_H": np.full(8, 0.4)}, **kw)
+    mixed = pipe.fit(new, {"FE_H": np.full(8, 0.4)}, rehearsal=(old, {"FE_H": np.full(8, -1.6), "X": np.zeros(8)}),
+                     **kw)
+    assert mixed.predict(old, labels=["FE_H"])["FE_H"].mean() < plain.predict(old, labels=["FE_H"])["FE_H"].mean() - 0.3
+    with pytest.raises(ValueError, match="rehearsal_fraction"):
+        pipe.fit(new, {"FE_H": np.zeros(8)}, rehearsal=(old, {"FE_H": np.zeros(8)}), rehearsal_fraction=1.0, **kw)
+    with pytest.raises(ValueError, match="8 spectra and 3 label rows"):
+        pipe.fit(new, {"FE_H": np.zeros(8)}, rehearsal=(old, {"FE_H": np.zeros(3)}), **kw)

@@ -582,6 +582,8 @@ class SpectraFMPipeline:
         callback=None,
         helper_labels="auto",
         l2sp_alpha: float = 0.0,
+        rehearsal=None,
+        rehearsal_fraction: float = 0.5,
     ) -> "SpectraFMPipeline":
         """Fine-tune a copy of the model on labelled spectra and return a new pipeline (this one is unchanged).
 
@@ -596,6 +598,8 @@ class SpectraFMPipeline:
         given its ``<LABEL>_err`` columns are the uncertainties. A missing label column raises a ValueError naming it
         and the columns found. ``label_err`` may be an array or a table too; NaN errors count as 0.
         ``l2sp_alpha`` > 0 adds the L2-SP penalty ``alpha * sum |w - w_start|^2`` (stay near the pretrained weights).
+        ``rehearsal=(spectra, labels_table)``: earlier training spectra with their labels (columns named like the
+        labels; missing ones count as unknown), drawn as ``rehearsal_fraction`` of every batch.
         """
         from .training.freezing import freeze as freeze_parts
 
@@ -622,6 +626,19 @@ class SpectraFMPipeline:
             labels = np.column_stack([labels, *(v for v, _ in helpers.values())])
             label_err = np.column_stack([label_err, *(e for _, e in helpers.values())])
         _, query_ids = self._query_ids(names)
+        own = len(spectra)
+        if rehearsal is not None:  # appended after the fit's own rows; drawn separately below
+            if not 0 < rehearsal_fraction < 1:
+                raise ValueError(f"fit: rehearsal_fraction must be in (0, 1), got {rehearsal_fraction!r}")
+            r_spectra, r_table = _as_list(rehearsal[0]), pd.DataFrame(dict(rehearsal[1]))
+            if len(r_table) != len(r_spectra):
+                raise ValueError(f"fit: rehearsal has {len(r_spectra)} spectra and {len(r_table)} label rows")
+            r_labels = np.column_stack([r_table[n].to_numpy(np.float64) if n in r_table.columns
+                                        else np.full(len(r_table), np.nan) for n in names])
+            spectra = list(spectra) + r_spectra
+            labels = np.concatenate([labels, r_labels])
+            if label_err is not None:
+                label_err = np.concatenate([label_err, np.zeros_like(r_labels)])
         target, target_err = self.processor.scale_labels(
             labels, names, np.zeros_like(labels) if label_err is None else np.nan_to_num(label_err, nan=0.0)
         )
@@ -641,7 +658,13 @@ class SpectraFMPipeline:
         ctx = self.processor.context_length
         q = torch.as_tensor(query_ids, device=self.device)
         for step in range(steps):
-            rows = rng.choice(len(spectra), size=min(batch_size, len(spectra)), replace=False)
+            if len(spectra) > own:  # rehearsal: a fixed share of every batch
+                n_old = min(len(spectra) - own, max(1, round(batch_size * rehearsal_fraction)))
+                n_new = min(own, max(1, batch_size - n_old))
+                rows = np.concatenate([rng.choice(own, n_new, replace=False),
+                                       own + rng.choice(len(spectra) - own, n_old, replace=False)])
+            else:
+                rows = rng.choice(len(spectra), size=min(batch_size, len(spectra)), replace=False)
             picked = []
             for r in rows:
                 wl, x = prepared[r]

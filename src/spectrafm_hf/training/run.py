@@ -101,6 +101,11 @@ class DataArguments:
                                                               "window of random position and width (0 = scattered "
                                                               "pixels only; spectrafm_hf.training.pixel_subsets)"})
     window_width: list[int] | None = field(default=None, metadata={"help": "[min, max] window width in pixels"})
+    rehearsal: dict = field(default_factory=dict, metadata={
+        "help": "rehearsal while fine-tuning: rows of an earlier stage's training set, with their labels, mixed into "
+                "the training split so that about `fraction` of every batch is rehearsal, e.g. {dataset_config: "
+                "observed_apogee, dataset_kwargs: {n_train: 10000, seed: 1, continuum: pseudo}, fraction: 0.5} "
+                "(keys: dataset_config, dataset_kwargs, fraction, seed); empty = none (issue 14)"})
     augment: dict = field(default_factory=dict, metadata={"help": "realism augmentation of training rows, the fields "
                                                                   "of spectrafm_hf.synth.augment.RealismAugment (e.g. "
                                                                   "{snr_range: [50, 500]}); empty = none"})
@@ -220,6 +225,35 @@ def select_stars(dataset, selection: dict, max_stars: int | None, seed: int):
     return dataset.select(idx) if idx.size != len(dataset) else dataset
 
 
+def add_rehearsal(train, rehearsal: dict, cache_dir=None):
+    """``train`` with rows of another set of the package's schema appended (see ``DataArguments.rehearsal``):
+    ``fraction / (1 - fraction)`` times as many rows as ``train`` (at most all of that set), drawn with ``seed``; its
+    columns are cast to ``train``'s, label columns ``train`` lacks are dropped and ones it has but the set lacks are
+    NaN (the loss ignores NaN labels)."""
+    import datasets
+
+    from ..data import load_spectra_dataset
+
+    unknown = set(rehearsal) - {"dataset_config", "dataset_kwargs", "fraction", "seed"}
+    if unknown or "dataset_config" not in rehearsal:
+        raise ValueError(f"rehearsal needs dataset_config (and optionally dataset_kwargs, fraction, seed); got "
+                         f"{sorted(rehearsal)}")
+    fraction = float(rehearsal.get("fraction", 0.5))
+    if not 0 < fraction < 1:
+        raise ValueError(f"rehearsal fraction must be in (0, 1), got {fraction}")
+    pool = load_spectra_dataset(rehearsal["dataset_config"], cache_dir=cache_dir,
+                                **(rehearsal.get("dataset_kwargs") or {}))["train"]
+    n = min(len(pool), max(1, round(len(train) * fraction / (1 - fraction))))
+    pool = pool.select(np.sort(np.random.default_rng(int(rehearsal.get("seed", 0))).choice(len(pool), n, False)))
+    for name in train.column_names:
+        if name not in pool.column_names:
+            if getattr(train.features[name], "dtype", None) not in ("float32", "float64"):
+                raise ValueError(f"rehearsal: {rehearsal['dataset_config']} has no {name!r} column")
+            pool = pool.add_column(name, np.full(len(pool), np.nan, np.float32))
+    pool = pool.select_columns(train.column_names).cast(train.features)
+    return datasets.concatenate_datasets([train, pool])
+
+
 def check_label_columns(dataset, label_names, input_label_names=(), split="train"):
     """The labels a run trains on must be columns of its data with at least one known value (a label table without
     the column gives an all-NaN column: nothing to learn); other columns are ignored."""
@@ -332,6 +366,10 @@ def build_model(model_args: ModelArguments, train_dataset, label_names):
         path = resolve_model(model_args.model_name_or_path)
         model = SpectraFMModel.from_pretrained(path, **model_args.config_overrides)
         processor = SpectraFMProcessor.from_pretrained(path)
+        # statistics of the starting weights' outputs go stale once they change: the out-of-distribution test of the
+        # embedding (refit with benchmarks/reliability_stats.py) and the sigma recalibration (refit after training)
+        processor.embedding_mean = processor.embedding_whitening = processor.embedding_threshold = None
+        processor.uncertainty_scale = {}
         model, processor = add_labels(model, processor, label_names, train_dataset)
         fit_scalar_inputs(processor, model.config.scalar_input_names, train_dataset)
         return model, processor
@@ -395,6 +433,11 @@ def run_training(model_args: ModelArguments, data_args: DataArguments, training_
     else:
         train, evald, test = splits
         train = select_stars(train, data_args.train_selection, data_args.max_train_stars, data_args.selection_seed)
+    if data_args.rehearsal:
+        n_own = len(train)
+        train = add_rehearsal(train, data_args.rehearsal, data_args.dataset_cache_dir)
+        print(f"rehearsal: {len(train) - n_own} rows of {data_args.rehearsal['dataset_config']} mixed into "
+              f"{n_own} training rows", file=sys.stderr)
     # rows reach the collator as numpy arrays, not lists of Python floats
     train, evald, test = (None if d is None else d.with_format("numpy") for d in (train, evald, test))
     label_names = model_args.target_labels
