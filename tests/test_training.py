@@ -301,6 +301,11 @@ def test_rehearsal_mixes_an_earlier_set_into_the_training_rows(dsd, tmp_path):
     assert mixed["object_id"][:8] == train["object_id"]
     fe_h = np.asarray(mixed["FE_H"], np.float64)
     assert np.isfinite(fe_h).all() and len(set(mixed["object_id"][8:])) == 24
+    # many rehearsal spectra next to a few stars: the few are repeated to keep the fraction
+    more = add_rehearsal(train, {"dataset_config": "synthetic_apogee", "fraction": 0.5, "rows": 32, "seed": 3,
+                                 "dataset_kwargs": {"n_train": 40, "n_validation": 4, "n_test": 0, "seed": 9,
+                                                    "snr": 200}}, cache_dir=str(tmp_path / "cache"))
+    assert len(more) == 4 * 8 + 32 and more["object_id"][8:16] == train["object_id"]
     for bad in ({"fraction": 0.5}, {"dataset_config": "synthetic_apogee", "fraction": 1.0},
                 {"dataset_config": "synthetic_apogee", "typo": 1}):
         with pytest.raises(ValueError, match="rehearsal"):

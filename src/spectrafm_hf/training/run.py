@@ -105,7 +105,8 @@ class DataArguments:
         "help": "rehearsal while fine-tuning: rows of an earlier stage's training set, with their labels, mixed into "
                 "the training split so that about `fraction` of every batch is rehearsal, e.g. {dataset_config: "
                 "observed_apogee, dataset_kwargs: {n_train: 10000, seed: 1, continuum: pseudo}, fraction: 0.5} "
-                "(keys: dataset_config, dataset_kwargs, fraction, seed); empty = none (issue 14)"})
+                "(keys: dataset_config, dataset_kwargs, fraction, seed, rows: how many rehearsal spectra); empty = "
+                "none (issue 14)"})
     augment: dict = field(default_factory=dict, metadata={"help": "realism augmentation of training rows, the fields "
                                                                   "of spectrafm_hf.synth.augment.RealismAugment (e.g. "
                                                                   "{snr_range: [50, 500]}); empty = none"})
@@ -227,14 +228,15 @@ def select_stars(dataset, selection: dict, max_stars: int | None, seed: int):
 
 def add_rehearsal(train, rehearsal: dict, cache_dir=None):
     """``train`` with rows of another set of the package's schema appended (see ``DataArguments.rehearsal``):
-    ``fraction / (1 - fraction)`` times as many rows as ``train`` (at most all of that set), drawn with ``seed``; its
-    columns are cast to ``train``'s, label columns ``train`` lacks are dropped and ones it has but the set lacks are
-    NaN (the loss ignores NaN labels)."""
+    ``rows`` of them (default ``fraction / (1 - fraction)`` times as many as ``train``; at most all of that set),
+    drawn with ``seed``, and ``train`` repeated so that about ``fraction`` of the rows are rehearsal (many rehearsal
+    spectra next to 100 stars); its columns are cast to ``train``'s, label columns ``train`` lacks are dropped and
+    ones it has but the set lacks are NaN (the loss ignores NaN labels)."""
     import datasets
 
     from ..data import load_spectra_dataset
 
-    unknown = set(rehearsal) - {"dataset_config", "dataset_kwargs", "fraction", "seed"}
+    unknown = set(rehearsal) - {"dataset_config", "dataset_kwargs", "fraction", "seed", "rows"}
     if unknown or "dataset_config" not in rehearsal:
         raise ValueError(f"rehearsal needs dataset_config (and optionally dataset_kwargs, fraction, seed); got "
                          f"{sorted(rehearsal)}")
@@ -243,7 +245,7 @@ def add_rehearsal(train, rehearsal: dict, cache_dir=None):
         raise ValueError(f"rehearsal fraction must be in (0, 1), got {fraction}")
     pool = load_spectra_dataset(rehearsal["dataset_config"], cache_dir=cache_dir,
                                 **(rehearsal.get("dataset_kwargs") or {}))["train"]
-    n = min(len(pool), max(1, round(len(train) * fraction / (1 - fraction))))
+    n = min(len(pool), int(rehearsal.get("rows") or max(1, round(len(train) * fraction / (1 - fraction)))))
     pool = pool.select(np.sort(np.random.default_rng(int(rehearsal.get("seed", 0))).choice(len(pool), n, False)))
     for name in train.column_names:
         if name not in pool.column_names:
@@ -251,7 +253,8 @@ def add_rehearsal(train, rehearsal: dict, cache_dir=None):
                 raise ValueError(f"rehearsal: {rehearsal['dataset_config']} has no {name!r} column")
             pool = pool.add_column(name, np.full(len(pool), np.nan, np.float32))
     pool = pool.select_columns(train.column_names).cast(train.features)
-    return datasets.concatenate_datasets([train, pool])
+    repeat = max(1, round(n * (1 - fraction) / (fraction * len(train))))
+    return datasets.concatenate_datasets([train] * repeat + [pool])
 
 
 def check_label_columns(dataset, label_names, input_label_names=(), split="train"):
