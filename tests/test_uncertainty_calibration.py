@@ -95,3 +95,33 @@ def test_run_training_fits_the_calibration_on_the_validation_split(tmp_path, cal
         assert covered.mean() == pytest.approx(0.68, abs=0.1)
     else:
         assert not stored.get("uncertainty_scale") and "uncertainty_scale" not in metrics
+
+
+def test_the_factor_fades_for_spectra_read_as_fewer_subsets():
+    """The model's sigma is calibrated for one pixel subset (training); the factor fitted on long spectra (k_fit
+    subsets) applies in full from k_fit on, not at all to a single window, log-interpolated between."""
+    proc = SpectraFMProcessor(label_names=["TEFF", "FE_H"], uncertainty_scale={"TEFF": 0.5, "FE_H": 2.0},
+                              uncertainty_scale_subsets=16)
+    f = proc.sigma_scales(["TEFF", "FE_H"], n_subsets=[1, 4, 16, 40])
+    np.testing.assert_allclose(f[:, 0], [1.0, 0.5**0.5, 0.5, 0.5])
+    np.testing.assert_allclose(f[:, 1], [1.0, 2.0**0.5, 2.0, 2.0])
+    np.testing.assert_allclose(proc.sigma_scales(["FE_H", "LOGG"]), [2.0, 1.0])
+    # fitted from a table with the subset counts: their median is stored
+    rng = np.random.default_rng(0)
+    proc.fit_uncertainty_scale(["FE_H"], rng.normal(size=50), np.ones(50), np.zeros(50), n_subsets=[30] * 50)
+    assert proc.uncertainty_scale_subsets == 30
+    with pytest.raises(ValueError, match="uncertainty_scale_subsets"):
+        SpectraFMProcessor(label_names=["FE_H"], uncertainty_scale_subsets=0)
+
+
+def test_a_single_window_keeps_the_models_own_sigma(rng):
+    pipe = SpectraFMPipeline.from_pretrained(TINY, device="cpu")
+    spectra = [fake_apogee_spectrum(rng, n=600) for _ in range(30)]
+    truth = {"FE_H": rng.uniform(-1, 0.3, 30)}
+    window = [s.crop(float(s.wavelength[0]), float(s.wavelength[40])) for s in spectra]  # one subset each
+    before = pipe.predict(window, labels=["FE_H"])
+    scales = pipe.calibrate_uncertainties(spectra, truth)
+    assert pipe.processor.uncertainty_scale_subsets > 1 and scales["FE_H"] != pytest.approx(1.0, abs=1e-3)
+    after = pipe.predict(window, labels=["FE_H"])
+    assert (after["n_subsets"] == 1).all()
+    np.testing.assert_allclose(after["FE_H_err"], before["FE_H_err"])

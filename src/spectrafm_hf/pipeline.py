@@ -314,7 +314,7 @@ class SpectraFMPipeline:
         prepared = [self.processor.prepare(s) for s in spectra]
         mean, err, scatter, n_pixels, n_subsets, embedding = self._predict_prepared(
             prepared, names, query_ids, known, seed, n_repeats, embed=self.processor.embedding_mean is not None)
-        err = err * self.processor.sigma_scales(names)  # post-hoc recalibration (1 unless fitted)
+        err = err * self.processor.sigma_scales(names, n_subsets)  # post-hoc recalibration (1 unless fitted)
         snr = np.array([spectrum_snr(s) for s in prepared])
         low = self.processor.snr_range is not None
         noisy = np.flatnonzero(np.isfinite(snr) & (snr < self.processor.snr_range[0])) if low else np.zeros(0, int)
@@ -562,7 +562,8 @@ class SpectraFMPipeline:
                 np.ones(len(table), bool)
             return self.processor.fit_uncertainty_scale(
                 names, table[names].to_numpy()[keep], table[[f"{n}_err" for n in names]].to_numpy()[keep],
-                values[keep], None if label_err is None else label_err[keep], coverage=coverage)
+                values[keep], None if label_err is None else label_err[keep], coverage=coverage,
+                n_subsets=table["n_subsets"].to_numpy()[keep])
         except BaseException:
             self.processor.uncertainty_scale = saved
             raise

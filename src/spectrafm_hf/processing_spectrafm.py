@@ -215,6 +215,10 @@ class SpectraFMProcessor(FeatureExtractionMixin):
         uncertainty_scale (`dict[str, float]`, *optional*): post-hoc recalibration of the model's sigma per label,
             fitted on validation spectra (`fit_uncertainty_scale`) so that 68 % of ``|prediction - truth|`` fall
             within ``scale * sigma``; `SpectraFMPipeline.predict` multiplies ``_err`` by it. Labels not listed: 1.
+        uncertainty_scale_subsets (`float`, defaults to 1): the median number of pixel subsets per spectrum of the
+            spectra ``uncertainty_scale`` was fitted on. The model's own sigma is calibrated for ONE subset (its
+            training); a spectrum read as ``k`` subsets gets ``scale ** min(1, log k / log k_fit)``: the full factor
+            for spectra as long as the fitted ones, none for a single window, log-interpolated between.
 
     Example:
         >>> import numpy as np
@@ -256,6 +260,7 @@ class SpectraFMProcessor(FeatureExtractionMixin):
         embedding_whitening: Sequence[Sequence[float]] | None = None,
         embedding_threshold: float | None = None,
         uncertainty_scale: dict | None = None,
+        uncertainty_scale_subsets: float = 1.0,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -307,6 +312,9 @@ class SpectraFMProcessor(FeatureExtractionMixin):
         self.uncertainty_scale = {str(k): float(v) for k, v in (uncertainty_scale or {}).items()}
         if any(not v > 0 for v in self.uncertainty_scale.values()):
             raise ValueError(f"uncertainty_scale values must be positive, got {self.uncertainty_scale}")
+        self.uncertainty_scale_subsets = float(uncertainty_scale_subsets)
+        if not self.uncertainty_scale_subsets >= 1:
+            raise ValueError(f"uncertainty_scale_subsets must be >= 1, got {uncertainty_scale_subsets}")
         self._ref_cache = None
         self._emb_cache = None
 
@@ -389,16 +397,24 @@ class SpectraFMProcessor(FeatureExtractionMixin):
         mean, w = self._emb_cache
         return np.linalg.norm((np.asarray(embedding, np.float64) - mean) @ w.T, axis=1)
 
-    def sigma_scales(self, names: Sequence[str]) -> np.ndarray:
-        """The recalibration factor of each label in ``names`` (1 where none was fitted)."""
-        return np.array([self.uncertainty_scale.get(n, 1.0) for n in names], np.float64)
+    def sigma_scales(self, names: Sequence[str], n_subsets=None) -> np.ndarray:
+        """The recalibration factor of each label in ``names`` (1 where none was fitted), (len(names),); with
+        ``n_subsets`` (n,), per spectrum (n, len(names)) as described under ``uncertainty_scale_subsets``."""
+        scale = np.array([self.uncertainty_scale.get(n, 1.0) for n in names], np.float64)
+        if n_subsets is None:
+            return scale
+        k = np.maximum(np.asarray(n_subsets, np.float64), 1.0)
+        power = np.ones_like(k) if self.uncertainty_scale_subsets <= 1 else np.minimum(
+            1.0, np.log(k) / np.log(self.uncertainty_scale_subsets))
+        return scale[None, :] ** power[:, None]
 
     def fit_uncertainty_scale(self, names: Sequence[str], predicted, sigma, true, true_err=None,
-                              coverage: float = 0.6827) -> dict[str, float]:
+                              coverage: float = 0.6827, n_subsets=None) -> dict[str, float]:
         """Fit and store ``uncertainty_scale`` from validation predictions: per label, the ``coverage`` quantile of
         ``|predicted - true| / sqrt(sigma^2 + true_err^2)`` (the catalogue error, when given, is part of the observed
         residual, so it is not blamed on the model). ``sigma`` is the model's own, uncalibrated sigma; rows with a
-        NaN anywhere are skipped. Returns the new factors; a label with fewer than 20 usable rows raises."""
+        NaN anywhere are skipped; ``n_subsets`` (per row) sets ``uncertainty_scale_subsets`` to its median. Returns
+        the new factors; a label with fewer than 20 usable rows raises."""
         def as_2d(a):
             a = np.asarray(a, np.float64)
             return a.reshape(-1, 1) if a.ndim == 1 and len(names) == 1 else a
@@ -416,6 +432,8 @@ class SpectraFMProcessor(FeatureExtractionMixin):
                 raise ValueError(f"fit_uncertainty_scale: {name} has {z.size} usable validation rows, need >= 20")
             scales[name] = float(f"{np.quantile(z, coverage):.5g}")
         self.uncertainty_scale.update(scales)
+        if n_subsets is not None:
+            self.uncertainty_scale_subsets = float(max(1.0, np.median(np.asarray(n_subsets, np.float64))))
         return scales
 
     def fit_embeddings(self, embeddings, test_embeddings, quantile: float = 0.99, shrinkage: float = 1e-3):

@@ -574,7 +574,7 @@ def calibrate_on_split(model, processor, split, label_names, window=None, seed: 
     from ..pipeline import SpectraFMPipeline
 
     was_training = model.training
-    pipe = SpectraFMPipeline(model.eval(), processor)
+    pipe = SpectraFMPipeline(model.eval(), processor, device=next(model.parameters()).device)
     spectra = [row_to_spectrum(r) for r in split]
     if window:
         spectra = [s.crop(*window) for s in spectra]
