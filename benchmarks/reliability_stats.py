@@ -10,7 +10,9 @@ clean emulated spectra at S/N 200 (`synth.generate(snr=200, continuum="pseudo")`
 log-uniform from ``--snr-floor`` (the lowest S/N of the realism augmentation it was trained with) to 600 -- it sets:
 
 - ``continuum``: the training data's continuum method (per-chip polynomial on the APOGEE continuum pixels), applied
-  by the processor to raw flux;
+  by the processor to raw flux, and ``renormalize_coverage`` (``--renormalize-coverage``, 0.5): already-normalised
+  spectra covering at least half the grid are divided again by that fit, so every full spectrum reaches the model
+  in its training normalisation whoever normalised it;
 - ``snr_range``: the 1st-99th percentile of `spectrum_snr` of the in-domain spectra (``low_snr`` below it);
 - ``embedding_mean`` / ``embedding_whitening``: mean and whitening matrix of the encoder embeddings of ``--n-fit``
   spectra; ``embedding_threshold``: the 99th percentile of the Mahalanobis distances of ``--n-test`` OTHER in-domain
@@ -60,11 +62,14 @@ def main(argv=None):
     ap.add_argument("--domain", choices=["synthetic", "observed"], default="synthetic",
                     help="what the model was trained on last (see above)")
     ap.add_argument("--snr-floor", type=float, default=None, help="observed domain: lowest training S/N")
+    ap.add_argument("--renormalize-coverage", type=float, default=0.5,
+                    help="re-normalise already-normalised spectra covering this fraction of the grid (-1: never)")
     args = ap.parse_args(argv)
     t0 = time.time()
     pipe = SpectraFMPipeline.from_pretrained(args.model, device="cpu")
     proc = pipe.processor
     proc.continuum = dict(CONTINUUM)
+    proc.renormalize_coverage = None if args.renormalize_coverage < 0 else args.renormalize_coverage
     fit = in_domain(args.n_fit, FIT_SEED, args.domain, args.snr_floor)
     test = in_domain(args.n_test, TEST_SEED, args.domain, args.snr_floor)
     snr = np.array([spectrum_snr(proc.prepare(s)) for s in fit])

@@ -125,3 +125,28 @@ def test_a_single_window_keeps_the_models_own_sigma(rng):
     after = pipe.predict(window, labels=["FE_H"])
     assert (after["n_subsets"] == 1).all()
     np.testing.assert_allclose(after["FE_H_err"], before["FE_H_err"])
+
+
+def test_full_spectra_normalised_elsewhere_are_renormalised_to_the_training_continuum():
+    """One normalisation for the model (issue 15): an observed-domain spectrum normalised by its TRUE continuum
+    reaches the model like the same star pseudo-continuum normalised (the training data); windows and processors
+    without renormalize_coverage take normalised flux as given."""
+    from spectrafm_hf import synth
+
+    cont = {"method": "continuum_pixels", "instrument": "apogee", "degree": 2}
+    proc = SpectraFMProcessor(label_names=["FE_H"], continuum=cont, renormalize_coverage=0.5)
+    true_norm = synth.generate(3, observed=True, seed=4, continuum="true", as_spectra=True)
+    pseudo = synth.generate(3, observed=True, seed=4, continuum="pseudo", as_spectra=True)
+    for a, b in zip(true_norm, pseudo):
+        p = proc.prepare(a)
+        assert p.meta["normalization"] == "renormalized:metadata"
+        g = p.good & b.good
+        before = np.median(np.abs(a.flux[g] - b.flux[g]))
+        after = np.median(np.abs(p.flux[g] - b.flux[g]))
+        assert after < 0.3 * before
+        assert proc.prepare(b).meta["normalization"] == "renormalized:metadata"
+        assert np.median(np.abs(proc.prepare(b).flux[g] - b.flux[g])) < 0.002  # ~idempotent on training-like data
+        window = a.crop(16100.0, 16250.0)
+        assert proc.prepare(window).meta["normalization"] == "as_given:metadata"
+    plain = SpectraFMProcessor(label_names=["FE_H"], continuum=cont)
+    assert plain.prepare(true_norm[0]).meta["normalization"] == "as_given:metadata"
