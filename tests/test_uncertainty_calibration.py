@@ -150,3 +150,28 @@ def test_full_spectra_normalised_elsewhere_are_renormalised_to_the_training_cont
         assert proc.prepare(window).meta["normalization"] == "as_given:metadata"
     plain = SpectraFMProcessor(label_names=["FE_H"], continuum=cont)
     assert plain.prepare(true_norm[0]).meta["normalization"] == "as_given:metadata"
+
+
+def test_calibration_ignores_the_training_snr_range_and_never_loses_a_training_run(rng, tmp_path):
+    """Validation spectra below the parent's training S/N (a new instrument, noisier data) are calibrated on the
+    model's own sigma (the low-S/N inflation stays for predict); too few labelled validation stars give a warning,
+    not a lost run (a Gaia RVS fine-tune of beyond_paper.py hit both)."""
+    pipe = SpectraFMPipeline.from_pretrained(TINY, device="cpu")
+    pipe.processor.snr_range = [1e6, 2e6]  # every spectrum is "below the training S/N"
+    spectra = [fake_apogee_spectrum(rng, n=400) for _ in range(25)]
+    scales = pipe.calibrate_uncertainties(spectra, {"FE_H": rng.uniform(-1, 0.3, 25)})
+    assert "FE_H" in scales and pipe.processor.snr_range == [1e6, 2e6]
+
+    from transformers import TrainingArguments
+
+    from conftest import fake_dataset_dict
+    from spectrafm_hf.training.run import DataArguments, ModelArguments, run_training
+
+    dsd = fake_dataset_dict(n_train=16, n_eval=24)
+    few = dsd["validation"].map(lambda r, i: {"FE_H": r["FE_H"] if i < 5 else float("nan")}, with_indices=True)
+    args = TrainingArguments(output_dir=str(tmp_path / "run"), max_steps=1, per_device_train_batch_size=8,
+                             eval_strategy="no", save_strategy="no", report_to=[], use_cpu=True, disable_tqdm=True,
+                             dataloader_num_workers=0)
+    margs = ModelArguments(model_name_or_path=str(TINY), target_labels=["FE_H"], use_helper_labels=False)
+    _, metrics = run_training(margs, DataArguments(), args, splits=(dsd["train"], few, None))
+    assert (tmp_path / "run" / "final" / "model.safetensors").is_file() and "uncertainty_scale" not in metrics

@@ -551,22 +551,20 @@ class SpectraFMPipeline:
         ``label_err`` are read as in `fit`. Returns the factors (> 1: the model was overconfident)."""
         spectra = _as_list(spectra)
         names, values, label_err = self._label_arrays(labels, label_names, label_err, len(spectra))
-        saved = dict(self.processor.uncertainty_scale)
-        for n in names:  # predict with the model's own sigma
+        saved, snr_range = dict(self.processor.uncertainty_scale), self.processor.snr_range
+        for n in names:  # predict with the model's own sigma, without the low-S/N inflation
             self.processor.uncertainty_scale.pop(n, None)
+        self.processor.snr_range = None
         try:
             table = self.predict(spectra, labels=names, seed=seed, n_repeats=n_repeats, noise_draws=0)
-            # spectra below the training S/N have sigma scaled for their noise: calibrate on the others
-            snr = table["snr"].to_numpy()
-            keep = ~(np.isfinite(snr) & (snr < self.processor.snr_range[0])) if self.processor.snr_range else \
-                np.ones(len(table), bool)
             return self.processor.fit_uncertainty_scale(
-                names, table[names].to_numpy()[keep], table[[f"{n}_err" for n in names]].to_numpy()[keep],
-                values[keep], None if label_err is None else label_err[keep], coverage=coverage,
-                n_subsets=table["n_subsets"].to_numpy()[keep])
+                names, table[names].to_numpy(), table[[f"{n}_err" for n in names]].to_numpy(), values, label_err,
+                coverage=coverage, n_subsets=table["n_subsets"].to_numpy())
         except BaseException:
             self.processor.uncertainty_scale = saved
             raise
+        finally:
+            self.processor.snr_range = snr_range
 
     def fit(
         self,

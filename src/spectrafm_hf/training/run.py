@@ -510,10 +510,13 @@ def run_training(model_args: ModelArguments, data_args: DataArguments, training_
         model = trainer.model
     model = getattr(model, "module", model)
     if model_args.calibrate_uncertainties and evald is not None and len(evald) >= 20 and trainer.is_world_process_zero():
-        metrics["uncertainty_scale"] = calibrate_on_split(model, processor, evald, label_names, _window(data_args),
-                                                          training_args.seed)
-        print(f"uncertainty_scale fitted on {len(evald)} validation stars: {metrics['uncertainty_scale']}",
-              file=sys.stderr)
+        try:
+            metrics["uncertainty_scale"] = calibrate_on_split(model, processor, evald, label_names,
+                                                              _window(data_args), training_args.seed)
+            print(f"uncertainty_scale fitted on {len(evald)} validation stars: {metrics['uncertainty_scale']}",
+                  file=sys.stderr)
+        except ValueError as e:  # e.g. too few labelled validation stars: the trained model is kept, uncalibrated
+            print(f"WARNING: no uncertainty recalibration ({e})", file=sys.stderr)
     if trainer.is_world_process_zero():
         final = Path(training_args.output_dir) / "final"
         save_pipeline_folder(model, processor, final, info, metrics)
