@@ -3,8 +3,8 @@
 
     python scripts/embed_default_model.py runs/pretrain_cpu/final [--name spectrafm-base]
 
-Copies config.json, model.safetensors, the code files, preprocessor_config.json and training_info.json into
-src/spectrafm_hf/resources/models/<name>/ and writes its model card (README.md) from hub_cards/. After that,
+Copies config.json, model.safetensors, preprocessor_config.json, training_info.json and the package's own code files
+into src/spectrafm_hf/resources/models/<name>/ and writes its model card (README.md) from hub_cards/. After that,
 `SpectraFMPipeline.from_pretrained("spectrafm-base")` and `spectrafm predict` use it without any download, and
 `spectrafm install` puts it in the local Hugging Face cache so `AutoModel.from_pretrained("spectrafm-base")` works.
 Then calibrate its reliability statistics (training S/N range, out-of-distribution embedding statistics, continuum
@@ -18,10 +18,10 @@ import shutil
 import sys
 from pathlib import Path
 
+from spectrafm_hf.checkpoint_folder import CODE_FILES, PACKAGE_DIR
 from spectrafm_hf.hub import EMBEDDED_DIR, atomic_directory, render_model_card
 
-KEEP = ("config.json", "model.safetensors", "configuration_spectrafm.py", "modeling_spectrafm.py",
-        "preprocessor_config.json", "training_info.json")
+KEEP = ("config.json", "model.safetensors", "preprocessor_config.json", "training_info.json")
 
 
 def main(argv=None):
@@ -39,6 +39,8 @@ def main(argv=None):
     with atomic_directory(target) as tmp:
         for name in KEEP:
             shutil.copy2(src / name, Path(tmp) / name)
+        for name in CODE_FILES:  # the code of the package it ships in (remote-code users get this version)
+            shutil.copyfile(PACKAGE_DIR / name, Path(tmp) / name)
         card = render_model_card(tmp, kind="base", repo_id=args.name,
                                  **({"summary": args.summary} if args.summary else {}))
         card.save(str(Path(tmp) / "README.md"))

@@ -124,3 +124,16 @@ def test_a_card_from_a_record_of_the_embedded_default_links_its_hub_id(tmp_path)
             card = render_model_card(folder)
         assert card.data.base_model == expected, start
         assert str(tmp_path) not in card.text and str(TINY) not in card.text  # local paths stay redacted
+
+
+def test_embedded_models_carry_the_code_of_the_package_they_ship_in():
+    """Every embedded checkpoint's code files (for trust_remote_code users without the package) are byte-identical to
+    the package's: a copy saved before a later change (e.g. uncertainty_scale, renormalize_coverage) would give those
+    users an older processor. scripts/embed_default_model.py copies them from the package."""
+    from spectrafm_hf.checkpoint_folder import CODE_FILES, PACKAGE_DIR
+    from spectrafm_hf.hub import embedded_checkpoints
+
+    assert {"spectrafm-base", "spectrafm-synthetic"} <= set(embedded_checkpoints())
+    for name, folder in embedded_checkpoints().items():
+        for code in CODE_FILES:
+            assert (folder / code).read_bytes() == (PACKAGE_DIR / code).read_bytes(), f"{name}/{code} is stale"

@@ -199,6 +199,10 @@ class SpectraFMProcessor(FeatureExtractionMixin):
             ``{"method": "continuum_pixels", "instrument": "apogee", "degree": 2}`` (ivar-weighted Legendre polynomial
             per chip on the instrument's continuum pixels, as `spectrafm_hf.synth.realism.renormalize_continuum`).
             None: the generic Chebyshev pseudo-continuum.
+        renormalize_coverage (`float`, *optional*): flux that arrives already continuum-normalised (by another
+            pipeline, or against the true continuum) is divided again by the ``continuum`` fit when the spectrum
+            covers at least this fraction of the instrument grid, so the model reads every full spectrum in its
+            training data's normalisation (the fit is ~1 for such data); windows are taken as given. None: never.
         snr_range (`[float, float]`, *optional*): the S/N range of the training spectra (`spectrum_snr`: median of
             ``flux * sqrt(ivar)`` over usable pixels of the normalised flux); spectra below it get the ``low_snr`` flag
             and an uncertainty inflated for their noise (`SpectraFMPipeline.predict`).
@@ -253,6 +257,7 @@ class SpectraFMProcessor(FeatureExtractionMixin):
         label_ranges: dict | None = None,
         continuum: dict | None = None,
         snr_range: Sequence[float] | None = None,
+        renormalize_coverage: float | None = None,
         min_pixels: int = 32,
         noise_test_sigma: float = 3.0,
         noise_draws: int = 0,
@@ -297,6 +302,7 @@ class SpectraFMProcessor(FeatureExtractionMixin):
         self.wavelength_coverage = [[float(lo), float(hi)] for lo, hi in (wavelength_coverage or [])]
         self.label_ranges = {k: [float(v[0]), float(v[1])] for k, v in (label_ranges or {}).items()}
         self.continuum = None if continuum is None else dict(continuum)
+        self.renormalize_coverage = None if renormalize_coverage is None else float(renormalize_coverage)
         if self.continuum is not None and self.continuum.get("method") != "continuum_pixels":
             raise ValueError(f"continuum method must be 'continuum_pixels', got {self.continuum.get('method')!r}")
         self.snr_range = None if snr_range is None else [float(snr_range[0]), float(snr_range[1])]
@@ -328,7 +334,8 @@ class SpectraFMProcessor(FeatureExtractionMixin):
     def prepare(self, spectrum: Spectrum) -> Spectrum:
         """The spectrum with continuum-normalised flux when this model needs it (module doc), with
         ``meta["normalization"] = "<action>:<source>"``: action ``as_given`` / ``continuum_pixels`` / ``chebyshev``
-        (raw flux divided by that continuum) / ``median`` (models that divide by the median), source ``metadata``
+        (raw flux divided by that continuum) / ``renormalized`` (normalised flux divided again by the training
+        continuum, ``renormalize_coverage``) / ``median`` (models that divide by the median), source ``metadata``
         (the reader or the user set ``meta["normalized"]``), ``flux_unit`` (BUNIT) or ``guess``. A spectrum already
         prepared is returned unchanged."""
         spectrum = _as_spectrum(spectrum)
@@ -340,10 +347,25 @@ class SpectraFMProcessor(FeatureExtractionMixin):
         if normalized is None:
             normalized, source = self._looks_normalized(spectrum), "guess"
         if normalized:
+            if self._renormalizes(spectrum):
+                out, method = self._divide_by_continuum(spectrum)
+                if method == "continuum_pixels":
+                    out.meta["normalization"] = f"renormalized:{source}"
+                    return out
             return _with_meta(spectrum, normalization=f"as_given:{source}")
         out, method = self._divide_by_continuum(spectrum)
         out.meta["normalization"] = f"{method}:{source}"
         return out
+
+    def _renormalizes(self, spectrum: Spectrum) -> bool:
+        """Whether normalised flux is divided again by the training continuum (see ``renormalize_coverage``)."""
+        if self.renormalize_coverage is None or self.continuum is None:
+            return False
+        spec = _package_module("synth").get_instrument(self.continuum.get("instrument", "apogee"))
+        grid = spec.wavelength
+        wl = spectrum.wavelength[spectrum.good]
+        inside = (wl >= grid[0]) & (wl <= grid[-1])
+        return bool(inside.sum() >= self.renormalize_coverage * grid.size)
 
     def _looks_normalized(self, spectrum: Spectrum) -> bool:
         """The guess, used only when no metadata says: median of the usable flux within 0.5-1.5, 90 % of it within

@@ -199,6 +199,10 @@ class SpectraFMProcessor(FeatureExtractionMixin):
             ``{"method": "continuum_pixels", "instrument": "apogee", "degree": 2}`` (ivar-weighted Legendre polynomial
             per chip on the instrument's continuum pixels, as `spectrafm_hf.synth.realism.renormalize_continuum`).
             None: the generic Chebyshev pseudo-continuum.
+        renormalize_coverage (`float`, *optional*): flux that arrives already continuum-normalised (by another
+            pipeline, or against the true continuum) is divided again by the ``continuum`` fit when the spectrum
+            covers at least this fraction of the instrument grid, so the model reads every full spectrum in its
+            training data's normalisation (the fit is ~1 for such data); windows are taken as given. None: never.
         snr_range (`[float, float]`, *optional*): the S/N range of the training spectra (`spectrum_snr`: median of
             ``flux * sqrt(ivar)`` over usable pixels of the normalised flux); spectra below it get the ``low_snr`` flag
             and an uncertainty inflated for their noise (`SpectraFMPipeline.predict`).
@@ -215,6 +219,10 @@ class SpectraFMProcessor(FeatureExtractionMixin):
         uncertainty_scale (`dict[str, float]`, *optional*): post-hoc recalibration of the model's sigma per label,
             fitted on validation spectra (`fit_uncertainty_scale`) so that 68 % of ``|prediction - truth|`` fall
             within ``scale * sigma``; `SpectraFMPipeline.predict` multiplies ``_err`` by it. Labels not listed: 1.
+        uncertainty_scale_subsets (`float`, defaults to 1): the median number of pixel subsets per spectrum of the
+            spectra ``uncertainty_scale`` was fitted on. The model's own sigma is calibrated for ONE subset (its
+            training); a spectrum read as ``k`` subsets gets ``scale ** min(1, log k / log k_fit)``: the full factor
+            for spectra as long as the fitted ones, none for a single window, log-interpolated between.
 
     Example:
         >>> import numpy as np
@@ -249,6 +257,7 @@ class SpectraFMProcessor(FeatureExtractionMixin):
         label_ranges: dict | None = None,
         continuum: dict | None = None,
         snr_range: Sequence[float] | None = None,
+        renormalize_coverage: float | None = None,
         min_pixels: int = 32,
         noise_test_sigma: float = 3.0,
         noise_draws: int = 0,
@@ -256,6 +265,7 @@ class SpectraFMProcessor(FeatureExtractionMixin):
         embedding_whitening: Sequence[Sequence[float]] | None = None,
         embedding_threshold: float | None = None,
         uncertainty_scale: dict | None = None,
+        uncertainty_scale_subsets: float = 1.0,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -292,6 +302,7 @@ class SpectraFMProcessor(FeatureExtractionMixin):
         self.wavelength_coverage = [[float(lo), float(hi)] for lo, hi in (wavelength_coverage or [])]
         self.label_ranges = {k: [float(v[0]), float(v[1])] for k, v in (label_ranges or {}).items()}
         self.continuum = None if continuum is None else dict(continuum)
+        self.renormalize_coverage = None if renormalize_coverage is None else float(renormalize_coverage)
         if self.continuum is not None and self.continuum.get("method") != "continuum_pixels":
             raise ValueError(f"continuum method must be 'continuum_pixels', got {self.continuum.get('method')!r}")
         self.snr_range = None if snr_range is None else [float(snr_range[0]), float(snr_range[1])]
@@ -307,6 +318,9 @@ class SpectraFMProcessor(FeatureExtractionMixin):
         self.uncertainty_scale = {str(k): float(v) for k, v in (uncertainty_scale or {}).items()}
         if any(not v > 0 for v in self.uncertainty_scale.values()):
             raise ValueError(f"uncertainty_scale values must be positive, got {self.uncertainty_scale}")
+        self.uncertainty_scale_subsets = float(uncertainty_scale_subsets)
+        if not self.uncertainty_scale_subsets >= 1:
+            raise ValueError(f"uncertainty_scale_subsets must be >= 1, got {uncertainty_scale_subsets}")
         self._ref_cache = None
         self._emb_cache = None
 
@@ -320,7 +334,8 @@ class SpectraFMProcessor(FeatureExtractionMixin):
     def prepare(self, spectrum: Spectrum) -> Spectrum:
         """The spectrum with continuum-normalised flux when this model needs it (module doc), with
         ``meta["normalization"] = "<action>:<source>"``: action ``as_given`` / ``continuum_pixels`` / ``chebyshev``
-        (raw flux divided by that continuum) / ``median`` (models that divide by the median), source ``metadata``
+        (raw flux divided by that continuum) / ``renormalized`` (normalised flux divided again by the training
+        continuum, ``renormalize_coverage``) / ``median`` (models that divide by the median), source ``metadata``
         (the reader or the user set ``meta["normalized"]``), ``flux_unit`` (BUNIT) or ``guess``. A spectrum already
         prepared is returned unchanged."""
         spectrum = _as_spectrum(spectrum)
@@ -332,10 +347,25 @@ class SpectraFMProcessor(FeatureExtractionMixin):
         if normalized is None:
             normalized, source = self._looks_normalized(spectrum), "guess"
         if normalized:
+            if self._renormalizes(spectrum):
+                out, method = self._divide_by_continuum(spectrum)
+                if method == "continuum_pixels":
+                    out.meta["normalization"] = f"renormalized:{source}"
+                    return out
             return _with_meta(spectrum, normalization=f"as_given:{source}")
         out, method = self._divide_by_continuum(spectrum)
         out.meta["normalization"] = f"{method}:{source}"
         return out
+
+    def _renormalizes(self, spectrum: Spectrum) -> bool:
+        """Whether normalised flux is divided again by the training continuum (see ``renormalize_coverage``)."""
+        if self.renormalize_coverage is None or self.continuum is None:
+            return False
+        spec = _package_module("synth").get_instrument(self.continuum.get("instrument", "apogee"))
+        grid = spec.wavelength
+        wl = spectrum.wavelength[spectrum.good]
+        inside = (wl >= grid[0]) & (wl <= grid[-1])
+        return bool(inside.sum() >= self.renormalize_coverage * grid.size)
 
     def _looks_normalized(self, spectrum: Spectrum) -> bool:
         """The guess, used only when no metadata says: median of the usable flux within 0.5-1.5, 90 % of it within
@@ -389,16 +419,24 @@ class SpectraFMProcessor(FeatureExtractionMixin):
         mean, w = self._emb_cache
         return np.linalg.norm((np.asarray(embedding, np.float64) - mean) @ w.T, axis=1)
 
-    def sigma_scales(self, names: Sequence[str]) -> np.ndarray:
-        """The recalibration factor of each label in ``names`` (1 where none was fitted)."""
-        return np.array([self.uncertainty_scale.get(n, 1.0) for n in names], np.float64)
+    def sigma_scales(self, names: Sequence[str], n_subsets=None) -> np.ndarray:
+        """The recalibration factor of each label in ``names`` (1 where none was fitted), (len(names),); with
+        ``n_subsets`` (n,), per spectrum (n, len(names)) as described under ``uncertainty_scale_subsets``."""
+        scale = np.array([self.uncertainty_scale.get(n, 1.0) for n in names], np.float64)
+        if n_subsets is None:
+            return scale
+        k = np.maximum(np.asarray(n_subsets, np.float64), 1.0)
+        power = np.ones_like(k) if self.uncertainty_scale_subsets <= 1 else np.minimum(
+            1.0, np.log(k) / np.log(self.uncertainty_scale_subsets))
+        return scale[None, :] ** power[:, None]
 
     def fit_uncertainty_scale(self, names: Sequence[str], predicted, sigma, true, true_err=None,
-                              coverage: float = 0.6827) -> dict[str, float]:
+                              coverage: float = 0.6827, n_subsets=None) -> dict[str, float]:
         """Fit and store ``uncertainty_scale`` from validation predictions: per label, the ``coverage`` quantile of
         ``|predicted - true| / sqrt(sigma^2 + true_err^2)`` (the catalogue error, when given, is part of the observed
         residual, so it is not blamed on the model). ``sigma`` is the model's own, uncalibrated sigma; rows with a
-        NaN anywhere are skipped. Returns the new factors; a label with fewer than 20 usable rows raises."""
+        NaN anywhere are skipped; ``n_subsets`` (per row) sets ``uncertainty_scale_subsets`` to its median. Returns
+        the new factors; a label with fewer than 20 usable rows raises."""
         def as_2d(a):
             a = np.asarray(a, np.float64)
             return a.reshape(-1, 1) if a.ndim == 1 and len(names) == 1 else a
@@ -416,6 +454,8 @@ class SpectraFMProcessor(FeatureExtractionMixin):
                 raise ValueError(f"fit_uncertainty_scale: {name} has {z.size} usable validation rows, need >= 20")
             scales[name] = float(f"{np.quantile(z, coverage):.5g}")
         self.uncertainty_scale.update(scales)
+        if n_subsets is not None:
+            self.uncertainty_scale_subsets = float(max(1.0, np.median(np.asarray(n_subsets, np.float64))))
         return scales
 
     def fit_embeddings(self, embeddings, test_embeddings, quantile: float = 0.99, shrinkage: float = 1e-3):
