@@ -173,14 +173,21 @@ def run(cfg):
     runner = rd.Runner(cfg, out)
 
     pre_dir = out / "pretrain_synthetic"
-    pretrained = None
+    pretrained, synthetic_validation = None, None
     if cfg.get("pretrain"):
-        if (pre_dir / "final" / "config.json").is_file():
-            pretrained = pre_dir / "final"
-        else:
-            syn_train, syn_val = synthetic_sets(cfg, sets["wavelength"], out / "synthetic")
-            pretrained = train_or_reuse(rd.spectrafm_values(cfg, pre_dir, cfg["pretrain"]["steps"], LABELS),
-                                        splits=(syn_train, syn_val, None), log=lambda m: log(f"pretrain: {m}"))
+        syn_train, syn_val = synthetic_sets(cfg, sets["wavelength"], out / "synthetic")
+        pre = dict(cfg["pretrain"])
+        pretrained = train_or_reuse(rd.spectrafm_values(cfg, pre_dir, pre.pop("steps"), LABELS, **pre),
+                                    splits=(syn_train, syn_val, None), log=lambda m: log(f"pretrain: {m}"))
+        # how well pretraining learned the labels, on synthetic spectra it never trained on (reported first)
+        pred = runner.cached("pretrained_synthetic_validation", lambda: rd.predict_spectrafm(pretrained, syn_val, LABELS))
+        truth = rd.frame(syn_val, LABELS)
+        synthetic_validation = {n: {"rmse": float(np.sqrt(np.mean((pred[f"{n}_pred"] - truth[n]) ** 2))),
+                                    "bias": float(np.mean(pred[f"{n}_pred"] - truth[n]))} for n in LABELS}
+        feh = truth.FE_H.to_numpy() < -1
+        synthetic_validation["FE_H"]["rmse_feh_lt_-1"] = float(np.sqrt(np.mean(
+            (pred.FE_H_pred.to_numpy()[feh] - truth.FE_H.to_numpy()[feh]) ** 2)))
+        log(f"pretrained model on {len(syn_val)} synthetic validation spectra: {synthetic_validation}")
     Xv, Yv = rd.flux_matrix(val), rd.frame(val, ["FE_H"])[["FE_H"]].to_numpy()
     fine = dict(e.get("finetune") or {})  # SpectraFM without pretraining (and the default for the pretrained one)
     fine_pre = dict(e.get("finetune_pretrained") or {})  # extra fields for the pretrained model
@@ -198,9 +205,12 @@ def run(cfg):
                     variants[name] = (pretrained, v)
         for model, (start, recipe) in variants.items():
             extra = dict(fine)
-            if start is not None:  # the paper's stage 3: decoder and second encoder block frozen
+            if start is not None:  # a fine-tune of the pretrained model
                 extra.update(recipe, model_name_or_path=str(start), config_overrides={})
-            final = train_or_reuse(rd.spectrafm_values(cfg, out / f"{model}_draw{draw}", e["steps"], ["FE_H"],
+            labels = extra.pop("labels", ["FE_H"])  # helper labels: FE_H trained together with TEFF and LOGG
+            if extra.get("rehearsal"):  # rehearsal defaults to this experiment's own pretraining spectra
+                extra["rehearsal"] = {"data_dir": str(out / "synthetic" / "train"), **extra["rehearsal"]}
+            final = train_or_reuse(rd.spectrafm_values(cfg, out / f"{model}_draw{draw}", e["steps"], labels,
                                                        **extra),
                                    splits=(few, val, None), log=lambda m: log(f"draw {draw}: {m}"))
             pred = runner.cached(f"{model}_draw{draw}", lambda: rd.predict_spectrafm(final, test, ["FE_H"]))
@@ -227,6 +237,8 @@ def run(cfg):
                        "test_feh_lt_-1": {str(d): int((truths[d].FE_H < -1).sum()) for d in draws},
                        "domain": cfg.get("domain"), "normalize": cfg.get("normalize"),
                        "synthetic": cfg.get("synthetic"), "pretrain_steps": (cfg.get("pretrain") or {}).get("steps")}
+    if synthetic_validation is not None:
+        summary["pretrained_synthetic_validation"] = synthetic_validation
     summary["figure"] = str(figure(cfg, runner, table, truths[draws[0]], draws[0], results))
     (results / "miles_summary.json").write_text(json.dumps(summary, indent=2, default=float))
     log(f"done in {time.time() - t0:.0f} s: {csv_path}, {results / 'miles_summary.json'}")

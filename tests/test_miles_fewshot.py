@@ -57,7 +57,7 @@ def test_tiny_preset_writes_every_model_split_and_draw(tiny):
     assert list(table.columns) == COLUMNS
     assert set(table.experiment) == {"miles_fewshot"} and set(table.label) == {"FE_H"}
     assert set(table.model) == {"spectrafm", "spectrafm_no_pretraining", "scratch_nn", "ridge",
-                                "spectrafm_synthetic_only", "spectrafm_embeddings_only"}
+                                "spectrafm_synthetic_only", "spectrafm_paper_recipe"}
     assert set(table.split) == {"all", "feh_lt_-1", "feh_ge_-1", "giants", "dwarfs"}
     assert set(table.draw) == {77, 78}
     assert len(table) == 5 * 5 * 2 + 5  # the ablation runs on draw 77 only
@@ -71,6 +71,14 @@ def test_tiny_preset_writes_every_model_split_and_draw(tiny):
             for m in ("spectrafm", "spectrafm_no_pretraining")}
     # the pretrained model is fine-tuned with the decoder and second encoder block frozen, the fresh one fully
     assert info["spectrafm"]["trainable_parameters"] < info["spectrafm"]["total_parameters"]
+    # the recommended recipe: helper labels, and rehearsal on the experiment's own synthetic spectra (8 + 8 rows)
+    assert info["spectrafm"]["config"]["model"]["target_labels"] == ["TEFF", "LOGG", "FE_H"]
+    assert info["spectrafm"]["config"]["data"]["rehearsal"]["data_dir"].startswith("train")  # local paths hashed
+    assert info["spectrafm"]["data"]["train"] == 16
+    paper = json.loads((tiny / "spectrafm_paper_recipe_draw77" / "final" / "training_info.json").read_text())
+    assert paper["data"]["labels"] == ["FE_H"] and not paper["data"]["helper_labels"]
+    assert not paper["config"]["data"]["rehearsal"]
+    assert set(summary["pretrained_synthetic_validation"]) == {"TEFF", "LOGG", "FE_H"}
     fresh = info["spectrafm_no_pretraining"]
     assert fresh["trainable_parameters"] == fresh["total_parameters"]
 

@@ -306,8 +306,14 @@ def test_rehearsal_mixes_an_earlier_set_into_the_training_rows(dsd, tmp_path):
                                  "dataset_kwargs": {"n_train": 40, "n_validation": 4, "n_test": 0, "seed": 9,
                                                     "snr": 200}}, cache_dir=str(tmp_path / "cache"))
     assert len(more) == 4 * 8 + 32 and more["object_id"][8:16] == train["object_id"]
+    # a set saved with save_to_disk (the few-shot scripts' own synthetic spectra) works the same way
+    dsd["validation"].save_to_disk(str(tmp_path / "saved"))
+    saved = add_rehearsal(train, {"data_dir": str(tmp_path / "saved"), "fraction": 0.5, "rows": 8, "seed": 1})
+    assert len(saved) == 16 and set(saved["object_id"][8:]) <= set(dsd["validation"]["object_id"])
     for bad in ({"fraction": 0.5}, {"dataset_config": "synthetic_apogee", "fraction": 1.0},
-                {"dataset_config": "synthetic_apogee", "typo": 1}):
+                {"dataset_config": "synthetic_apogee", "typo": 1},
+                {"dataset_config": "synthetic_apogee", "data_dir": str(tmp_path / "saved")},
+                {"data_dir": str(tmp_path / "nowhere")}):
         with pytest.raises(ValueError, match="rehearsal"):
             add_rehearsal(train, bad)
     # through run_training: the run trains on both and says so in training_info.json

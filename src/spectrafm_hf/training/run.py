@@ -105,7 +105,8 @@ class DataArguments:
         "help": "rehearsal while fine-tuning: rows of an earlier stage's training set, with their labels, mixed into "
                 "the training split so that about `fraction` of every batch is rehearsal, e.g. {dataset_config: "
                 "observed_apogee, dataset_kwargs: {n_train: 10000, seed: 1, continuum: pseudo}, fraction: 0.5} "
-                "(keys: dataset_config, dataset_kwargs, fraction, seed, rows: how many rehearsal spectra); empty = "
+                "(keys: dataset_config + dataset_kwargs, or data_dir: a save_to_disk folder; fraction, seed, rows: how "
+                "many rehearsal spectra); empty = "
                 "none (issue 14)"})
     augment: dict = field(default_factory=dict, metadata={"help": "realism augmentation of training rows, the fields "
                                                                   "of spectrafm_hf.synth.augment.RealismAugment (e.g. "
@@ -236,21 +237,30 @@ def add_rehearsal(train, rehearsal: dict, cache_dir=None):
 
     from ..data import load_spectra_dataset
 
-    unknown = set(rehearsal) - {"dataset_config", "dataset_kwargs", "fraction", "seed", "rows"}
-    if unknown or "dataset_config" not in rehearsal:
-        raise ValueError(f"rehearsal needs dataset_config (and optionally dataset_kwargs, fraction, seed); got "
+    unknown = set(rehearsal) - {"dataset_config", "dataset_kwargs", "data_dir", "fraction", "seed", "rows"}
+    sources = [k for k in ("dataset_config", "data_dir") if rehearsal.get(k)]
+    if unknown or len(sources) != 1:
+        raise ValueError(f"rehearsal needs one of dataset_config (a builder config, with dataset_kwargs) or data_dir "
+                         f"(a folder written by datasets' save_to_disk), and optionally fraction, seed, rows; got "
                          f"{sorted(rehearsal)}")
     fraction = float(rehearsal.get("fraction", 0.5))
     if not 0 < fraction < 1:
         raise ValueError(f"rehearsal fraction must be in (0, 1), got {fraction}")
-    pool = load_spectra_dataset(rehearsal["dataset_config"], cache_dir=cache_dir,
-                                **(rehearsal.get("dataset_kwargs") or {}))["train"]
+    source = rehearsal[sources[0]]
+    if sources[0] == "data_dir":
+        if not Path(source).is_dir():
+            raise ValueError(f"rehearsal data_dir {source} is not a folder (save a Dataset there with save_to_disk)")
+        pool = datasets.load_from_disk(str(source))
+        if isinstance(pool, datasets.DatasetDict):
+            pool = pool["train"]
+    else:
+        pool = load_spectra_dataset(source, cache_dir=cache_dir, **(rehearsal.get("dataset_kwargs") or {}))["train"]
     n = min(len(pool), int(rehearsal.get("rows") or max(1, round(len(train) * fraction / (1 - fraction)))))
     pool = pool.select(np.sort(np.random.default_rng(int(rehearsal.get("seed", 0))).choice(len(pool), n, False)))
     for name in train.column_names:
         if name not in pool.column_names:
             if getattr(train.features[name], "dtype", None) not in ("float32", "float64"):
-                raise ValueError(f"rehearsal: {rehearsal['dataset_config']} has no {name!r} column")
+                raise ValueError(f"rehearsal: {source} has no {name!r} column")
             pool = pool.add_column(name, np.full(len(pool), np.nan, np.float32))
     pool = pool.select_columns(train.column_names).cast(train.features)
     repeat = max(1, round(n * (1 - fraction) / (fraction * len(train))))
@@ -439,7 +449,8 @@ def run_training(model_args: ModelArguments, data_args: DataArguments, training_
     if data_args.rehearsal:
         n_own = len(train)
         train = add_rehearsal(train, data_args.rehearsal, data_args.dataset_cache_dir)
-        print(f"rehearsal: {len(train) - n_own} rows of {data_args.rehearsal['dataset_config']} mixed into "
+        source = data_args.rehearsal.get("dataset_config") or data_args.rehearsal.get("data_dir")
+        print(f"rehearsal: {len(train) - n_own} rows of {source} mixed into "
               f"{n_own} training rows", file=sys.stderr)
     # rows reach the collator as numpy arrays, not lists of Python floats
     train, evald, test = (None if d is None else d.with_format("numpy") for d in (train, evald, test))
