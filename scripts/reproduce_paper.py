@@ -532,6 +532,7 @@ def run(cfg: dict) -> dict:
     summary["figures"] = {k: str(v) for k, v in figures.items()}
     summary["results_csv"] = str(csv_path)
     summary["runs"] = {k: str(v) for k, v in runs.items()}
+    summary["stage3_selection"] = stage3_selection(runs)
     (results / "summary.json").write_text(json.dumps(summary, indent=2, default=float))
     write_readme(results, table, summary, cfg, csv_path, figures)
     log(f"done in {time.time() - t0:.0f} s: {csv_path}, {results}/summary.json")
@@ -540,6 +541,19 @@ def run(cfg: dict) -> dict:
     g = summary["goals"]
     print(json.dumps({k: v["value"] for k, v in g.items()}, indent=1, default=float))
     return summary
+
+
+def stage3_selection(runs: dict) -> dict:
+    """The metal-rich validation loss of the stage-3 recipe and of each variant (the best checkpoint's, from its
+    training_info.json): how a recipe may be chosen here without a metal-poor or test star."""
+    losses = {}
+    for model, folder in runs.items():
+        info = Path(folder) / "training_info.json"
+        if model.startswith("spectrafm_stage3") and info.is_file():
+            losses[model] = json.loads(info.read_text()).get("metrics", {}).get("eval_loss")
+    known = {m: v for m, v in losses.items() if v is not None}
+    return {"validation_loss": losses, "lowest": min(known, key=known.get) if known else None,
+            "recipe_is_lowest": bool(known) and min(known, key=known.get) == "spectrafm_stage3"}
 
 
 def main(argv=None):

@@ -264,6 +264,8 @@ def add_rehearsal(train, rehearsal: dict, cache_dir=None):
             pool = pool.add_column(name, np.full(len(pool), np.nan, np.float32))
     pool = pool.select_columns(train.column_names).cast(train.features)
     repeat = max(1, round(n * (1 - fraction) / (fraction * len(train))))
+    print(f"rehearsal: {n} rows of {source} mixed with {len(train)} training rows"
+          + (f" repeated {repeat}x" if repeat > 1 else ""), file=sys.stderr)
     return datasets.concatenate_datasets([train] * repeat + [pool])
 
 
@@ -447,11 +449,7 @@ def run_training(model_args: ModelArguments, data_args: DataArguments, training_
         train, evald, test = splits
         train = select_stars(train, data_args.train_selection, data_args.max_train_stars, data_args.selection_seed)
     if data_args.rehearsal:
-        n_own = len(train)
         train = add_rehearsal(train, data_args.rehearsal, data_args.dataset_cache_dir)
-        source = data_args.rehearsal.get("dataset_config") or data_args.rehearsal.get("data_dir")
-        print(f"rehearsal: {len(train) - n_own} rows of {source} mixed into "
-              f"{n_own} training rows", file=sys.stderr)
     # rows reach the collator as numpy arrays, not lists of Python floats
     train, evald, test = (None if d is None else d.with_format("numpy") for d in (train, evald, test))
     label_names = model_args.target_labels
