@@ -239,6 +239,7 @@ def run(cfg):
                        "synthetic": cfg.get("synthetic"), "pretrain_steps": (cfg.get("pretrain") or {}).get("steps")}
     if synthetic_validation is not None:
         summary["pretrained_synthetic_validation"] = synthetic_validation
+    summary["recipe_selection"] = recipe_selection(out, [m for m in dict.fromkeys(table.model)], draws)
     summary["figure"] = str(figure(cfg, runner, table, truths[draws[0]], draws[0], results))
     (results / "miles_summary.json").write_text(json.dumps(summary, indent=2, default=float))
     log(f"done in {time.time() - t0:.0f} s: {csv_path}, {results / 'miles_summary.json'}")
@@ -246,6 +247,26 @@ def run(cfg):
     with pd.option_context("display.width", 200, "display.max_rows", 400):
         print(show.to_string(index=False, float_format="%.3f"))
     return summary
+
+
+def recipe_selection(out: Path, models, draws) -> dict:
+    """Each fine-tuned SpectraFM's validation loss (its best checkpoint on the metal-rich MILES validation stars, from
+    training_info.json), averaged over draws: the only data a recipe may be chosen on here. Losses of runs trained on
+    the same labels compare; [Fe/H]-only runs are listed apart."""
+    losses = {}
+    for model in models:
+        if not model.startswith("spectrafm") or model == "spectrafm_no_pretraining":
+            continue
+        vals = []
+        for draw in draws:
+            info = out / f"{model}_draw{draw}" / "final" / "training_info.json"
+            if info.is_file():
+                d = json.loads(info.read_text())
+                vals.append((d.get("metrics", {}).get("eval_loss"), tuple(d.get("data", {}).get("labels") or ())))
+        if vals and all(v is not None for v, _ in vals):
+            losses.setdefault(" ".join(vals[0][1]), {})[model] = float(np.mean([v for v, _ in vals]))
+    return {"validation_loss_by_labels": losses,
+            "lowest": {k: min(v, key=v.get) for k, v in losses.items()}}
 
 
 def summarise(table: pd.DataFrame, cfg) -> dict:

@@ -79,6 +79,8 @@ def test_tiny_preset_writes_every_model_split_and_draw(tiny):
     assert paper["data"]["labels"] == ["FE_H"] and not paper["data"]["helper_labels"]
     assert not paper["config"]["data"]["rehearsal"]
     assert set(summary["pretrained_synthetic_validation"]) == {"TEFF", "LOGG", "FE_H"}
+    sel = summary["recipe_selection"]["validation_loss_by_labels"]  # recipes compared on validation loss
+    assert set(sel["TEFF LOGG FE_H"]) == {"spectrafm"} and set(sel["FE_H"]) == {"spectrafm_paper_recipe"}
     fresh = info["spectrafm_no_pretraining"]
     assert fresh["trainable_parameters"] == fresh["total_parameters"]
 
