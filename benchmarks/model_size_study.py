@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Compute vs accuracy by model size on these CPUs (issue 15 item 1): which width to pretrain at a given budget.
 
-    python benchmarks/model_size_study.py                       # hidden 64 / 128 / 192, 3 and 9 CPU-minutes each
+    python benchmarks/model_size_study.py                       # hidden 64 / 128 / 192, 8 wall-minutes each, one thread
     python benchmarks/model_size_study.py --sizes 64 128 --minutes 2 --threads 1 --out /tmp/study.json
 
 Every size is trained FROM SCRATCH with the stage-1 recipe (stage1_recipe_cpu.yaml: peak lr 1e-3, warm-up and cosine,
@@ -121,7 +121,7 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--sizes", type=int, nargs="+", default=[64, 128, 192])
-    p.add_argument("--minutes", type=float, nargs="+", default=[3.0, 9.0])
+    p.add_argument("--minutes", type=float, nargs="+", default=[8.0])
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--runs", default="runs/model_size_study")
     p.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "model_size_study.json"))
