@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from spectrafm_hf.training.metrics import label_metrics
 from spectrafm_hf.training.run import DataArguments, args_from_dict, run_evaluation, run_training
 
 REPO = Path(__file__).resolve().parents[1]
@@ -84,11 +85,10 @@ def score(model: Path) -> dict:
     fe = DataArguments(dataset_config="observed_apogee", dataset_cache_dir="data_cache", dataset_kwargs=OBSERVED,
                        pixel_range=[4107, 4619])
     _, t = run_evaluation(model, fe, ["FE_H"])
-    err = t.FE_H.to_numpy() - t.FE_H_true.to_numpy()
     poor = t.FE_H_true.to_numpy() < -1
-    out["observed_fe_window_fe_h"] = {"rmse": float(np.sqrt(np.mean(err ** 2))),
-                                      "rmse_feh_lt_-1": float(np.sqrt(np.mean(err[poor] ** 2))),
-                                      "n": int(len(err)), "n_feh_lt_-1": int(poor.sum())}
+    out["observed_fe_window_fe_h"] = {"rmse": label_metrics(t.FE_H, t.FE_H_true)["rmse"],
+                                      "rmse_feh_lt_-1": label_metrics(t.FE_H[poor], t.FE_H_true[poor])["rmse"],
+                                      "n": int(len(t)), "n_feh_lt_-1": int(poor.sum())}
     return out
 
 

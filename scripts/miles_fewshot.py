@@ -157,6 +157,7 @@ def synthetic_sets(cfg, wavelength, cache: Path | None = None):
 
 # ------------------------------------------------------------------------------------------------ experiment
 def run(cfg):
+    from spectrafm_hf.training.metrics import label_metrics
     from spectrafm_hf.training.run import train_or_reuse
 
     out = Path(cfg["output_dir"])
@@ -182,11 +183,10 @@ def run(cfg):
         # how well pretraining learned the labels, on synthetic spectra it never trained on (reported first)
         pred = runner.cached("pretrained_synthetic_validation", lambda: rd.predict_spectrafm(pretrained, syn_val, LABELS))
         truth = rd.frame(syn_val, LABELS)
-        synthetic_validation = {n: {"rmse": float(np.sqrt(np.mean((pred[f"{n}_pred"] - truth[n]) ** 2))),
-                                    "bias": float(np.mean(pred[f"{n}_pred"] - truth[n]))} for n in LABELS}
-        feh = truth.FE_H.to_numpy() < -1
-        synthetic_validation["FE_H"]["rmse_feh_lt_-1"] = float(np.sqrt(np.mean(
-            (pred.FE_H_pred.to_numpy()[feh] - truth.FE_H.to_numpy()[feh]) ** 2)))
+        synthetic_validation = {n: {k: v for k, v in label_metrics(pred[f"{n}_pred"], truth[n]).items()
+                                    if k in ("rmse", "bias")} for n in LABELS}
+        poor = truth.FE_H.to_numpy() < -1
+        synthetic_validation["FE_H"]["rmse_feh_lt_-1"] = label_metrics(pred.FE_H_pred[poor], truth.FE_H[poor])["rmse"]
         log(f"pretrained model on {len(syn_val)} synthetic validation spectra: {synthetic_validation}")
     Xv, Yv = rd.flux_matrix(val), rd.frame(val, ["FE_H"])[["FE_H"]].to_numpy()
     fine = dict(e.get("finetune") or {})  # SpectraFM without pretraining (and the default for the pretrained one)
