@@ -15,7 +15,8 @@
    The pretrained model is fine-tuned as in the paper's stage 3 (``finetune_pretrained``: decoder and second
    encoder block frozen); ``spectrafm_synthetic_only`` is the pretrained model before fine-tuning (no MILES star);
    ``ablations`` adds other fine-tuning recipes of the pretrained model as further models (optionally on some
-   draws only).
+   draws only); ``label_affine: true`` adds ``spectrafm_affine``: the pretrained network unchanged with a [Fe/H]
+   slope and zero point fitted on the 100 stars (`SpectraFMPipeline.calibrate_labels`).
 3. **Test**: every other labelled MILES star in the emulator's Teff range (the rest of the train split and the
    whole test split; the validation split is never tested), reported for ``all``, ``feh_lt_-1``, ``feh_ge_-1``,
    ``giants`` (logg < 3.5) and ``dwarfs`` (logg >= 3.5, outside the emulator's logg range).
@@ -215,6 +216,10 @@ def run(cfg):
                                    splits=(few, val, None), log=lambda m: log(f"draw {draw}: {m}"))
             pred = runner.cached(f"{model}_draw{draw}", lambda: rd.predict_spectrafm(final, test, ["FE_H"]))
             rows += rd.metrics_rows(EXPERIMENT, model, pred, truth, ["FE_H"], draw=draw)
+        if pretrained is not None and e.get("label_affine"):  # the network unchanged, [Fe/H] scale refitted
+            folder = rd.affine_spectrafm(pretrained, few, ["FE_H"], out / f"spectrafm_affine_draw{draw}")
+            pred = runner.cached(f"spectrafm_affine_draw{draw}", lambda: rd.predict_spectrafm(folder, test, ["FE_H"]))
+            rows += rd.metrics_rows(EXPERIMENT, "spectrafm_affine", pred, truth, ["FE_H"], draw=draw)
         if pretrained is not None and e.get("report_synthetic_only", True):  # no MILES star seen at all
             pred = runner.cached(f"spectrafm_synthetic_only_draw{draw}",
                                  lambda: rd.predict_spectrafm(pretrained, test, ["FE_H"]))

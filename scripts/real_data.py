@@ -129,6 +129,22 @@ def spectrafm_values(cfg, run_dir: Path, steps: int, labels, **extra) -> dict:
     return values
 
 
+def affine_spectrafm(start, ds, labels, folder: Path) -> Path:
+    """``start`` with a per-label affine correction fitted on the labelled stars of ``ds``
+    (`SpectraFMPipeline.calibrate_labels`: the network unchanged), saved in ``folder`` (reused when it exists)."""
+    from spectrafm_hf.data import row_to_spectrum
+    from spectrafm_hf.pipeline import SpectraFMPipeline
+
+    if (folder / "config.json").is_file():
+        return folder
+    pipe = SpectraFMPipeline.from_pretrained(start, device="cpu")
+    fitted = pipe.calibrate_labels([row_to_spectrum(r) for r in ds.with_format("numpy")],
+                                   {n: np.asarray(ds[n], np.float64) for n in labels}, seed=0)
+    pipe.save_pretrained(folder, overwrite=True)
+    log(f"{folder.name}: label_affine {fitted} on {len(ds)} stars")
+    return folder
+
+
 def predict_spectrafm(folder, ds, labels, known_names=()) -> pd.DataFrame:
     from spectrafm_hf.data import row_to_spectrum
     from spectrafm_hf.pipeline import SpectraFMPipeline

@@ -171,6 +171,26 @@ def train_stage(name, cfg, section, run_dir: Path, splits=None, **forced):
     return final
 
 
+def affine_model(name, start: Path, few, lo, hi, pred_cfg, folder: Path) -> Path:
+    """``start`` with a per-label affine correction of [Fe/H] fitted on the stage-3 stars in the window
+    (`SpectraFMPipeline.calibrate_labels`; the network unchanged), saved in ``folder`` unless it is newer than
+    ``start``."""
+    from spectrafm_hf.data import row_to_spectrum
+    from spectrafm_hf.pipeline import SpectraFMPipeline
+
+    done = folder / "config.json"
+    if done.is_file() and done.stat().st_mtime >= (Path(start) / "config.json").stat().st_mtime:
+        log(f"{name}: {folder} exists, skipped")
+        return folder
+    pipe = SpectraFMPipeline.from_pretrained(start, device="cpu" if pred_cfg.get("cpu", True) else None)
+    spectra = [row_to_spectrum(row).crop(lo, hi) for row in few.with_format("numpy")]
+    fitted = pipe.calibrate_labels(spectra, {"FE_H": np.asarray(few["FE_H"], np.float64)},
+                                   seed=int(pred_cfg.get("seed", 0)), n_repeats=int(pred_cfg.get("n_repeats", 1)))
+    pipe.save_pretrained(folder, overwrite=True)
+    log(f"{name}: [Fe/H] -> {fitted['FE_H'][0]:.3f} * [Fe/H] + {fitted['FE_H'][1]:.3f} on {len(spectra)} stars")
+    return folder
+
+
 def reusable(path):
     return bool(path) and (Path(path) / "config.json").is_file()
 
@@ -459,6 +479,8 @@ def run(cfg: dict) -> dict:
     for variant, overrides in (cfg.get("stage3_variants") or {}).items():  # e.g. L2-SP: same stars, same recipe
         runs[variant] = train_stage(variant, cfg, {**cfg["stage3"], **overrides}, out / variant,
                                     splits=(few, val, None), model_name_or_path=str(stage2), **few_recipe)
+    for name, start in (cfg.get("label_affine") or {}).items():  # the network unchanged, its [Fe/H] scale refitted
+        runs[name] = affine_model(name, runs[start], few, lo, hi, cfg.get("predict") or {}, out / name)
     npre = dict(cfg["no_pretraining"])
     arch, flux_norm = fresh_architecture(stage1)
     npre.setdefault("config_overrides", arch)

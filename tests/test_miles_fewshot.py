@@ -57,10 +57,10 @@ def test_tiny_preset_writes_every_model_split_and_draw(tiny):
     assert list(table.columns) == COLUMNS
     assert set(table.experiment) == {"miles_fewshot"} and set(table.label) == {"FE_H"}
     assert set(table.model) == {"spectrafm", "spectrafm_no_pretraining", "scratch_nn", "ridge",
-                                "spectrafm_synthetic_only", "spectrafm_paper_recipe"}
+                                "spectrafm_synthetic_only", "spectrafm_paper_recipe", "spectrafm_affine"}
     assert set(table.split) == {"all", "feh_lt_-1", "feh_ge_-1", "giants", "dwarfs"}
     assert set(table.draw) == {77, 78}
-    assert len(table) == 5 * 5 * 2 + 5  # the ablation runs on draw 77 only
+    assert len(table) == 6 * 5 * 2 + 5  # the ablation runs on draw 77 only
     summary = json.loads((tiny / "results" / "miles_summary.json").read_text())
     assert {"fe_h", "result", "data", "figure", "goal"} <= set(summary)
     assert summary["fe_h"]["spectrafm"]["feh_lt_-1"]["draws"] == 2
@@ -78,6 +78,9 @@ def test_tiny_preset_writes_every_model_split_and_draw(tiny):
     paper = json.loads((tiny / "spectrafm_paper_recipe_draw77" / "final" / "training_info.json").read_text())
     assert paper["data"]["labels"] == ["FE_H"] and not paper["data"]["helper_labels"]
     assert not paper["config"]["data"]["rehearsal"]
+    # spectrafm_affine: the pretrained network itself, with a [Fe/H] slope and zero point fitted on the draw's stars
+    affine = json.loads((tiny / "spectrafm_affine_draw77" / "preprocessor_config.json").read_text())["label_affine"]
+    assert set(affine) == {"FE_H"} and affine["FE_H"][0] != 1.0
     assert set(summary["pretrained_synthetic_validation"]) == {"TEFF", "LOGG", "FE_H"}
     sel = summary["recipe_selection"]["validation_loss_by_labels"]  # recipes compared on validation loss
     assert set(sel["TEFF LOGG FE_H"]) == {"spectrafm"} and set(sel["FE_H"]) == {"spectrafm_paper_recipe"}

@@ -15,7 +15,7 @@ from conftest import REPO
 from spectrafm_hf.baselines import CannonBaseline, RidgeBaseline, ScratchMLP
 
 MODELS = {"spectrafm_stage3", "spectrafm_alternative", "scratch_nn", "spectrafm_no_pretraining", "cannon", "ridge",
-          "spectrafm_stage1", "spectrafm_stage2", "spectrafm_stage3_l2sp"}
+          "spectrafm_stage1", "spectrafm_stage2", "spectrafm_stage3_l2sp", "spectrafm_stage2_affine"}
 SPLITS = {"all", "feh_lt_-1", "feh_ge_-1", "feh_lt_-1.5", "giants", "dwarfs"}
 COLUMNS = ["model", "split", "n", "bias", "mae", "rmse", "robust_scatter", "coverage68", "coverage95"]
 
@@ -100,6 +100,17 @@ def test_validation_has_no_metal_poor_and_no_test_star(tiny):
     assert "baselines: 24 training stars x 512 pixels" in log
     history = pd.read_csv(out / "predictions" / "scratch_nn_history.csv")
     assert history.val_nll.notna().all()
+
+
+def test_the_affine_row_is_stage_2_with_a_fitted_fe_h_scale(tiny):
+    out, _ = tiny
+    slope, intercept = json.loads((out / "spectrafm_stage2_affine" / "preprocessor_config.json").read_text())[
+        "label_affine"]["FE_H"]
+    assert slope != 1.0
+    stage2, affine = (pd.read_csv(out / "predictions" / f"{m}.csv")
+                      for m in ("spectrafm_stage2", "spectrafm_stage2_affine"))
+    np.testing.assert_allclose(affine.FE_H_pred, slope * stage2.FE_H_pred + intercept, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(affine.FE_H_sigma, abs(slope) * stage2.FE_H_sigma, rtol=1e-5)
 
 
 def test_a_second_run_skips_every_finished_step(tiny):

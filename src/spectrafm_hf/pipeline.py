@@ -324,6 +324,7 @@ class SpectraFMPipeline:
             if draws > 0:
                 change = self._noise_change(prepared, mean, noisy, names, query_ids, known, seed, n_repeats, draws)
             err[noisy] = np.hypot(err[noisy] * scale[:, None], change)
+        mean, err, scatter = self.processor.apply_label_affine(names, mean, err, scatter)  # none unless fitted
         table = {}
         for k, name in enumerate(names):
             table[name], table[f"{name}_err"], table[f"{name}_scatter"] = mean[:, k], err[:, k], scatter[:, k]
@@ -566,6 +567,26 @@ class SpectraFMPipeline:
         finally:
             self.processor.snr_range = snr_range
 
+    def calibrate_labels(self, spectra: Sequence[Spectrum], labels, label_names: Sequence[str] | None = None,
+                         seed: int = 0, n_repeats: int = 1) -> dict[str, list]:
+        """The cheapest few-shot transfer: a per-label affine correction ``slope * prediction + intercept`` fitted by
+        least squares on labelled spectra of the new domain (never the test set), stored in the processor
+        (``label_affine``, saved by `save_pretrained`) and applied by every later `predict`; the network is unchanged.
+        ``labels`` are read as in `fit`. Returns ``{label: [slope, intercept]}``. The correction is fitted over the
+        labels' range in ``spectra`` only: fitted on metal-rich stars it does not extrapolate to metal-poor ones
+        (README: the few-shot comparisons)."""
+        spectra = _as_list(spectra)
+        names, values, _ = self._label_arrays(labels, label_names, None, len(spectra))
+        saved = dict(self.processor.label_affine)
+        for n in names:  # fit on the network's own predictions
+            self.processor.label_affine.pop(n, None)
+        try:
+            table = self.predict(spectra, labels=names, seed=seed, n_repeats=n_repeats, noise_draws=0)
+            return self.processor.fit_label_affine(names, table[names].to_numpy(), values)
+        except BaseException:
+            self.processor.label_affine = saved
+            raise
+
     def fit(
         self,
         spectra: Sequence[Spectrum],
@@ -691,5 +712,6 @@ class SpectraFMPipeline:
                 raise FloatingPointError(f"loss became {loss} at step {step}")
         for p in model.parameters():
             p.requires_grad_(True)
-        return SpectraFMPipeline(model.eval(), copy.deepcopy(self.processor), self.device, self.batch_size, self.bf16,
-                                 self.compile)
+        processor = copy.deepcopy(self.processor)
+        processor.label_affine = {}  # fitted to the old network's predictions
+        return SpectraFMPipeline(model.eval(), processor, self.device, self.batch_size, self.bf16, self.compile)

@@ -223,6 +223,10 @@ class SpectraFMProcessor(FeatureExtractionMixin):
             spectra ``uncertainty_scale`` was fitted on. The model's own sigma is calibrated for ONE subset (its
             training); a spectrum read as ``k`` subsets gets ``scale ** min(1, log k / log k_fit)``: the full factor
             for spectra as long as the fitted ones, none for a single window, log-interpolated between.
+        label_affine (`dict[str, [float, float]]`, *optional*): post-hoc per-label affine correction of the predicted
+            mean, ``slope * mean + intercept`` in physical units (``_err`` times ``|slope|``), fitted on labelled
+            spectra of a new domain (`fit_label_affine`, `SpectraFMPipeline.calibrate_labels`): a few-shot transfer
+            that moves only the label scale and zero point. Labels not listed: unchanged.
 
     Example:
         >>> import numpy as np
@@ -266,6 +270,7 @@ class SpectraFMProcessor(FeatureExtractionMixin):
         embedding_threshold: float | None = None,
         uncertainty_scale: dict | None = None,
         uncertainty_scale_subsets: float = 1.0,
+        label_affine: dict | None = None,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -321,6 +326,12 @@ class SpectraFMProcessor(FeatureExtractionMixin):
         self.uncertainty_scale_subsets = float(uncertainty_scale_subsets)
         if not self.uncertainty_scale_subsets >= 1:
             raise ValueError(f"uncertainty_scale_subsets must be >= 1, got {uncertainty_scale_subsets}")
+        self.label_affine = {}
+        for name, pair in (label_affine or {}).items():
+            slope, intercept = (float(v) for v in pair)
+            if not (np.isfinite(slope) and np.isfinite(intercept) and slope != 0):
+                raise ValueError(f"label_affine[{name!r}] needs a finite non-zero slope and intercept, got {pair}")
+            self.label_affine[str(name)] = [slope, intercept]
         self._ref_cache = None
         self._emb_cache = None
 
@@ -457,6 +468,35 @@ class SpectraFMProcessor(FeatureExtractionMixin):
         if n_subsets is not None:
             self.uncertainty_scale_subsets = float(max(1.0, np.median(np.asarray(n_subsets, np.float64))))
         return scales
+
+    def apply_label_affine(self, names: Sequence[str], mean, *spreads):
+        """``label_affine`` applied to predictions (n, len(names)) in physical units: ``slope * mean + intercept``
+        and every spread (sigma, scatter) times ``|slope|``; labels without a correction pass through."""
+        slope, intercept = np.array([self.label_affine.get(n, [1.0, 0.0]) for n in names], np.float64).reshape(-1, 2).T
+        return (np.asarray(mean, np.float64) * slope + intercept,
+                *(np.asarray(s, np.float64) * np.abs(slope) for s in spreads))
+
+    def fit_label_affine(self, names: Sequence[str], predicted, true, min_rows: int = 5) -> dict[str, list]:
+        """Fit and store ``label_affine`` by least squares of ``true`` on ``predicted`` (both (n, len(names)), the
+        model's uncorrected predictions of labelled spectra; never the test set). Rows with a NaN are skipped; a label
+        with fewer than ``min_rows`` usable rows, or predictions without spread, raises. Returns the new entries."""
+        predicted, true = np.asarray(predicted, np.float64), np.asarray(true, np.float64)
+        if predicted.ndim == 1 and len(names) == 1:
+            predicted, true = predicted[:, None], true[:, None]
+        if predicted.shape != true.shape or predicted.shape[1:] != (len(names),):
+            raise ValueError(f"predicted and true need shape (n, {len(names)}), got {predicted.shape}, {true.shape}")
+        fitted = {}
+        for k, name in enumerate(names):
+            ok = np.isfinite(predicted[:, k]) & np.isfinite(true[:, k])
+            x, y = predicted[ok, k], true[ok, k]
+            if x.size < min_rows:
+                raise ValueError(f"fit_label_affine: {name} has {x.size} usable rows, need >= {min_rows}")
+            if not np.std(x) > 0:
+                raise ValueError(f"fit_label_affine: the predictions of {name} are constant; no scale to fit")
+            slope, intercept = np.polyfit(x, y, 1)
+            fitted[name] = [float(f"{slope:.6g}"), float(f"{intercept:.6g}")]
+        self.label_affine.update(fitted)
+        return fitted
 
     def fit_embeddings(self, embeddings, test_embeddings, quantile: float = 0.99, shrinkage: float = 1e-3):
         """Set the out-of-distribution statistics from in-domain embeddings (n, hidden): their mean and whitening
