@@ -245,6 +245,7 @@ def run(cfg):
     if synthetic_validation is not None:
         summary["pretrained_synthetic_validation"] = synthetic_validation
     summary["recipe_selection"] = recipe_selection(out, [m for m in dict.fromkeys(table.model)], draws)
+    summary["metal_poor_by_star_type"] = metal_poor_by_star_type(runner, table, truths)
     summary["figure"] = str(figure(cfg, runner, table, truths[draws[0]], draws[0], results))
     (results / "miles_summary.json").write_text(json.dumps(summary, indent=2, default=float))
     log(f"done in {time.time() - t0:.0f} s: {csv_path}, {results / 'miles_summary.json'}")
@@ -252,6 +253,28 @@ def run(cfg):
     with pd.option_context("display.width", 200, "display.max_rows", 400):
         print(show.to_string(index=False, float_format="%.3f"))
     return summary
+
+
+def metal_poor_by_star_type(runner, table, truths) -> dict:
+    """Where the metal-poor error lives: [Fe/H] RMSE and bias of the [Fe/H] < -1 test stars, cool (Teff <= 5000 K)
+    and warm giants and the dwarfs (logg >= 3.5), pooled over the draws, per model (cached predictions)."""
+    out = {}
+    for model in dict.fromkeys(table.model):
+        err, kinds = [], []
+        for draw, truth in truths.items():
+            path = runner.pred_dir / f"{model}_draw{draw}.csv"
+            if not path.is_file():
+                continue
+            poor = (truth.FE_H < -1).to_numpy()
+            err.append((pd.read_csv(path).FE_H_pred.to_numpy() - truth.FE_H.to_numpy())[poor])
+            t = truth[poor]
+            kinds.append(np.where(t.LOGG >= 3.5, "dwarfs", np.where(t.TEFF <= 5000, "cool_giants", "warm_giants")))
+        if err:
+            err, kinds = np.concatenate(err), np.concatenate(kinds)
+            out[model] = {k: {"n": int((kinds == k).sum()), "rmse": float(np.sqrt(np.mean(err[kinds == k] ** 2))),
+                              "bias": float(np.mean(err[kinds == k]))}
+                          for k in ("cool_giants", "warm_giants", "dwarfs") if (kinds == k).any()}
+    return out
 
 
 def recipe_selection(out: Path, models, draws) -> dict:
