@@ -352,3 +352,35 @@ def test_training_run_pushes_only_allowed_files_and_keeps_the_output_dir(fake_hu
     _assert_clean(pushed, tmp_path, out)
     record = json.loads((out / "final" / "training_info.json").read_text())
     assert str(tmp_path) not in json.dumps(record) and HOST not in json.dumps(record)
+
+
+def test_trainer_push_to_hub_called_directly_uploads_the_allow_list_only(fake_hub, tmp_path, monkeypatch):  # noqa: F811
+    """A user who calls ``trainer.push_to_hub()`` (or ``trainer.save_model()`` with ``push_to_hub=True``) on the
+    package's Trainer gets the allow-listed push, not the Trainer's upload of the whole output_dir."""
+    from transformers import TrainingArguments
+
+    from spectrafm_hf.training.run import DataArguments, ModelArguments, run_training
+
+    monkeypatch.setattr(socket, "gethostname", lambda: HOST)
+    out = tmp_path / "ft"
+    before = _plant_user_files(out)
+    args = TrainingArguments(output_dir=str(out), max_steps=1, per_device_train_batch_size=4, save_strategy="no",
+                             report_to=[], use_cpu=True, seed=0, disable_tqdm=True)
+    margs = ModelArguments(model_name_or_path=str(TINY), target_labels=["FE_H"], lora_r=2)
+    dargs = DataArguments(dataset_config="observed_apogee", dataset_cache_dir=str(tmp_path / "data"),
+                          dataset_kwargs={"n_train": 8, "n_validation": 0, "n_test": 0, "seed": 5},
+                          pixel_range=[4107, 4619])
+    trainer, _ = run_training(margs, dargs, args)
+    trainer.args.hub_model_id = "astro/direct-push"
+    info = trainer.push_to_hub()
+    pushed = _pushed(fake_hub, "astro/direct-push")
+    top = {p for p in pushed if "/" not in p} - {".gitattributes"}
+    assert top == OURS | {"README.md"}, sorted(top)  # merged weights, processor, code, card; nothing of output_dir
+    assert set(info.uploaded_files) <= set(pushed)
+    _assert_clean(pushed, tmp_path, out)
+    assert _planted(out, before) == before
+    trainer.args.push_to_hub = True
+    trainer.save_model(str(tmp_path / "saved"))  # the Trainer pushes on save_model when push_to_hub is set
+    assert {p for p in _pushed(fake_hub, "astro/direct-push") if "/" not in p} - {".gitattributes"} == top
+    pulled = SpectraFMPipeline.from_pretrained("astro/direct-push", device="cpu")
+    assert not any("lora" in k for k in pulled.model.state_dict())

@@ -151,6 +151,33 @@ class SpectraFMTrainer(Trainer):
     def get_test_dataloader(self, test_dataset):
         return self._swap(super().get_test_dataloader, test_dataset)
 
+    def push_to_hub(self, commit_message: str | None = "End of training", blocking: bool = True,
+                    token: str | None = None, revision: str | None = None, private: bool | None = None, **kwargs):
+        """`Trainer.push_to_hub`, allow-listed: the trainer's current model (LoRA adapters merged into a copy) and
+        processor are saved into a temporary folder and pushed from there with `spectrafm_hf.publish.push_pipeline`.
+        The Trainer's own push uploads every file of ``output_dir`` (a user's notes, secrets, ``training_args.bin``);
+        ``trainer.save_model()`` with ``push_to_hub=True`` also lands here. ``kwargs`` (the Trainer's model-card
+        fields) are ignored: the card is the package's. Returns the `CommitInfo` (None off the main process)."""
+        import copy
+        import tempfile
+
+        from ..publish import push_pipeline
+
+        if not self.is_world_process_zero():
+            return None
+        token = token or self.args.hub_token
+        if self.hub_model_id is None:
+            self.init_hf_repo(token=token)
+        model = self.accelerator.unwrap_model(self.model)
+        if hasattr(model, "merge_and_unload"):  # LoRA: push merged weights, keep the trainer's adapters
+            model = copy.deepcopy(model).merge_and_unload()
+        with tempfile.TemporaryDirectory(prefix="spectrafm-push-") as tmp:
+            model.save_pretrained(tmp)
+            self.processing_class.save_pretrained(tmp)
+            return push_pipeline(tmp, self.hub_model_id, commit_message=commit_message or "End of training",
+                                 private=self.args.hub_private_repo if private is None else private, token=token,
+                                 revision=revision or self.args.hub_revision)
+
     def _push_from_checkpoint(self, checkpoint_folder: str) -> None:
         """``--push_to_hub`` during training: upload the checkpoint's allow-listed files only
         (`spectrafm_hf.publish.push_trainer_checkpoint`), never the whole output_dir (the Trainer's own push takes
