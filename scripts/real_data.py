@@ -269,20 +269,33 @@ def xp_fewshot(cfg, runner: Runner, train, val, test):
         pretrained = train_or_reuse(
             spectrafm_values(cfg, runner.out / "xp_fewshot" / "pretrain_teff_logg", pre["steps"], pre["labels"]),
             splits=(fm_data(cfg, train), fm_data(cfg, val), None), log=lambda m: log(f"xp_fewshot: {m}"))
-    fine = dict(e.get("finetune") or {})
+    fine = dict(e.get("finetune") or {})  # every fine-tune (and the run without pretraining)
+    recipes = {}  # fine-tunes of the pretrained model: the recommended recipe (row spectrafm) and the ablations
+    if pretrained is not None:
+        recipes = {"spectrafm": dict(e.get("finetune_pretrained") or {}),
+                   **{name: dict(v or {}) for name, v in (e.get("ablations") or {}).items()}}
+    rehearsal_dir = runner.out / "xp_fewshot" / "rehearsal_teff_logg"
+    if any(r.get("rehearsal") for r in recipes.values()) and not rehearsal_dir.is_dir():
+        # rehearsal rows are pretraining rows with the pretraining's labels only: no [Fe/H] of any training star
+        hidden = [c for n in cfg["labels"] if n not in pre["labels"] for c in (n, f"{n}_err")]
+        pool = fm_data(cfg, train)
+        rows_wanted = max(int(r["rehearsal"].get("rows") or 0) for r in recipes.values() if r.get("rehearsal"))
+        pick = np.sort(np.random.default_rng(0).choice(len(pool), min(len(pool), rows_wanted or len(pool)), False))
+        pool.select(pick).remove_columns([c for c in hidden if c in pool.column_names]).save_to_disk(
+            str(rehearsal_dir))
     rows = []
     for draw in e.get("draws", [77]):
         few = select_stars(train, rich, int(e["n_stars"]), int(draw))
         if (np.asarray(few["FE_H"]) <= min_feh).any():
             raise AssertionError("a few-shot training star is metal-poor")
-        variants = {"spectrafm_no_pretraining": None}
-        if pretrained is not None:
-            variants["spectrafm_pretrained_teff_logg"] = pretrained
-        for model, start in variants.items():
+        variants = {"spectrafm_no_pretraining": (None, {}), **{m: (pretrained, r) for m, r in recipes.items()}}
+        for model, (start, recipe) in variants.items():
             run_dir = runner.out / "xp_fewshot" / f"{model}_draw{draw}"
-            extra = dict(fine)
+            extra = {**fine, **recipe}
             if start is not None:
                 extra.update(model_name_or_path=str(start), config_overrides={})
+            if extra.get("rehearsal"):
+                extra["rehearsal"] = {"data_dir": str(rehearsal_dir), **extra["rehearsal"]}
             final = train_or_reuse(spectrafm_values(cfg, run_dir, e["steps"], ["FE_H"], **extra),
                                    splits=(fm_data(cfg, few), fm_data(cfg, val_rich), None),
                                    log=lambda m: log(f"xp_fewshot: {m}"))

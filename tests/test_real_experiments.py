@@ -58,7 +58,7 @@ def test_tiny_preset_writes_every_experiment_model_label_and_split(tiny):
     assert list(table.columns[: len(COLUMNS)]) == COLUMNS
     models = {e: set(g.model) for e, g in table.groupby("experiment")}
     assert models == {"xp_full": {"spectrafm", "mlp", "gbt", "ridge"},
-                      "xp_fewshot": {"spectrafm_no_pretraining", "spectrafm_pretrained_teff_logg", "scratch_nn",
+                      "xp_fewshot": {"spectrafm_no_pretraining", "spectrafm", "spectrafm_helpers_only", "scratch_nn",
                                      "ridge"},
                       "xp_multimodal": {"spectrafm", "spectrafm_photometry"}}
     assert set(table.split) == {"all", "feh_lt_-1", "feh_ge_-1", "giants", "dwarfs"}
@@ -85,6 +85,14 @@ def test_fewshot_sees_no_metal_poor_star_and_no_test_star(tiny, xp):
             continue
         info = json.loads((run / "final" / "training_info.json").read_text())
         assert info["data"]["train"] == 20 and info["data"]["labels"] == ["FE_H"]
+    # the recommended recipe rehearses pretraining rows that carry Teff and logg only, never a star's [Fe/H]
+    import datasets
+
+    rehearsal = datasets.load_from_disk(str(out / "xp_fewshot" / "rehearsal_teff_logg"))
+    assert len(rehearsal) == 8 and {"TEFF", "LOGG"} <= set(rehearsal.column_names)
+    assert not {"FE_H", "ALPHA_M"} & set(rehearsal.column_names)
+    info = json.loads((out / "xp_fewshot" / "spectrafm_draw77" / "final" / "training_info.json").read_text())
+    assert info["data"]["train"] == 20 + 8 and info["data"]["helper_labels"] == ["TEFF", "LOGG"]
     # the script's selection rule, replayed: only stars with [Fe/H] > -1 from the train split
     script = _script()
     cfg = {"dataset": {"config": "gaia_xp_apogee", "data_dir": str(XP_DIR)}, "labels": LABELS, "photometry": PHOT,
