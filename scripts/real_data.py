@@ -467,7 +467,11 @@ def run(cfg, experiments):
             return list(zip(t.experiment, t.model, *(v.map(lambda x: "" if pd.isna(x) else f"{x:g}") for v in num)))
 
         done = set(keys(table))
-        table = pd.concat([old[[k not in done for k in keys(old)]], table], ignore_index=True)
+        # an experiment re-run whole replaces all its rows (a renamed model leaves none behind); a run of some
+        # xp_full sizes replaces those sizes only
+        whole = {e for e in experiments if not (e == "xp_full" and cfg.get("_only_sizes") is not None)}
+        keep = [k not in done and k[0] not in whole for k in keys(old)]
+        table = pd.concat([old[keep], table], ignore_index=True)
     for extra in cfg.get("include_results") or []:  # rows of experiments run by other scripts (miles_fewshot.py)
         if Path(extra).is_file():
             other = pd.read_csv(extra)
