@@ -63,3 +63,23 @@ def test_a_failed_label_calibration_keeps_the_previous_correction(rng):
     with pytest.raises(ValueError, match="usable rows"):
         pipe.calibrate_labels(spectra, {"FE_H": np.zeros(4)})
     assert pipe.processor.label_affine == {"FE_H": [1.5, 0.1]}
+
+
+def test_a_trainer_fine_tune_drops_the_starting_models_correction(rng, tmp_path):
+    """run_training from a calibrated folder: the correction belonged to the old network, the new one has none."""
+    from transformers import TrainingArguments
+
+    from spectrafm_hf.training.run import DataArguments, ModelArguments, run_training
+
+    pipe = SpectraFMPipeline.from_pretrained(TINY, device="cpu")
+    pipe.processor.label_affine = {"FE_H": [1.5, 0.1]}
+    pipe.save_pretrained(tmp_path / "calibrated")
+    args = TrainingArguments(output_dir=str(tmp_path / "ft"), max_steps=1, per_device_train_batch_size=4,
+                             save_strategy="no", report_to=[], use_cpu=True, seed=0, disable_tqdm=True)
+    margs = ModelArguments(model_name_or_path=str(tmp_path / "calibrated"), target_labels=["FE_H"])
+    dargs = DataArguments(dataset_config="observed_apogee", dataset_cache_dir=str(tmp_path / "data"),
+                          dataset_kwargs={"n_train": 8, "n_validation": 0, "n_test": 0, "seed": 5},
+                          pixel_range=[4107, 4619])
+    run_training(margs, dargs, args)
+    saved = json.loads((tmp_path / "ft" / "final" / "preprocessor_config.json").read_text())
+    assert saved["label_affine"] == {}

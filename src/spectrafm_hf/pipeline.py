@@ -572,9 +572,9 @@ class SpectraFMPipeline:
         """The cheapest few-shot transfer: a per-label affine correction ``slope * prediction + intercept`` fitted by
         least squares on labelled spectra of the new domain (never the test set), stored in the processor
         (``label_affine``, saved by `save_pretrained`) and applied by every later `predict`; the network is unchanged.
-        ``labels`` are read as in `fit`. Returns ``{label: [slope, intercept]}``. The correction is fitted over the
-        labels' range in ``spectra`` only: fitted on metal-rich stars it does not extrapolate to metal-poor ones
-        (README: the few-shot comparisons)."""
+        ``labels`` are read as in `fit`. Returns ``{label: [slope, intercept]}``. Outside the labels' range in
+        ``spectra`` the straight line is extrapolated: fitted on metal-rich stars it helped metal-poor ones in the
+        paper's experiment and hurt them on MILES (README: the few-shot comparisons)."""
         spectra = _as_list(spectra)
         names, values, _ = self._label_arrays(labels, label_names, None, len(spectra))
         saved = dict(self.processor.label_affine)

@@ -409,9 +409,11 @@ def build_model(model_args: ModelArguments, train_dataset, label_names):
         model = SpectraFMModel.from_pretrained(path, **model_args.config_overrides)
         processor = SpectraFMProcessor.from_pretrained(path)
         # statistics of the starting weights' outputs go stale once they change: the out-of-distribution test of the
-        # embedding (refit with benchmarks/reliability_stats.py) and the sigma recalibration (refit after training)
+        # embedding (refit with benchmarks/reliability_stats.py), the sigma recalibration (refit after training) and
+        # a label correction
         processor.embedding_mean = processor.embedding_whitening = processor.embedding_threshold = None
         processor.uncertainty_scale = {}
+        processor.label_affine = {}  # a correction of the starting network's predictions (calibrate_labels)
         model, processor = add_labels(model, processor, label_names, train_dataset)
         fit_scalar_inputs(processor, model.config.scalar_input_names, train_dataset)
         return model, processor
