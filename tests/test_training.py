@@ -8,7 +8,7 @@ import torch
 from conftest import TINY, fake_dataset_dict
 from transformers import TrainingArguments
 
-from spectrafm_hf import SpectraFMPipeline, SpectraFMProcessor
+from spectrafm_hf import SpectraFMPipeline, SpectraFMProcessor, Spectrum
 from spectrafm_hf.training.collator import SpectraCollator
 from spectrafm_hf.training.metrics import label_metrics
 from spectrafm_hf.training.run import DataArguments, ModelArguments, parse_args, run_training
@@ -343,3 +343,36 @@ def test_pipe_fit_rehearsal_trains_on_the_earlier_labels_too(rng):
         pipe.fit(new, {"FE_H": np.zeros(8)}, rehearsal=(old, {"FE_H": np.zeros(8)}), rehearsal_fraction=1.0, **kw)
     with pytest.raises(ValueError, match="8 spectra and 3 label rows"):
         pipe.fit(new, {"FE_H": np.zeros(8)}, rehearsal=(old, {"FE_H": np.zeros(3)}), **kw)
+
+
+def test_pipe_fit_synthetic_rehearsal_draws_the_emulator_in_the_fit_window(rng):
+    """pipe.fit(rehearsal="synthetic"): emulator spectra of the model's instrument with their five labels, cut to
+    the wavelength span of the fitted spectra, enter the batches; instruments the package cannot emulate, unknown
+    words and bad row counts are refused with a message naming them."""
+    from conftest import fake_apogee_spectrum
+
+    from spectrafm_hf import synth
+
+    pipe = SpectraFMPipeline.from_pretrained(TINY, device="cpu")
+    new = [fake_apogee_spectrum(rng, n=300, start=1000) for _ in range(8)]
+    spectra, table = pipe._synthetic_rehearsal("synthetic", new, 12, 0)
+    assert len(spectra) == 12 and list(table.columns) == list(synth.LABEL_NAMES)
+    lo, hi = new[0].wavelength[0], new[0].wavelength[-1]
+    assert all(lo <= s.wavelength.min() and s.wavelength.max() <= hi and len(s) == 300 for s in spectra)
+    assert table["FE_H"].std() > 0.1 and np.isfinite(table.to_numpy()).all()
+    kw = dict(steps=20, batch_size=8, learning_rate=1e-2, helper_labels=None, label_names=["FE_H"])
+    plain = pipe.fit(new, {"FE_H": np.full(8, 0.4)}, **kw)
+    mixed = pipe.fit(new, {"FE_H": np.full(8, 0.4)}, rehearsal="synthetic", rehearsal_rows=12, **kw)
+    # the rehearsal stars' spread of [Fe/H] reached the model: it no longer predicts +0.4 for everything
+    assert abs(mixed.predict(spectra, labels=["FE_H"])["FE_H"].mean() - table["FE_H"].mean()) < abs(
+        plain.predict(spectra, labels=["FE_H"])["FE_H"].mean() - table["FE_H"].mean())
+    with pytest.raises(ValueError, match="'synthetic' or a"):
+        pipe.fit(new, {"FE_H": np.zeros(8)}, rehearsal="pretraining", **kw)
+    with pytest.raises(ValueError, match="rehearsal_rows"):
+        pipe.fit(new, {"FE_H": np.zeros(8)}, rehearsal="synthetic", rehearsal_rows=0, **kw)
+    offgrid = [Spectrum(wavelength=np.linspace(5000, 6000, 300), flux=np.ones(300)) for _ in range(8)]
+    with pytest.raises(ValueError, match="do not overlap"):
+        pipe._synthetic_rehearsal("synthetic", offgrid, 4, 0)
+    pipe.processor.continuum = None
+    with pytest.raises(ValueError, match="instrument the package emulates"):
+        pipe.fit(new, {"FE_H": np.zeros(8)}, rehearsal="synthetic", **kw)

@@ -543,6 +543,28 @@ class SpectraFMPipeline:
                 out[n] = (pred[n].to_numpy(np.float64), pred[f"{n}_err"].to_numpy(np.float64))
         return {n: out[n] for n in wanted}
 
+    def _synthetic_rehearsal(self, kind, spectra, rows, seed):
+        """(spectra, labels table) for ``fit(rehearsal="synthetic")``: the emulator's clean spectra of the model's
+        instrument, as pretraining saw them, cut to the wavelength span the fit's own spectra cover."""
+        from . import synth
+
+        if kind != "synthetic":
+            raise ValueError(f"fit: rehearsal must be 'synthetic' or a (spectra, labels) pair, got {kind!r}")
+        if isinstance(rows, bool) or not isinstance(rows, (int, np.integer)) or rows < 1:
+            raise ValueError(f"fit: rehearsal_rows must be an integer >= 1, got {rows!r}")
+        instrument = (self.processor.continuum or {}).get("instrument")
+        if instrument is None or instrument not in synth.INSTRUMENTS:
+            raise ValueError(f"fit: rehearsal='synthetic' needs a model of an instrument the package emulates "
+                             f"({sorted(synth.INSTRUMENTS)}); this one reads {instrument or 'no named instrument'}: "
+                             "pass rehearsal=(spectra, labels) instead")
+        spans = np.array([[s.wavelength[s.good].min(), s.wavelength[s.good].max()] for s in spectra if s.n_good])
+        made = synth.generate(int(rows), instrument, seed=seed, snr=200.0, continuum="pseudo")
+        keep = (made.wavelength >= spans[:, 0].min()) & (made.wavelength <= spans[:, 1].max())
+        if not keep.any():
+            raise ValueError(f"fit: the spectra ({spans[:, 0].min():.0f}-{spans[:, 1].max():.0f} A) do not overlap "
+                             f"the {instrument} grid; rehearsal='synthetic' has nothing to draw")
+        return [s.select(keep) for s in made.to_spectra()], pd.DataFrame(made.labels, columns=synth.LABEL_NAMES)
+
     def calibrate_uncertainties(self, spectra: Sequence[Spectrum], labels, label_names: Sequence[str] | None = None,
                                 label_err=None, seed: int = 0, n_repeats: int = 1,
                                 coverage: float = 0.6827) -> dict[str, float]:
@@ -604,6 +626,7 @@ class SpectraFMPipeline:
         l2sp_alpha: float = 0.0,
         rehearsal=None,
         rehearsal_fraction: float = 0.5,
+        rehearsal_rows: int = 2000,
     ) -> "SpectraFMPipeline":
         """Fine-tune a copy of the model on labelled spectra and return a new pipeline (this one is unchanged).
 
@@ -620,6 +643,9 @@ class SpectraFMPipeline:
         ``l2sp_alpha`` > 0 adds the L2-SP penalty ``alpha * sum |w - w_start|^2`` (stay near the pretrained weights).
         ``rehearsal=(spectra, labels_table)``: earlier training spectra with their labels (columns named like the
         labels; missing ones count as unknown), drawn as ``rehearsal_fraction`` of every batch.
+        ``rehearsal="synthetic"``: ``rehearsal_rows`` spectra from the package's emulator of the model's instrument
+        (`spectrafm_hf.synth`, the pretraining data: S/N 200, pseudo-continuum), cut to the wavelength span of
+        ``spectra``, with their five labels.
         """
         from .training.freezing import freeze as freeze_parts
 
@@ -650,6 +676,8 @@ class SpectraFMPipeline:
         if rehearsal is not None:  # appended after the fit's own rows; drawn separately below
             if not 0 < rehearsal_fraction < 1:
                 raise ValueError(f"fit: rehearsal_fraction must be in (0, 1), got {rehearsal_fraction!r}")
+            if isinstance(rehearsal, str):
+                rehearsal = self._synthetic_rehearsal(rehearsal, spectra, rehearsal_rows, seed)
             r_spectra, r_table = _as_list(rehearsal[0]), pd.DataFrame(dict(rehearsal[1]))
             if len(r_table) != len(r_spectra):
                 raise ValueError(f"fit: rehearsal has {len(r_spectra)} spectra and {len(r_table)} label rows")
