@@ -242,7 +242,8 @@ def test_results_do_not_depend_on_the_batch_size_and_the_cpu_default_is_cache_si
     spectra = [fake_apogee_spectrum(rng, n=n) for n in (500, 130, 64)]
     default = tiny_pipeline.predict(spectra)
     tiny_pipeline.batch_size = 1
-    pd.testing.assert_frame_equal(default, tiny_pipeline.predict(spectra), check_exact=False, rtol=1e-5, atol=1e-6)
+    # float32 sums in another order per batch size (oneDNN picks kernels by shape): ~3e-5 relative on some CPUs
+    pd.testing.assert_frame_equal(default, tiny_pipeline.predict(spectra), check_exact=False, rtol=1e-4, atol=1e-6)
     # about 4096 pixels per forward pass on a CPU: 8 subsets for the paper's 512-pixel context, 16 for 256
     assert default_batch_size(SpectraFMConfig(), "cpu") == 8
     assert default_batch_size(SpectraFMConfig(context_length=256), "cpu") == 16

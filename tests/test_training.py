@@ -212,7 +212,7 @@ def test_pipeline_fit_with_helper_labels_does_not_collapse_where_fe_h_alone_does
     spectra = [row_to_spectrum(r) for r in rows]
     table = pd.DataFrame({n: np.asarray(rows[n], float) for n in ("TEFF", "LOGG", "FE_H")})
     pipe = SpectraFMPipeline.from_pretrained(TINY, device="cpu")
-    kw = dict(label_names=["FE_H"], steps=150, learning_rate=2e-3, seed=0)
+    kw = dict(label_names=["FE_H"], steps=150, learning_rate=2e-3, seed=0, rehearsal=None)  # helper labels alone
     spread, rmse = {}, {}
     for helpers in (None, "auto"):
         pred = pipe.fit(spectra, table, helper_labels=helpers, **kw).predict(spectra, labels="FE_H")["FE_H"]
@@ -335,7 +335,7 @@ def test_pipe_fit_rehearsal_trains_on_the_earlier_labels_too(rng):
     new = [fake_apogee_spectrum(rng, n=300) for _ in range(8)]
     old = [fake_apogee_spectrum(rng, n=300, start=2000) for _ in range(8)]
     kw = dict(steps=30, batch_size=8, learning_rate=1e-2, helper_labels=None, label_names=["FE_H"])
-    plain = pipe.fit(new, {"FE_H": np.full(8, 0.4)}, **kw)
+    plain = pipe.fit(new, {"FE_H": np.full(8, 0.4)}, rehearsal=None, **kw)
     mixed = pipe.fit(new, {"FE_H": np.full(8, 0.4)}, rehearsal=(old, {"FE_H": np.full(8, -1.6), "X": np.zeros(8)}),
                      **kw)
     assert mixed.predict(old, labels=["FE_H"])["FE_H"].mean() < plain.predict(old, labels=["FE_H"])["FE_H"].mean() - 0.3
@@ -361,18 +361,28 @@ def test_pipe_fit_synthetic_rehearsal_draws_the_emulator_in_the_fit_window(rng):
     assert all(lo <= s.wavelength.min() and s.wavelength.max() <= hi and len(s) == 300 for s in spectra)
     assert table["FE_H"].std() > 0.1 and np.isfinite(table.to_numpy()).all()
     kw = dict(steps=20, batch_size=8, learning_rate=1e-2, helper_labels=None, label_names=["FE_H"])
-    plain = pipe.fit(new, {"FE_H": np.full(8, 0.4)}, **kw)
+    plain = pipe.fit(new, {"FE_H": np.full(8, 0.4)}, rehearsal=None, **kw)
     mixed = pipe.fit(new, {"FE_H": np.full(8, 0.4)}, rehearsal="synthetic", rehearsal_rows=12, **kw)
+    # the default ("auto") is the same synthetic rehearsal for a model of an emulated instrument
+    assert _same_weights(pipe.fit(new, {"FE_H": np.full(8, 0.4)}, rehearsal_rows=12, **kw), mixed)
     # the rehearsal stars' spread of [Fe/H] reached the model: it no longer predicts +0.4 for everything
     assert abs(mixed.predict(spectra, labels=["FE_H"])["FE_H"].mean() - table["FE_H"].mean()) < abs(
         plain.predict(spectra, labels=["FE_H"])["FE_H"].mean() - table["FE_H"].mean())
-    with pytest.raises(ValueError, match="'synthetic' or a"):
-        pipe.fit(new, {"FE_H": np.zeros(8)}, rehearsal="pretraining", **kw)
     with pytest.raises(ValueError, match="rehearsal_rows"):
         pipe.fit(new, {"FE_H": np.zeros(8)}, rehearsal="synthetic", rehearsal_rows=0, **kw)
     offgrid = [Spectrum(wavelength=np.linspace(5000, 6000, 300), flux=np.ones(300)) for _ in range(8)]
     with pytest.raises(ValueError, match="do not overlap"):
         pipe._synthetic_rehearsal("synthetic", offgrid, 4, 0)
+    with pytest.raises(ValueError, match="'auto', 'synthetic', None or a"):
+        pipe.fit(new, {"FE_H": np.zeros(8)}, rehearsal="pretraining", **kw)
+    assert pipe._synthetic_rehearsal("auto", offgrid, 4, 0) is None  # the default then fits without rehearsal
     pipe.processor.continuum = None
     with pytest.raises(ValueError, match="instrument the package emulates"):
         pipe.fit(new, {"FE_H": np.zeros(8)}, rehearsal="synthetic", **kw)
+    assert pipe._synthetic_rehearsal("auto", new, 4, 0) is None
+    assert _same_weights(pipe.fit(new, {"FE_H": np.full(8, 0.4)}, **kw),
+                         pipe.fit(new, {"FE_H": np.full(8, 0.4)}, rehearsal=None, **kw))
+
+
+def _same_weights(a, b):
+    return all(torch.equal(x, y) for x, y in zip(a.model.state_dict().values(), b.model.state_dict().values()))
