@@ -4,7 +4,7 @@
 Every variant gets the same optimizer-step budget (``--steps``, batch 32 unless the variant says otherwise) on all
 XP training stars, starting from the ``spectrafm`` recipe of ``scripts/configs/real_xp_cpu.yaml``, and is scored on
 the VALIDATION split (robust scatter and 68 % coverage per label; the test split is never used here). Varied: the
-peak learning rate (warm-up + cosine), tokens per spectrum (115 = a random third of the 343 XP pixels per step, the
+network width (hidden 64 vs 128), the peak learning rate (warm-up + cosine), tokens per spectrum (115 = a random third of the 343 XP pixels per step, the
 pipeline averaging three disjoint thirds at prediction; every 3rd pixel, a fixed 115; or all 343 in one context) and gradient clipping (the
 Trainer's max_grad_norm 1.0 vs none; the clip rate is the fraction of logged steps whose gradient norm exceeded
 it; without clipping, the fraction above 1.0). The collapse guard is off here (the sweep measures, it does not
@@ -45,6 +45,13 @@ VARIANTS = {  # name: (training overrides, config overrides)
     "lr2e-3_ctx343": ({"learning_rate": 2e-3}, {"context_length": 343}),
     "lr2e-3_stride3": ({"learning_rate": 2e-3, "_stride": 3}, CTX115),  # every 3rd pixel: fixed 115 tokens
     "lr2e-3_stride3_noclip": ({"learning_rate": 2e-3, "_stride": 3, "max_grad_norm": 0.0}, CTX115),
+    # width: hidden 128 (feed-forward layers doubled with it) against the recipe's 64, same tokens and steps
+    "lr2e-3_stride3_hidden128": ({"learning_rate": 2e-3, "_stride": 3},
+                                 {**CTX115, "hidden_size": 128, "encoder_ffn_dims": [512, 512],
+                                  "decoder_ffn_dims": [512, 512, 256]}),
+    "lr1e-3_stride3_hidden128": ({"learning_rate": 1e-3, "_stride": 3},
+                                 {**CTX115, "hidden_size": 128, "encoder_ffn_dims": [512, 512],
+                                  "decoder_ffn_dims": [512, 512, 256]}),
 }
 
 
