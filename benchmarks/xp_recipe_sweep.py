@@ -36,6 +36,7 @@ import real_data  # noqa: E402
 from spectrafm_hf.training.run import train_or_reuse  # noqa: E402
 
 CTX115 = {"context_length": 115}
+HIDDEN128 = {**CTX115, "hidden_size": 128, "encoder_ffn_dims": [512, 512], "decoder_ffn_dims": [512, 512, 256]}
 VARIANTS = {  # name: (training overrides, config overrides)
     "lr5e-4": ({"learning_rate": 5e-4}, CTX115),
     "lr1e-3": ({"learning_rate": 1e-3}, CTX115),
@@ -46,12 +47,8 @@ VARIANTS = {  # name: (training overrides, config overrides)
     "lr2e-3_stride3": ({"learning_rate": 2e-3, "_stride": 3}, CTX115),  # every 3rd pixel: fixed 115 tokens
     "lr2e-3_stride3_noclip": ({"learning_rate": 2e-3, "_stride": 3, "max_grad_norm": 0.0}, CTX115),
     # width: hidden 128 (feed-forward layers doubled with it) against the recipe's 64, same tokens and steps
-    "lr2e-3_stride3_hidden128": ({"learning_rate": 2e-3, "_stride": 3},
-                                 {**CTX115, "hidden_size": 128, "encoder_ffn_dims": [512, 512],
-                                  "decoder_ffn_dims": [512, 512, 256]}),
-    "lr1e-3_stride3_hidden128": ({"learning_rate": 1e-3, "_stride": 3},
-                                 {**CTX115, "hidden_size": 128, "encoder_ffn_dims": [512, 512],
-                                  "decoder_ffn_dims": [512, 512, 256]}),
+    "lr2e-3_stride3_hidden128": ({"learning_rate": 2e-3, "_stride": 3}, HIDDEN128),
+    "lr1e-3_stride3_hidden128": ({"learning_rate": 1e-3, "_stride": 3}, HIDDEN128),
 }
 
 
