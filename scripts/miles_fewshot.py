@@ -142,7 +142,7 @@ def synthetic_sets(cfg, wavelength, cache: Path | None = None):
     s = dict(cfg["synthetic"])
     path = s.pop("emulator", None)
     em = random_optical_emulator(seed=0) if path == "random" else load_optical_emulator(path)
-    kw = {k: s[k] for k in ("snr", "fwhm", "model_fwhm") if k in s}
+    kw = {k: s[k] for k in ("snr", "fwhm", "model_fwhm", "abundance_offsets") if k in s}
     kw["normalize"] = cfg.get("normalize") or {}
     seed = int(s.get("seed", 0))
     t = time.time()

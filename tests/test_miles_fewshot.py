@@ -146,6 +146,18 @@ def test_sampled_labels_stay_in_the_emulator_box():
     assert lab[poor, mg].mean() > lab[rich, mg].mean() + 0.2  # the alpha trend
 
 
+def test_abundance_offsets_shift_one_element_and_reject_unknown_names():
+    base = optical.sample_optical_labels(2000, seed=0)
+    shifted = optical.sample_optical_labels(2000, seed=0, abundance_offsets={"nm": 0.5})
+    n = LABEL_NAMES.index("nm")
+    assert abs(shifted[:, n].mean() - 0.5) < 0.05 and abs(base[:, n].mean()) < 0.02  # giants' dredged-up nitrogen
+    assert shifted[:, n].max() <= 0.6  # still clipped to the emulator box
+    others = [j for j in range(len(LABEL_NAMES)) if j != n]
+    np.testing.assert_array_equal(shifted[:, others], base[:, others])  # the same draws for everything else
+    with pytest.raises(ValueError, match="unknown.*'feh'"):
+        optical.sample_optical_labels(3, abundance_offsets={"feh": 0.1})
+
+
 def test_degrade_moves_air_to_vacuum_and_broadens_to_the_target_fwhm(miles):
     wave_air = np.arange(3500.0, 7600.0, 0.5)
     line_air = 5500.0

@@ -341,10 +341,17 @@ def convert_bossbrain(source=None, output=None, wmin: float = 3500.0, wmax: floa
 
 # ---------------------------------------------------------------------------------------------------- labels
 def sample_optical_labels(n: int, seed: int = 0, teff=(3500.0, 6000.0), logg=(0.0, 3.5), mh=(-2.5, 0.5),
-                          alpha_poor: float = 0.3, abundance_sigma: float = 0.1) -> np.ndarray:
+                          alpha_poor: float = 0.3, abundance_sigma: float = 0.1,
+                          abundance_offsets: dict | None = None) -> np.ndarray:
     """(n, 22) labels: Teff, logg, [M/H] uniform in their boxes; [X/M] of O Mg Si Ca Ti on a Galactic-like
     alpha trend (``alpha_poor`` below [M/H] = -1, 0 above 0, linear between) plus N(0, ``abundance_sigma``); every
-    other [X/M] N(0, ``abundance_sigma``); all clipped to +-0.6."""
+    other [X/M] N(0, ``abundance_sigma``); all clipped to +-0.6. ``abundance_offsets`` ({label name: dex}, names
+    as in ``LABEL_NAMES``, e.g. ``{"nm": 0.5}``) shifts an [X/M] mean: giants' nitrogen is raised by the first
+    dredge-up (benchmarks/miles_emulator_fit.py measures it on MILES giants)."""
+    offsets = dict(abundance_offsets or {})
+    unknown = sorted(set(offsets) - set(LABEL_NAMES[3:]))
+    if unknown:
+        raise ValueError(f"abundance_offsets: unknown [X/M] label(s) {unknown}; known: {list(LABEL_NAMES[3:])}")
     rng = np.random.default_rng(seed)
     out = np.zeros((n, len(LABEL_NAMES)))
     out[:, 0] = rng.uniform(*teff, n)
@@ -352,7 +359,7 @@ def sample_optical_labels(n: int, seed: int = 0, teff=(3500.0, 6000.0), logg=(0.
     out[:, 2] = rng.uniform(*mh, n)
     alpha = alpha_poor * np.clip(-out[:, 2], 0.0, 1.0)
     for j, name in enumerate(LABEL_NAMES[3:], start=3):
-        base = alpha if name in ALPHA_LABELS else 0.0
+        base = (alpha if name in ALPHA_LABELS else 0.0) + float(offsets.get(name, 0.0))
         out[:, j] = np.clip(base + rng.normal(0.0, abundance_sigma, n), -0.6, 0.6)
     return out
 
