@@ -38,8 +38,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
 
 import miles_fewshot  # noqa: E402
+import inspect  # noqa: E402
+
 from spectrafm_hf.synth.optical import (ALPHA_LABELS, LABEL_NAMES, degrade, load_optical_emulator,  # noqa: E402
-                                        pseudo_continuum_normalize)
+                                        pseudo_continuum_normalize, sample_optical_labels)
 
 FREE_SETS = {"teff_logg_mh": (), "alpha": ("alpha",), "alpha_cn": ("alpha", "cn")}
 FLUX_ERROR = 0.02  # a nominal per-pixel error: chi^2 values compare fits, they are not a goodness-of-fit test
@@ -54,7 +56,8 @@ class GiantFitter:
         self.wavelength = wavelength
         self.fwhm, self.model_fwhm = float(s["fwhm"]), float(s["model_fwhm"])
         self.normalize = cfg.get("normalize") or {}
-        self.alpha_poor = 0.3  # synth.optical.sample_optical_labels' default trend
+        # the pretraining prior's alpha trend, read from its one definition
+        self.alpha_poor = inspect.signature(sample_optical_labels).parameters["alpha_poor"].default
 
     def spectrum(self, p, free) -> np.ndarray:
         x = np.zeros(len(LABEL_NAMES))
