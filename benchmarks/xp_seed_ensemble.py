@@ -14,7 +14,8 @@ remove. Validation split only (the test split is never read here); ``--stars`` t
 ``--variant`` trains SpectraFM with ``--config_overrides`` merged into the recipe's (its runs are named
 ``spectrafm_NAME_seedK``); the MLP runs are shared with the plain recipe. ``benchmarks/results/
 xp_seed_ensemble_bound0.25.json`` is ``--variant bound0.25 --config_overrides '{"embedding_init_bound": 0.25}'``,
-seeds 0 and 1: the flux embedding's larger initialisation that recipe v3 adopts.
+seeds 0 and 1: the flux embedding's larger initialisation that recipe v3 adopts. ``xp_seed_ensemble.json`` was made
+with recipe v2 (the config before v3: ``embedding_init_bound`` unset).
 
 Runs go to ``runs/xp_seed_ensemble/`` and are reused when they exist; run two seeds side by side with
 ``--seeds 0`` and ``--seeds 1`` in two processes (one core each), then once more with ``--seeds 0,1`` to score.
