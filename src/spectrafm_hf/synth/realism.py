@@ -1,7 +1,7 @@
 """The instrument & realism layer: turns clean emulated spectra into "observed-domain" spectra.
 
 Every number used here comes from the instrument's :class:`~spectrafm_hf.synth.RealismSpec` /
-:class:`~spectrafm_hf.synth.GapSpec` (see ``INSTRUMENTS["apogee"]`` in ``spectrafm_hf/synth/__init__.py``, the one
+:class:`~spectrafm_hf.synth.GapSpec` (see ``INSTRUMENTS["apogee"]`` in ``spectrafm_hf/synth/instruments.py``, the one
 documented place); the functions below only implement the recipe. The pipeline (:func:`observe`) applies, in order:
 
 1. **Synthetic-to-real physics gap** (:func:`apply_physics_gap`), on the clean R_grid spectrum. Line depths
