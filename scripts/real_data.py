@@ -348,7 +348,10 @@ def figures(cfg, runner: Runner, table: pd.DataFrame, test, results: Path, full_
     labels = list(cfg["labels"])
     truth = frame(test, labels)
     paths = {}
-    if full_runs:
+    sizes = (cfg.get("xp_full") or {}).get("sizes") or []
+    largest = "all" if None in sizes else str(max(int(v) for v in sizes)) if sizes else None
+    only = cfg.get("_only_sizes")
+    if full_runs and (only is None or largest in only):  # a run of smaller sizes keeps the largest run's figures
         tag = max(full_runs, key=lambda t: int(t[1:]))
         pred = pd.read_csv(runner.pred_dir / f"xp_full_{tag}_spectrafm.csv")
         fig, axes = plt.subplots(1, len(labels), figsize=(4.2 * len(labels), 4.2))
@@ -363,6 +366,7 @@ def figures(cfg, runner: Runner, table: pd.DataFrame, test, results: Path, full_
         z = {n: (pred[f"{n}_pred"] - truth[n]) / pred[f"{n}_sigma"] for n in labels}
         paths["calibration"] = plots.plot_calibration(z, results / "xp_calibration.png",
                                                       title=f"SpectraFM on Gaia XP ({tag[1:]} stars), test split")
+    if full_runs:
         lc = table[(table.experiment == "xp_full") & (table.split == "all")]
         fig, axes = plt.subplots(1, len(labels), figsize=(4.2 * len(labels), 3.8))
         for ax, n in zip(np.atleast_1d(axes), labels):

@@ -110,8 +110,10 @@ def test_reruns_reuse_trained_models(tiny):
                         "--experiments", "xp_full"])
     log = buffer.getvalue()
     assert "training (" not in log and log.count("exists, skipped") == 2
-    # a partial run replaces its own rows and keeps the others
+    # a partial run replaces its own rows and keeps the others, and the largest run's figures
     before = pd.read_csv(out / "results" / "real_data.csv")
+    largest_run_figures = {name: (out / "results" / name).read_bytes()
+                           for name in ("xp_predicted_vs_apogee.png", "xp_calibration.png")}
     buffer = io.StringIO()
     with contextlib.redirect_stdout(buffer):
         _script().main([str(REPO / "scripts" / "configs" / "real_xp_tiny.yaml"), "--output_dir", str(out),
@@ -122,6 +124,8 @@ def test_reruns_reuse_trained_models(tiny):
     key = ["experiment", "model", "label", "split", "n_train", "draw"]
     assert after.sort_values(key)[key].astype(str).values.tolist() == \
         before.sort_values(key)[key].astype(str).values.tolist()
+    for name, data in largest_run_figures.items():
+        assert (out / "results" / name).read_bytes() == data, f"{name} redrawn from the 40-star run"
 
 
 def test_gradient_boosting_learns_a_known_function_and_picks_trees_on_validation(rng):
