@@ -217,6 +217,11 @@ class Runner:
 
 
 # ------------------------------------------------------------------------------------------------ experiments
+def size_name(size) -> str:
+    """How ``--sizes`` names an xp_full training-set size: ``all`` for every star (null), else the number."""
+    return "all" if size is None else str(int(size))
+
+
 def xp_full(cfg, runner: Runner, train, val, test):
     from spectrafm_hf.training.run import select_stars, train_or_reuse
 
@@ -228,7 +233,7 @@ def xp_full(cfg, runner: Runner, train, val, test):
     rows, runs = [], {}
     only = cfg.get("_only_sizes")
     for size, steps in zip(e["sizes"], e["steps"]):
-        if only is not None and ("all" if size is None else str(int(size))) not in only:
+        if only is not None and size_name(size) not in only:
             continue
         sub = train if size is None else select_stars(train, {}, int(size), int(e.get("selection_seed", 77)))
         tag = f"n{len(sub)}"
@@ -348,9 +353,9 @@ def figures(cfg, runner: Runner, table: pd.DataFrame, test, results: Path, full_
     labels = list(cfg["labels"])
     truth = frame(test, labels)
     paths = {}
-    sizes = (cfg.get("xp_full") or {}).get("sizes") or []
-    largest = "all" if None in sizes else str(max(int(v) for v in sizes)) if sizes else None
+    sizes = (cfg.get("xp_full") or {}).get("sizes") or [None]
     only = cfg.get("_only_sizes")
+    largest = size_name(None if None in sizes else max(sizes))
     if full_runs and (only is None or largest in only):  # a run of smaller sizes keeps the largest run's figures
         tag = max(full_runs, key=lambda t: int(t[1:]))
         pred = pd.read_csv(runner.pred_dir / f"xp_full_{tag}_spectrafm.csv")
