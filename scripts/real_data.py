@@ -492,6 +492,7 @@ def run(cfg, experiments):
     tmp = csv_path.with_suffix(".tmp")
     table.to_csv(tmp, index=False, float_format="%.6g")
     tmp.replace(csv_path)
+    table = pd.read_csv(csv_path)  # the summary and figures from the table as written, kept rows and new alike
     summary = summarise(table)
     summary["data"] = {"train": len(train), "validation": len(val), "test": len(test), "test_feh_lt_-1": n_mp,
                        "domain": cfg.get("domain"), "labels": cfg["labels"]}
