@@ -56,7 +56,7 @@ def main(argv=None):
         model = ScratchMLP(**params).fit(x[:, ::k], y, xv[:, ::k], yv, **fit_kw)
         mean, sigma = model.predict(xv[:, ::k])
         mean, sigma = np.atleast_2d(mean.T).T, np.atleast_2d(sigma.T).T
-        out["runs"][f"every_{k}_pixel" if k > 1 else "all_pixels"] = {
+        out["runs"][f"pixel_stride_{k}"] = {
             "n_pixels": int(x[:, ::k].shape[1]), "best_epoch": int(model.best_epoch_),
             "minutes": round((time.time() - t) / 60, 1),
             **{n: round(float(label_metrics(mean[:, j], yv[:, j], sigma[:, j])["robust_scatter"]), 4)
