@@ -58,8 +58,8 @@ def test_tiny_preset_writes_every_experiment_model_label_and_split(tiny):
     assert list(table.columns[: len(COLUMNS)]) == COLUMNS
     models = {e: set(g.model) for e, g in table.groupby("experiment")}
     assert models == {"xp_full": {"spectrafm", "mlp", "gbt", "ridge"},
-                      "xp_fewshot": {"spectrafm_no_pretraining", "spectrafm", "spectrafm_helpers_only", "scratch_nn",
-                                     "ridge"},
+                      "xp_fewshot": {"spectrafm_no_pretraining", "spectrafm", "spectrafm_all_weights",
+                                     "spectrafm_helpers_only", "scratch_nn", "ridge"},
                       "xp_multimodal": {"spectrafm", "spectrafm_photometry"}}
     assert set(table.split) == {"all", "feh_lt_-1", "feh_ge_-1", "giants", "dwarfs"}
     full = table[table.experiment == "xp_full"]
@@ -100,6 +100,23 @@ def test_fewshot_sees_no_metal_poor_star_and_no_test_star(tiny, xp):
     train, val, test = script.load_splits(cfg)
     assert not set(train["object_id"]) & test_ids and not set(val["object_id"]) & test_ids
     assert (np.asarray(train["TEFF"]) < 7000).all() and np.isfinite(np.asarray(train["ALPHA_M"])).all()
+
+
+def test_fewshot_recipe_keeps_the_pretrained_encoder(tiny):
+    """The recommended xp_fewshot recipe freezes encoder and embeddings; the all-weights ablation does not."""
+    from spectrafm_hf import SpectraFMModel
+
+    out, _ = tiny
+    runs = out / "xp_fewshot"
+    pretrained = SpectraFMModel.from_pretrained(runs / "pretrain_teff_logg" / "final").state_dict()
+    for model, encoder_kept in (("spectrafm", True), ("spectrafm_all_weights", False)):
+        tuned = SpectraFMModel.from_pretrained(runs / f"{model}_draw77" / "final").state_dict()
+        encoder = [k for k in pretrained if k.startswith("encoder.")]
+        decoder = [k for k in pretrained if k.startswith("decoder.")]
+        assert encoder and decoder
+        same = [torch.equal(pretrained[k], tuned[k]) for k in encoder]
+        assert all(same) if encoder_kept else not all(same), model
+        assert not all(torch.equal(pretrained[k], tuned[k]) for k in decoder), model
 
 
 def test_reruns_reuse_trained_models(tiny):
