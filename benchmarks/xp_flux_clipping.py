@@ -32,7 +32,6 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "scripts"))
 
 import real_data  # noqa: E402
-import spectrafm_hf.training.run as training_run  # noqa: E402
 from spectrafm_hf.training.run import select_stars, train_or_reuse  # noqa: E402
 
 ASINH_SOFTENING = 0.05  # in units of the spectrum's median flux
@@ -48,20 +47,6 @@ def asinh_flux(ds):
         return {"flux": out}
 
     return ds.map(transform, batched=True)
-
-
-def with_clip(clip_sigma):
-    """The processor a fresh run builds, with another ``clip_sigma`` (it is not a training argument)."""
-    base = training_run.SpectraFMProcessor
-
-    class Clipped(base):
-        def __init__(self, *args, **kwargs):
-            kwargs.setdefault("clip_sigma", clip_sigma)
-            super().__init__(*args, **kwargs)
-
-    Clipped.__name__ = base.__name__
-    training_run.SpectraFMProcessor = Clipped
-    return base
 
 
 def masked_fractions(final, ds) -> dict:
@@ -94,14 +79,10 @@ def main(argv=None):
         data = [real_data.fm_data(cfg, d) for d in (sub, val)]
         if variant == "asinh":
             data = [asinh_flux(d) for d in data]
-        base = with_clip(NO_CLIP) if variant == "no_clip" else None
-        try:
-            run_dir = REPO / "runs" / "xp_flux_clipping" / variant
-            final = train_or_reuse(real_data.spectrafm_values(cfg, run_dir, a.steps, labels),
-                                   splits=(data[0], data[1], None))
-        finally:
-            if base is not None:
-                training_run.SpectraFMProcessor = base
+        extra = {"clip_sigma": NO_CLIP} if variant == "no_clip" else {}
+        run_dir = REPO / "runs" / "xp_flux_clipping" / variant
+        final = train_or_reuse(real_data.spectrafm_values(cfg, run_dir, a.steps, labels, **extra),
+                               splits=(data[0], data[1], None))
         m = json.loads((Path(final).parent / "final_metrics.json").read_text())
         out["variants"][variant] = {"eval_loss": round(m["eval_loss"], 4),
                                     **{n: round(m[f"eval_{n}_robust_scatter"], 4) for n in labels},

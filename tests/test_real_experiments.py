@@ -162,6 +162,22 @@ def test_gradient_boosting_learns_a_known_function_and_picks_trees_on_validation
     assert np.sqrt(np.mean((one.predict(X[500:])[0] - y[500:]) ** 2)) > 1.5 * rmse
 
 
+def test_clip_sigma_reaches_a_fresh_processor(xp):
+    """`clip_sigma` (a training argument) sets which normalised pixels a fresh model treats as missing."""
+    train = xp["train"].with_format("numpy")
+    row = train[0]
+    lost = {}
+    for clip in (10.0, 0.5):
+        args = ModelArguments(config_overrides={"hidden_size": 8, "encoder_num_heads": [2, 2],
+                                                "decoder_num_heads": [2, 2, 1], "context_length": 343},
+                              clip_sigma=clip,
+                              flux_normalization="per_pixel", divide_by_median=True)
+        _, proc = build_model(args, train, LABELS)
+        assert proc.clip_sigma == clip
+        lost[clip] = int((~proc.normalize_arrays(row["wavelength"], row["flux"], np.isfinite(row["flux"]))[1]).sum())
+    assert lost[0.5] > lost[10.0]
+
+
 def test_photometry_tokens_reach_the_model(xp):
     train = xp["train"].with_format("numpy")
     model_args = ModelArguments(config_overrides={"hidden_size": 8, "encoder_num_heads": [2, 2],
