@@ -20,7 +20,7 @@ Output npz (the layout of ``moog_hband_grid.npz``): ``flux (N, n_pix)``, ``wavel
 ``labels (N, 5) float32``, ``label_names``; plus ``index`` (label index of each row), ``failed_index`` and ``meta``
 (a JSON string with the config, MOOG build info and timings).
 
-``--set key=value`` overrides a config entry (YAML-parsed value).
+``--set key=value`` overrides a config entry (a dotted path into nested sections; YAML-parsed value).
 """
 
 from __future__ import annotations
@@ -34,12 +34,12 @@ import time
 from pathlib import Path
 
 import numpy as np
-import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from spectrafm_hf.synth import moog as M  # noqa: E402
+from spectrafm_hf.training.presets import load_preset  # noqa: E402
 
 LABEL_NAMES = ("TEFF", "LOGG", "O_FE", "MG_FE", "FE_H")
 
@@ -143,10 +143,7 @@ def main(argv=None) -> int:
                     "--flux-dtype, e.g. float16 for a compact committed file) and stop")
     a = ap.parse_args(argv)
 
-    cfg = yaml.safe_load(Path(a.config).read_text())
-    for kv in a.set:
-        k, v = kv.split("=", 1)
-        cfg[k] = yaml.safe_load(v)
+    cfg = load_preset(a.config, a.set)
     if a.instrument and a.instrument != cfg["instrument"]:
         ap.error(f"--instrument {a.instrument} but the config is for {cfg['instrument']}")
     n = a.n if a.n is not None else int(cfg.get("n", 100))

@@ -33,14 +33,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import yaml
+
+from spectrafm_hf.training.presets import load_preset
 
 COLUMNS = ["experiment", "model", "label", "split", "n", "bias", "rmse", "robust_scatter", "coverage68", "mae",
            "coverage95"]
@@ -513,9 +513,12 @@ def main(argv=None):
     parser.add_argument("--output_dir")
     parser.add_argument("--results_dir")
     parser.add_argument("--results_csv")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a preset value by its dotted path, VALUE read as YAML (repeatable), e.g. "
+                             "--set xp_fewshot.pretrain.steps=30000")
     parser.add_argument("--sizes", help="xp_full: only these training-set sizes (e.g. all,10000)")
     args = parser.parse_args(argv)
-    cfg = yaml.safe_load(Path(args.config).read_text())
+    cfg = load_preset(args.config, args.set)
     for key in ("output_dir", "results_dir", "results_csv"):
         if getattr(args, key):
             cfg[key] = getattr(args, key)
