@@ -386,3 +386,30 @@ def test_pipe_fit_synthetic_rehearsal_draws_the_emulator_in_the_fit_window(rng):
 
 def _same_weights(a, b):
     return all(torch.equal(x, y) for x, y in zip(a.model.state_dict().values(), b.model.state_dict().values()))
+
+
+def test_a_run_another_process_is_training_is_waited_for_not_trained_twice(tmp_path):
+    """train_or_reuse under a held run lock (a second script side by side wanting the same shared pretraining)
+    waits, then reuses the other process's final/ instead of training into the same folder."""
+    import fcntl
+    import threading
+    import time
+
+    from spectrafm_hf.training.run import train_or_reuse
+
+    run_dir = tmp_path / "pretrain"
+    run_dir.mkdir()
+    messages, result = [], {}
+    with open(run_dir / ".lock", "a") as other:
+        fcntl.flock(other, fcntl.LOCK_EX)  # the other process, mid-training
+        waiter = threading.Thread(target=lambda: result.update(
+            final=train_or_reuse({"output_dir": str(run_dir), "max_steps": 1}, log=messages.append)))
+        waiter.start()
+        time.sleep(1.0)
+        assert waiter.is_alive() and any("waiting" in m for m in messages), messages
+        (run_dir / "final").mkdir()
+        (run_dir / "final" / "config.json").write_text("{}")  # the other process finishes
+        fcntl.flock(other, fcntl.LOCK_UN)
+    waiter.join(30)
+    assert not waiter.is_alive() and result["final"] == run_dir / "final"
+    assert "trained by another process" in messages[-1] and not any("training (" in m for m in messages)

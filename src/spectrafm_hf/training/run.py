@@ -10,14 +10,12 @@ stepped the schedule on rank 0 only).
 from __future__ import annotations
 
 import json
-import math
-import os
 import sys
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
-import torch
 import yaml
 from transformers import HfArgumentParser, Trainer, TrainingArguments, set_seed
 
@@ -600,14 +598,41 @@ def train_or_reuse(values: dict, splits=None, log=print) -> Path:
     if (final / "config.json").is_file():
         log(f"{final} exists, skipped")
         return final
-    model_args, data_args, training_args = args_from_dict(values)
-    last = get_last_checkpoint(str(run_dir)) if run_dir.is_dir() else None
-    if last:
-        training_args.resume_from_checkpoint = last
-        log(f"resuming from {last}")
-    log(f"training ({training_args.max_steps} steps) into {run_dir}")
-    run_training(model_args, data_args, training_args, callbacks=callbacks, splits=splits)
+    with _run_lock(run_dir, log):  # two scripts side by side wanting one run (a shared pretraining) train it once
+        if (final / "config.json").is_file():
+            log(f"{final} exists, skipped (trained by another process)")
+            return final
+        model_args, data_args, training_args = args_from_dict(values)
+        last = get_last_checkpoint(str(run_dir))
+        if last:
+            training_args.resume_from_checkpoint = last
+            log(f"resuming from {last}")
+        log(f"training ({training_args.max_steps} steps) into {run_dir}")
+        run_training(model_args, data_args, training_args, callbacks=callbacks, splits=splits)
     return final
+
+
+@contextmanager
+def _run_lock(run_dir: Path, log=print):
+    """Hold an exclusive lock on ``run_dir/.lock`` (created with the folder), waiting while another process holds
+    it. The operating system drops the lock when its process ends, so a killed run never leaves a stale lock.
+    Without ``fcntl`` (Windows) no lock is taken."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    with open(run_dir / ".lock", "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log(f"another process is training into {run_dir}; waiting for it")
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def calibrate_on_split(model, processor, split, label_names, window=None, seed: int = 0) -> dict[str, float]:
