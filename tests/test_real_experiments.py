@@ -121,22 +121,20 @@ def test_fewshot_recipe_keeps_the_pretrained_encoder(tiny):
         assert not all(torch.equal(pretrained[k], tuned[k]) for k in decoder), model
 
 
-def test_all_stars_run_continues_the_teff_logg_pretraining(tiny):
-    """xp_full.continue_pretraining: the every-star run starts from xp_fewshot's pretraining (which saw the Teff and
-    logg of those same stars); a smaller size never does (it would learn from stars outside its subset)."""
-    out, _ = tiny
+def test_all_stars_run_can_continue_the_teff_logg_pretraining(tmp_path):
+    """--set xp_full.continue_pretraining=true: the every-star run starts from xp_fewshot's pretraining (which saw
+    the Teff and logg of those same stars); a smaller size never does (it would learn from stars outside its subset)."""
+    with contextlib.redirect_stdout(io.StringIO()):
+        assert _script().main([str(REPO / "scripts" / "configs" / "real_xp_tiny.yaml"), "--output_dir", str(tmp_path),
+                               "--experiments", "xp_full", "--set", "xp_full.continue_pretraining=true"]) == 0
     start = {}
-    for run in (out / "xp_full").iterdir():
+    for run in (tmp_path / "xp_full").iterdir():
         info = json.loads((run / "final" / "training_info.json").read_text())
         start[run.name] = info["config"]["model"]["model_name_or_path"]
-    pretraining = os.path.normpath(out / "xp_fewshot" / "pretrain_teff_logg" / "final")
+    pretraining = os.path.normpath(tmp_path / "xp_fewshot" / "pretrain_teff_logg" / "final")
     recorded = f"final#{hashlib.sha256(pretraining.encode()).hexdigest()[:8]}"  # training_info hides local paths
-    assert start == {"n40": None, f"n{_n_train(out)}_from_teff_logg": recorded}
-
-
-def _n_train(out):
-    table = pd.read_csv(out / "results" / "real_data.csv")
-    return int(table[(table.experiment == "xp_full")].n_train.max())
+    n_train = int(pd.read_csv(tmp_path / "results" / "real_data.csv").n_train.max())
+    assert start == {"n40": None, f"n{n_train}_from_teff_logg": recorded}
 
 
 def test_reruns_reuse_trained_models(tiny):
@@ -147,8 +145,7 @@ def test_reruns_reuse_trained_models(tiny):
         _script().main([str(REPO / "scripts" / "configs" / "real_xp_tiny.yaml"), "--output_dir", str(out),
                         "--experiments", "xp_full"])
     log = buffer.getvalue()
-    # the two sizes and the pretraining the all-stars run continues
-    assert "training (" not in log and log.count("exists, skipped") == 3
+    assert "training (" not in log and log.count("exists, skipped") == 2
     # the rows kept from the table (xp_fewshot's) and the re-made ones summarise to the same digits as a whole run
     assert (out / "results" / "summary.json").read_text() == summary
     # a partial run replaces its own rows and keeps the others, and the largest run's figures
