@@ -11,7 +11,8 @@ remove. Validation split only (the test split is never read here); ``--stars`` t
         [--seeds 0,1] [--out benchmarks/results/xp_seed_ensemble.json]
         [--variant NAME --config_overrides '{"embedding_init_bound": 0.25}']
 
-``--variant`` trains SpectraFM with ``--config_overrides`` merged into the recipe's (its runs are named
+``--variant`` trains SpectraFM with ``--config_overrides`` merged into the recipe's and ``--train_args`` (training
+argument fields, e.g. ``label_loss_weights``) added to its arguments (its runs are named
 ``spectrafm_NAME_seedK``); the MLP runs are shared with the plain recipe. ``benchmarks/results/
 xp_seed_ensemble_bound0.25.json`` is ``--variant bound0.25 --config_overrides '{"embedding_init_bound": 0.25}'``,
 seeds 0 and 1: the flux embedding's larger initialisation that recipe v3 adopts. ``xp_seed_ensemble.json`` was made
@@ -66,6 +67,8 @@ def main(argv=None) -> int:
     ap.add_argument("--seeds", default="0,1")
     ap.add_argument("--variant", default="", help="name of a SpectraFM variant (with --config_overrides)")
     ap.add_argument("--config_overrides", default="{}", help="JSON merged into the recipe's config_overrides")
+    ap.add_argument("--train_args", default="{}", help="JSON of training-argument fields for the variant, e.g. "
+                    "'{\"label_loss_weights\": {\"FE_H\": 2.0}}'")
     ap.add_argument("--output_dir", default="runs/xp_seed_ensemble")
     ap.add_argument("--out", default=str(REPO / "benchmarks/results/xp_seed_ensemble.json"))
     a = ap.parse_args(argv)
@@ -82,13 +85,15 @@ def main(argv=None) -> int:
     Xv = real_data.flux_matrix(val)
     mlp = dict(cfg["xp_full"]["baselines"]["mlp"])
     mlp.pop("epochs_by_size", None)
-    overrides = json.loads(a.config_overrides)
-    if overrides and not a.variant:
-        ap.error("--config_overrides needs a --variant name (its runs must not reuse the plain recipe's)")
+    overrides, train_args = json.loads(a.config_overrides), json.loads(a.train_args)
+    if (overrides or train_args) and not a.variant:
+        ap.error("--config_overrides and --train_args need a --variant name (its runs must not reuse the plain "
+                 "recipe's)")
     fm = f"spectrafm_{a.variant}" if a.variant else "spectrafm"
     preds = {"spectrafm": [], "mlp": []}
     for seed in seeds:
-        values = real_data.spectrafm_values(cfg, out_dir / f"{fm}_seed{seed}", a.steps, labels, seed=seed)
+        values = real_data.spectrafm_values(cfg, out_dir / f"{fm}_seed{seed}", a.steps, labels, seed=seed,
+                                            **train_args)
         values["config_overrides"] = {**values.get("config_overrides", {}), **overrides}
         final = train_or_reuse(values, splits=(real_data.fm_data(cfg, sub), real_data.fm_data(cfg, val), None),
                                log=real_data.log)
@@ -100,7 +105,8 @@ def main(argv=None) -> int:
     if len(seeds) < 2:
         real_data.log(f"trained seed(s) {seeds}; run again with two or more seeds to score the ensemble")
         return 0
-    result = {"variant": a.variant or None, "config_overrides": overrides, "stars": len(sub), "steps": a.steps,
+    result = {"variant": a.variant or None, "config_overrides": overrides, "train_args": train_args,
+              "stars": len(sub), "steps": a.steps,
               "mlp_epochs": a.mlp_epochs, "seeds": seeds, "split": "validation", "n_validation": len(val), "models": {}}
     for model, p in preds.items():
         single = [scores(q, truth, labels) for q in p]

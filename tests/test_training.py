@@ -413,3 +413,36 @@ def test_a_run_another_process_is_training_is_waited_for_not_trained_twice(tmp_p
     waiter.join(30)
     assert not waiter.is_alive() and result["final"] == run_dir / "final"
     assert "trained by another process" in messages[-1] and not any("training (" in m for m in messages)
+
+
+def test_label_loss_weights_scale_each_labels_training_loss(dsd, tmp_path):
+    """label_loss_weights: a label weighted 0 gives its query no gradient (its embedding row stays where it
+    started) while an unweighted run moves it; gaussian_nll's weights scale each term; bad weights are refused."""
+    from safetensors.torch import load_file
+
+    from spectrafm_hf.modeling_spectrafm import gaussian_nll
+    from spectrafm_hf.training.run import loss_weights_for
+
+    start = load_file(str(TINY / "model.safetensors"))["embedding_layer.embeddings"]
+    rows = {"TEFF": 1, "FE_H": 5}  # row 0 is the flux token, then the model's labels in order
+    moved = {}
+    for name, weights in (("plain", {}), ("teff0", {"TEFF": 0.0})):
+        margs = ModelArguments(model_name_or_path=str(TINY), target_labels=["TEFF", "FE_H"], use_helper_labels=False,
+                               label_loss_weights=weights, calibrate_uncertainties=False)
+        run_training(margs, DataArguments(), _args(tmp_path, name, max_steps=4, learning_rate=1e-2,
+                                                   eval_strategy="no", save_strategy="no"),
+                     splits=(dsd["train"], dsd["validation"], None))
+        end = load_file(str(tmp_path / name / "final" / "model.safetensors"))["embedding_layer.embeddings"]
+        moved[name] = {n: float((end[i] - start[i]).abs().max()) for n, i in rows.items()}
+    assert moved["teff0"]["TEFF"] == 0.0 and moved["teff0"]["FE_H"] > 0
+    assert moved["plain"]["TEFF"] > 0
+
+    mean, logvar, target = torch.zeros(3, 2), torch.zeros(3, 2), torch.tensor([[1.0, 2.0], [0.0, float("nan")],
+                                                                               [1.0, 1.0]])
+    terms = 0.5 * torch.nan_to_num(target, nan=0.0) ** 2
+    assert torch.isclose(gaussian_nll(mean, logvar, target, weights=torch.tensor([1.0, 3.0])),
+                         (terms[:, 0].sum() + 3 * terms[:, 1].sum()) / 5)
+    assert loss_weights_for({}, ["TEFF"]) is None and loss_weights_for({"FE_H": 2}, ["TEFF", "FE_H"]) == [1.0, 2.0]
+    for bad, words in (({"MG_FE": 2.0}, "not trained"), ({"TEFF": -1.0}, ">= 0"), ({"TEFF": 0.0}, "not all 0")):
+        with pytest.raises(ValueError, match=words):
+            loss_weights_for(bad, ["TEFF"])

@@ -78,8 +78,10 @@ class SpectraFMOutput(ModelOutput):
     attentions: tuple[torch.FloatTensor, ...] | None = None
 
 
-def gaussian_nll(mean, log_variance, target, target_err=None):
-    """Mean Gaussian NLL over finite targets; variance = exp(log_variance) + target_err**2. NaN targets are ignored."""
+def gaussian_nll(mean, log_variance, target, target_err=None, weights=None):
+    """Mean Gaussian NLL over finite targets; variance = exp(log_variance) + target_err**2. NaN targets are ignored.
+    ``weights`` (broadcast to the targets, e.g. one per query) scale each term; the mean still divides by the number
+    of finite targets."""
     valid = torch.isfinite(target)
     var = log_variance.exp()
     if target_err is not None:
@@ -87,6 +89,8 @@ def gaussian_nll(mean, log_variance, target, target_err=None):
         var = var + err**2
     target = torch.where(valid, target, mean.detach())
     nll = 0.5 * ((target - mean) ** 2 / var + torch.log(var))
+    if weights is not None:
+        nll = nll * weights
     n_valid = valid.sum()
     # No finite target at all: a zero that still carries the graph, never NaN.
     return torch.where(valid, nll, torch.zeros_like(nll)).sum() / n_valid.clamp_min(1)

@@ -10,19 +10,21 @@ stepped the schedule on rank 0 only).
 from __future__ import annotations
 
 import json
+import math
 import sys
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
+import torch
 import yaml
 from transformers import HfArgumentParser, Trainer, TrainingArguments, set_seed
 
 from ..configuration_spectrafm import SpectraFMConfig
 from ..grids import apogee_wavelength_7514
 from ..hub import resolve_model
-from ..modeling_spectrafm import SpectraFMModel
+from ..modeling_spectrafm import SpectraFMModel, gaussian_nll
 from ..processing_spectrafm import SpectraFMProcessor
 from ..safe_write import atomic_directory, check_target
 from .collator import EpochCallback, SpectraCollator
@@ -55,6 +57,9 @@ class ModelArguments:
     l2sp_alpha: float = field(default=0.0, metadata={
         "help": "L2-SP: weight of the penalty sum |w - w_start|^2 toward the starting checkpoint's weights during "
                 "fine-tuning (0 = off; e.g. 0.01 for 100-star fine-tunes), issue 14."})
+    label_loss_weights: dict = field(default_factory=dict, metadata={
+        "help": "Training-loss weight per label, e.g. {FE_H: 2.0}; labels not named weigh 1. The evaluation loss "
+                "(checkpoint choice, early stopping) stays unweighted."})
     calibrate_uncertainties: bool = field(default=True, metadata={
         "help": "After training, fit the per-label sigma recalibration (SpectraFMPipeline.calibrate_uncertainties) "
                 "on the validation split (at least 20 stars) and save it with the processor, so predict's 68 % "
@@ -117,9 +122,12 @@ class SpectraFMTrainer(Trainer):
     """A `Trainer` whose evaluation uses a deterministic collator (the same pixel subset for the same star at every
     evaluation), so validation losses are comparable and checkpoint selection is not a coin toss."""
 
-    def __init__(self, *args, eval_data_collator=None, l2sp_alpha: float = 0.0, **kwargs):
+    def __init__(self, *args, eval_data_collator=None, l2sp_alpha: float = 0.0, label_loss_weights=None, **kwargs):
         super().__init__(*args, **kwargs)
         self.eval_data_collator = eval_data_collator
+        # one weight per query column (the collator's label order); None = the model's own unweighted loss
+        self.label_loss_weights = None if label_loss_weights is None else torch.as_tensor(label_loss_weights,
+                                                                                            dtype=torch.float32)
         # L2-SP (Li et al. 2018): a penalty alpha * sum |w - w_start|^2 over the trainable weights that existed in
         # the starting checkpoint, so fine-tuning on a few stars stays near what pretraining learned
         self.l2sp_alpha = float(l2sp_alpha)
@@ -127,7 +135,13 @@ class SpectraFMTrainer(Trainer):
             if self.l2sp_alpha > 0 else {}
 
     def compute_loss(self, model, inputs, return_outputs=False, **kwargs):
-        out = super().compute_loss(model, inputs, return_outputs=return_outputs, **kwargs)
+        if self.label_loss_weights is not None and model.training:
+            outputs = model(**inputs)
+            loss = gaussian_nll(outputs.mean, outputs.log_variance, inputs["labels"].to(outputs.mean.dtype),
+                                inputs.get("label_err"), weights=self.label_loss_weights.to(outputs.mean.device))
+            out = (loss, outputs) if return_outputs else loss
+        else:
+            out = super().compute_loss(model, inputs, return_outputs=return_outputs, **kwargs)
         if not self.l2sp_start or not model.training:
             return out
         loss, rest = (out[0], out[1]) if return_outputs else (out, None)
@@ -294,6 +308,17 @@ def add_rehearsal(train, rehearsal: dict, cache_dir=None):
     print(f"rehearsal: {n} rows of {source} mixed with {len(train)} training rows"
           + (f" repeated {repeat}x" if repeat > 1 else ""), file=sys.stderr)
     return datasets.concatenate_datasets([train] * repeat + [pool])
+
+
+def loss_weights_for(weights: dict, label_names) -> list[float] | None:
+    """``label_loss_weights`` as one weight per trained label (1 where not named); None when every weight is 1."""
+    unknown = sorted(set(weights or {}) - set(label_names))
+    if unknown:
+        raise ValueError(f"label_loss_weights names {unknown}, which are not trained (labels: {list(label_names)})")
+    values = [float((weights or {}).get(n, 1.0)) for n in label_names]
+    if any(not (math.isfinite(v) and v >= 0) for v in values) or not any(values):
+        raise ValueError(f"label_loss_weights must be finite, >= 0 and not all 0, got {weights}")
+    return None if all(v == 1.0 for v in values) else values
 
 
 def check_label_columns(dataset, label_names, input_label_names=(), split="train"):
@@ -529,6 +554,7 @@ def run_training(model_args: ModelArguments, data_args: DataArguments, training_
         data_collator=train_collator,
         eval_data_collator=SpectraCollator(**common, deterministic=True),
         l2sp_alpha=model_args.l2sp_alpha if model_args.model_name_or_path else 0.0,
+        label_loss_weights=loss_weights_for(model_args.label_loss_weights, label_names),
         compute_metrics=make_compute_metrics(processor, label_names),
         processing_class=processor,
         callbacks=[TrainingInfoCallback(info), EpochCallback(train_collator), *guards, *callbacks],
