@@ -228,12 +228,13 @@ def teff_logg_pretraining(cfg, runner: Runner, train, val):
     it; xp_full's all-stars run continues it when ``xp_full.continue_pretraining`` (trained once, reused)."""
     from spectrafm_hf.training.run import train_or_reuse
 
-    pre = (cfg.get("xp_fewshot") or {}).get("pretrain") or {}
+    pre = dict((cfg.get("xp_fewshot") or {}).get("pretrain") or {})
     if not pre:
         return None
-    return train_or_reuse(
-        spectrafm_values(cfg, runner.out / "xp_fewshot" / "pretrain_teff_logg", pre["steps"], pre["labels"]),
-        splits=(fm_data(cfg, train), fm_data(cfg, val), None), log=lambda m: log(f"pretraining: {m}"))
+    steps, labels = pre.pop("steps"), pre.pop("labels")  # the rest are argument fields (masked_flux_fraction)
+    name = "pretrain_teff_logg" + ("_masked_flux" if pre.get("masked_flux_fraction") else "")
+    return train_or_reuse(spectrafm_values(cfg, runner.out / "xp_fewshot" / name, steps, labels, **pre),
+                          splits=(fm_data(cfg, train), fm_data(cfg, val), None), log=lambda m: log(f"pretraining: {m}"))
 
 
 def xp_full(cfg, runner: Runner, train, val, test):

@@ -280,3 +280,27 @@ def test_key_dropout_masks_keys_not_probabilities_and_keeps_the_extra_slot():
     paper = small_model(attention_dropout=0.5, attention_dropout_mode="probabilities").train()
     with torch.no_grad():
         assert torch.isfinite(paper(flux, wave).mean).all()
+
+
+def test_flux_queries_leave_the_label_answers_and_add_their_loss():
+    """Masked-flux pretraining: flux queries ride along in the decoder without changing any label answer; their
+    Gaussian NLL (NaN targets ignored) is added to the label loss and trains the flux token's embedding row."""
+    model = small_model(hidden_dropout=0.0, attention_dropout=0.0).train()  # train mode: gradients, no dropout
+    flux, wave = random_batch()
+    held = torch.tensor([[15500.0, 15600.0], [16000.0, float("nan")], [15300.0, 15400.0]])
+    targets = torch.tensor([[0.5, -0.5], [1.0, float("nan")], [0.0, 2.0]])
+    labels = torch.randn(3, 5)
+    plain = model(flux, wave, labels=labels)
+    both = model(flux, wave, labels=labels, flux_query_wavelength=held, flux_targets=targets)
+    torch.testing.assert_close(plain.mean, both.mean)
+    assert both.masked_flux_mean.shape == (3, 2) and plain.masked_flux_loss is None
+    expected = gaussian_nll(both.masked_flux_mean, both.masked_flux_log_variance, targets)
+    torch.testing.assert_close(both.masked_flux_loss, expected)
+    torch.testing.assert_close(both.loss, plain.loss + expected)
+    both.masked_flux_loss.backward()
+    assert model.embedding_layer.embeddings.grad[0].abs().max() > 0  # the flux row is the flux queries' base
+    assert model.embedding_layer.embeddings.grad[1:].abs().max() == 0  # label rows get nothing from flux queries
+    with pytest.raises(ValueError, match="needs flux_query_wavelength"):
+        model(flux, wave, flux_targets=targets)
+    with pytest.raises(ValueError, match="flux_targets has shape"):
+        model(flux, wave, flux_query_wavelength=held, flux_targets=targets[:, :1])

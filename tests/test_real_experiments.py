@@ -223,3 +223,22 @@ def test_photometry_tokens_reach_the_model(xp):
     assert not torch.allclose(a, b)  # the magnitudes change the prediction
     with pytest.raises(ValueError, match="PHOT_X"):
         build_model(ModelArguments(config_overrides={"scalar_input_names": ["PHOT_X"]}), train, LABELS)
+
+
+def test_fewshot_pretraining_can_add_masked_flux(tmp_path):
+    """--set xp_fewshot.pretrain.masked_flux_fraction=...: the pretraining also predicts held-out flux, under its own
+    run name (never mixed with a plain pretraining's cache), and the fine-tunes start from it."""
+    with contextlib.redirect_stdout(io.StringIO()):
+        assert _script().main([str(REPO / "scripts" / "configs" / "real_xp_tiny.yaml"), "--output_dir", str(tmp_path),
+                               "--experiments", "xp_fewshot", "--set", "xp_fewshot.pretrain.masked_flux_fraction=0.25",
+                               "--set", "xp_fewshot.ablations={}", "--set", "xp_fewshot.draws=[77]"]) == 0
+    runs = {p.name for p in (tmp_path / "xp_fewshot").iterdir()}
+    assert "pretrain_teff_logg_masked_flux" in runs and "pretrain_teff_logg" not in runs
+    info = json.loads((tmp_path / "xp_fewshot" / "pretrain_teff_logg_masked_flux" / "final" / "training_info.json")
+                      .read_text())
+    assert info["config"]["data"]["masked_flux_fraction"] == 0.25
+    tuned = json.loads((tmp_path / "xp_fewshot" / "spectrafm_draw77" / "final" / "training_info.json").read_text())
+    assert tuned["config"]["data"]["masked_flux_fraction"] == 0.0  # fine-tunes are not masked
+    pretraining = os.path.normpath(tmp_path / "xp_fewshot" / "pretrain_teff_logg_masked_flux" / "final")
+    assert tuned["config"]["model"]["model_name_or_path"] == \
+        f"final#{hashlib.sha256(pretraining.encode()).hexdigest()[:8]}"  # training_info hides local paths

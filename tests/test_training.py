@@ -142,8 +142,6 @@ def test_finetune_variants(pretrained, dsd, tmp_path, model_kw, expect_frozen):
 
 
 def test_finetune_with_a_new_label(pretrained, dsd, tmp_path):
-    import datasets
-
     base, _ = pretrained
     train = dsd["train"].add_column("VMIC", np.linspace(0.8, 2.0, len(dsd["train"])).astype(np.float32))
     margs = ModelArguments(model_name_or_path=str(base / "final"), target_labels=["FE_H", "VMIC"])
@@ -446,3 +444,47 @@ def test_label_loss_weights_scale_each_labels_training_loss(dsd, tmp_path):
     for bad, words in (({"MG_FE": 2.0}, "not trained"), ({"TEFF": -1.0}, ">= 0"), ({"TEFF": 0.0}, "not all 0")):
         with pytest.raises(ValueError, match=words):
             loss_weights_for(bad, ["TEFF"])
+
+
+def test_collator_masked_flux_holds_out_one_contiguous_run(dsd):
+    """masked_flux_fraction: training rows lose one contiguous run (in wavelength) of their pixel subset from the
+    input and get it back as flux queries with their normalised flux as targets; evaluation rows are never masked."""
+    rows = [dsd["train"][i] for i in range(4)]
+    batch = _collator(seed=0, masked_flux_fraction=0.25)(rows)
+    assert batch["observed_mask"].sum(1).tolist() == [48] * 4  # 64 pixels, 16 held out
+    for i in range(4):
+        held = batch["flux_query_wavelength"][i]
+        inputs = batch["wavelength"][i][batch["observed_mask"][i].bool()]
+        assert torch.isfinite(batch["flux_targets"][i]).sum() == 16
+        assert not torch.isin(held, inputs).any()
+        # contiguous: no input pixel lies inside the held-out run
+        assert not ((inputs > held.min()) & (inputs < held.max())).any()
+    # the targets are the normalised flux the input would have had: the processor's values at those wavelengths
+    proc = SpectraFMProcessor.from_pretrained(TINY)
+    wl = np.asarray(rows[0]["wavelength"], np.float64)
+    x, good = proc.normalize_arrays(wl, np.asarray(rows[0]["flux"], np.float64), np.isfinite(rows[0]["flux"]))
+    idx = np.searchsorted(wl.astype(np.float32), batch["flux_query_wavelength"][0].numpy())
+    np.testing.assert_allclose(batch["flux_targets"][0].numpy(), x[idx], rtol=1e-6)
+    assert "flux_query_wavelength" not in _collator(deterministic=True, masked_flux_fraction=0.25)(rows)
+    with pytest.raises(ValueError, match="masked_flux_fraction"):
+        _collator(masked_flux_fraction=1.0)
+
+
+def test_masked_flux_pretraining_learns_the_held_out_flux(dsd, tmp_path):
+    """Trained with masked_flux_fraction, a fresh model predicts held-out flux far better than the same model
+    trained on labels alone (whose flux queries were never trained); training_info records the option."""
+    losses = {}
+    for name, fraction in (("labels_only", 0.0), ("masked", 0.3)):
+        run_training(ModelArguments(config_overrides=TINY_MODEL, calibrate_uncertainties=False),
+                     DataArguments(masked_flux_fraction=fraction),
+                     _args(tmp_path, name, max_steps=60, learning_rate=5e-3, eval_strategy="no", save_strategy="no"),
+                     splits=(dsd["train"], dsd["validation"], None))
+        final = tmp_path / name / "final"
+        info = json.loads((final / "training_info.json").read_text())
+        assert info["config"]["data"]["masked_flux_fraction"] == fraction
+        pipe = SpectraFMPipeline.from_pretrained(final, device="cpu")
+        collator = SpectraCollator(pipe.processor, LABELS, list(range(5)), seed=1, masked_flux_fraction=0.3)
+        batch = collator([dsd["validation"][i] for i in range(len(dsd["validation"]))])
+        with torch.no_grad():
+            losses[name] = float(pipe.model.eval()(**batch).masked_flux_loss)
+    assert losses["masked"] < losses["labels_only"] - 0.5, losses

@@ -67,6 +67,12 @@ class SpectraFMOutput(ModelOutput):
         attentions (`tuple(torch.FloatTensor)`, *optional*, returned when `output_attentions=True`):
             Decoder cross-attention of each block, shape `(batch_size, num_heads, num_queries, sequence_length + 1)`:
             how much each label query looks at each pixel (the paper's attention maps use the last block).
+        masked_flux_mean (`torch.FloatTensor` of shape `(batch_size, num_flux_queries)`, *optional*):
+            Predicted normalised flux at each `flux_query_wavelength` (masked-flux pretraining).
+        masked_flux_log_variance (`torch.FloatTensor` of shape `(batch_size, num_flux_queries)`, *optional*):
+            Its predicted log-variance.
+        masked_flux_loss (`torch.FloatTensor` of shape `()`, *optional*, returned when `flux_targets` is given):
+            Gaussian NLL of the masked flux, averaged over its finite targets (already included in `loss`).
     """
 
     loss: torch.FloatTensor | None = None
@@ -76,6 +82,9 @@ class SpectraFMOutput(ModelOutput):
     observed_mask: torch.BoolTensor | None = None
     encoder_attentions: tuple[torch.FloatTensor, ...] | None = None
     attentions: tuple[torch.FloatTensor, ...] | None = None
+    masked_flux_mean: torch.FloatTensor | None = None
+    masked_flux_log_variance: torch.FloatTensor | None = None
+    masked_flux_loss: torch.FloatTensor | None = None
 
 
 def gaussian_nll(mean, log_variance, target, target_err=None, weights=None):
@@ -334,12 +343,23 @@ class SpectraFMModel(SpectraFMPreTrainedModel):
             attentions.append(weights)
         return hidden, mask, tuple(attentions) if output_attentions else None
 
-    def decode(self, encoded, key_mask, query_ids, output_attentions=False):
-        """Answer label queries (B, Q) from the encoder output. Returns (mean, log_variance, attentions)."""
+    def flux_queries(self, wavelength):
+        """Decoder queries (B, M, d) asking for the flux at these wavelengths (masked-flux pretraining): the flux
+        token's embedding row plus the wavelength encoding, as a pixel token is built. NaN wavelength = padding."""
+        lam = torch.nan_to_num(wavelength, nan=self.config.wavelength_offset)
+        row = self.embedding_layer.queries(torch.zeros_like(lam, dtype=torch.long))
+        return row + wavelength_encoding(lam, self.config).to(row.dtype)
+
+    def decode(self, encoded, key_mask, query_ids, output_attentions=False, extra_queries=None):
+        """Answer label queries (B, Q) from the encoder output, then any ``extra_queries`` (B, M, d) appended after
+        them (queries never attend to each other, so they do not change the label answers).
+        Returns (mean, log_variance, attentions), each with Q (+ M) query columns."""
         n_labels = len(self.config.label_names)
         if query_ids.numel() and (query_ids.min() < 0 or query_ids.max() >= n_labels):
             raise ValueError(f"query_ids must index label_names (0..{n_labels - 1}), got {query_ids.tolist()}")
         hidden = self.embedding_layer.queries(query_ids + 1)
+        if extra_queries is not None:
+            hidden = torch.cat([hidden, extra_queries.to(hidden.dtype)], dim=1)
         attentions = []
         for block in self.decoder:
             hidden, weights = block(hidden, encoded, key_mask, output_attentions)
@@ -362,6 +382,8 @@ class SpectraFMModel(SpectraFMPreTrainedModel):
         input_values=None,
         input_ids=None,
         input_mask=None,
+        flux_query_wavelength=None,
+        flux_targets=None,
         output_attentions=False,
         output_hidden_states=False,
         return_dict=None,
@@ -387,6 +409,11 @@ class SpectraFMModel(SpectraFMPreTrainedModel):
                 Indices into `config.label_names + config.scalar_input_names` naming each input value.
             input_mask (`torch.Tensor` of shape `(batch_size, num_inputs)`, *optional*):
                 1 for given inputs, 0 for padding.
+            flux_query_wavelength (`torch.FloatTensor` of shape `(batch_size, num_flux_queries)`, *optional*):
+                Masked-flux pretraining: wavelengths (Angstrom) of pixels held out of the input whose normalised
+                flux the decoder also predicts (NaN = padding). Label answers are unchanged by them.
+            flux_targets (`torch.FloatTensor` of shape `(batch_size, num_flux_queries)`, *optional*):
+                The held-out normalised flux (NaN = ignored); its Gaussian NLL is added to the loss.
             output_attentions (`bool`, *optional*):
                 Return encoder and decoder attention maps (runs the eager attention path).
             output_hidden_states (`bool`, *optional*):
@@ -398,12 +425,31 @@ class SpectraFMModel(SpectraFMPreTrainedModel):
         )
         if query_ids is None:
             query_ids = torch.arange(len(self.config.label_names), device=flux.device).expand(flux.shape[0], -1)
-        mean, log_variance, dec_attn = self.decode(encoded, key_mask, query_ids.long(), output_attentions)
+        extra = None
+        if flux_query_wavelength is not None:
+            if flux_query_wavelength.dim() != 2 or flux_query_wavelength.shape[0] != flux.shape[0]:
+                raise ValueError(f"flux_query_wavelength must be (batch, queries); got {tuple(flux_query_wavelength.shape)}")
+            extra = self.flux_queries(flux_query_wavelength)
+        mean, log_variance, dec_attn = self.decode(encoded, key_mask, query_ids.long(), output_attentions, extra)
+        flux_mean = flux_log_variance = flux_loss = None
+        if extra is not None:
+            n_labels = query_ids.shape[1]
+            mean, flux_mean = mean[:, :n_labels], mean[:, n_labels:]
+            log_variance, flux_log_variance = log_variance[:, :n_labels], log_variance[:, n_labels:]
+            if flux_targets is not None:
+                if flux_targets.shape != flux_mean.shape:
+                    raise ValueError(f"flux_targets has shape {tuple(flux_targets.shape)}, the flux queries "
+                                     f"{tuple(flux_mean.shape)}")
+                flux_loss = gaussian_nll(flux_mean, flux_log_variance, flux_targets.to(flux_mean.dtype))
+        elif flux_targets is not None:
+            raise ValueError("flux_targets needs flux_query_wavelength")
         loss = None
         if labels is not None:
             if labels.shape != mean.shape:
                 raise ValueError(f"labels has shape {tuple(labels.shape)} but the queries give {tuple(mean.shape)}")
             loss = gaussian_nll(mean, log_variance, labels.to(mean.dtype), label_err)
+        if flux_loss is not None:
+            loss = flux_loss if loss is None else loss + flux_loss
         out = SpectraFMOutput(
             loss=loss,
             mean=mean,
@@ -412,6 +458,9 @@ class SpectraFMModel(SpectraFMPreTrainedModel):
             observed_mask=key_mask if output_hidden_states else None,
             encoder_attentions=enc_attn,
             attentions=dec_attn,
+            masked_flux_mean=flux_mean,
+            masked_flux_log_variance=flux_log_variance,
+            masked_flux_loss=flux_loss,
         )
         return out if return_dict else out.to_tuple()
 

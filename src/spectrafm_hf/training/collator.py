@@ -60,6 +60,11 @@ class SpectraCollator:
         augment: optional callable ``augment(flux, good, rng) -> (flux, good)`` applied to training rows before
             normalisation, e.g. a `spectrafm_hf.synth.augment.RealismAugment` (noise, masks, continuum errors,
             tellurics); not applied when ``deterministic=True``.
+        masked_flux_fraction: masked-flux pretraining (0 = off): this fraction of a TRAINING row's pixel subset,
+            one contiguous run in wavelength at a random place, is held out of the input, and the model predicts
+            its flux from the rest (``flux_query_wavelength`` / ``flux_targets``). A contiguous run, not scattered
+            pixels, so the model cannot just interpolate between neighbours: it has to infer the missing part of
+            the spectrum from the whole star. Evaluation rows are never masked.
     """
 
     def __init__(
@@ -77,6 +82,7 @@ class SpectraCollator:
         window_prob: float = 0.0,
         window_width: Sequence[int] | None = None,
         augment=None,
+        masked_flux_fraction: float = 0.0,
     ):
         self.processor = processor
         self.label_names = list(label_names)
@@ -97,6 +103,9 @@ class SpectraCollator:
         if augment is not None and not callable(augment):
             raise TypeError(f"augment must be callable (flux, good, rng) -> (flux, good), got {type(augment).__name__}")
         self.augment = augment
+        self.masked_flux_fraction = float(masked_flux_fraction)
+        if not 0.0 <= self.masked_flux_fraction < 1.0:
+            raise ValueError(f"masked_flux_fraction must be in [0, 1), got {masked_flux_fraction}")
 
     def _running_rng(self):
         # Each batch's generator is seeded from torch's global RNG: the Trainer seeds it per rank and saves /
@@ -142,8 +151,18 @@ class SpectraCollator:
             idx = np.sort(rng.choice(idx, self.context_length, replace=False))
         return wl[idx], x[idx]
 
+    def _held_out(self, n, rng):
+        """Boolean (n,): one contiguous run of round(fraction * n) of the row's pixels (in wavelength order),
+        at least one pixel kept in the input."""
+        k = min(int(round(self.masked_flux_fraction * n)), n - 1)
+        held = np.zeros(n, dtype=bool)
+        if k > 0:
+            start = int(rng.integers(0, n - k + 1))
+            held[start:start + k] = True
+        return held
+
     def __call__(self, features):
-        rows, labels, errors = [], [], []
+        rows, labels, errors, masked = [], [], [], []
         batch_rng = None if self.deterministic or self.epoch is not None else self._running_rng()
         for i, f in enumerate(features):
             if self.deterministic:
@@ -152,7 +171,12 @@ class SpectraCollator:
                 rng = self._example_rng(f, i, self.epoch + 1)
             else:
                 rng = batch_rng
-            rows.append(self.pixels(f, rng))
+            wl, x = self.pixels(f, rng)
+            if self.masked_flux_fraction > 0 and not self.deterministic:
+                held = self._held_out(len(wl), rng)
+                masked.append((wl[held], x[held]))
+                wl, x = wl[~held], x[~held]
+            rows.append((wl, x))
             labels.append([f.get(n, np.nan) for n in self.label_names])
             errors.append([f.get(f"{n}_err", np.nan) for n in self.label_names])
         batch = dict(SpectraFMProcessor._pad(rows, "pt"))
@@ -162,6 +186,10 @@ class SpectraCollator:
         batch["query_ids"] = self.query_ids.expand(len(features), -1)
         batch["labels"] = torch.as_tensor(scaled, dtype=torch.float32)
         batch["label_err"] = torch.as_tensor(scaled_err, dtype=torch.float32)
+        if masked:
+            held = SpectraFMProcessor._pad(masked, "pt")  # NaN-padded, as the pixel tokens are
+            batch["flux_query_wavelength"] = held["wavelength"]
+            batch["flux_targets"] = held["flux"]
         if self.input_label_names and self.input_label_prob > 0:
             rng = np.random.default_rng([self.seed, 7, int(self.deterministic), self.epoch or 0,
                                          zlib.crc32("".join(str(f.get("object_id", "")) for f in features).encode())])

@@ -113,6 +113,10 @@ class DataArguments:
                 "(keys: dataset_config + dataset_kwargs, or data_dir: a save_to_disk folder; fraction, seed, rows: how "
                 "many rehearsal spectra); empty = "
                 "none (issue 14)"})
+    masked_flux_fraction: float = field(default=0.0, metadata={
+        "help": "masked-flux pretraining (0 = off): this fraction of every training row's pixels, one contiguous "
+                "run in wavelength, is held out of the input and its flux predicted too (its Gaussian NLL added "
+                "to the loss; the evaluation loss stays the labels'); spectra need no labels to teach it"})
     augment: dict = field(default_factory=dict, metadata={"help": "realism augmentation of training rows, the fields "
                                                                   "of spectrafm_hf.synth.augment.RealismAugment (e.g. "
                                                                   "{snr_range: [50, 500]}); empty = none"})
@@ -139,6 +143,8 @@ class SpectraFMTrainer(Trainer):
             outputs = model(**inputs)
             loss = gaussian_nll(outputs.mean, outputs.log_variance, inputs["labels"].to(outputs.mean.dtype),
                                 inputs.get("label_err"), weights=self.label_loss_weights.to(outputs.mean.device))
+            if outputs.masked_flux_loss is not None:
+                loss = loss + outputs.masked_flux_loss
             out = (loss, outputs) if return_outputs else loss
         else:
             out = super().compute_loss(model, inputs, return_outputs=return_outputs, **kwargs)
@@ -542,7 +548,8 @@ def run_training(model_args: ModelArguments, data_args: DataArguments, training_
     from ..synth.augment import RealismAugment
 
     train_collator = SpectraCollator(**common, window_prob=data_args.window_prob, window_width=data_args.window_width,
-                                     augment=RealismAugment.from_dict(data_args.augment))
+                                     augment=RealismAugment.from_dict(data_args.augment),
+                                     masked_flux_fraction=data_args.masked_flux_fraction)
     guards = []
     if model_args.collapse_min_spread > 0 and evald is not None:
         guards.append(CollapseGuardCallback(label_names, model_args.collapse_min_spread, patience=3))
