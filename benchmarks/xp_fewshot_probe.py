@@ -16,8 +16,9 @@ metal-rich stars.
     OMP_NUM_THREADS=1 python benchmarks/xp_fewshot_probe.py [--model runs/real_xp_cpu/xp_fewshot/pretrain_teff_logg/final]
         [--out benchmarks/results/xp_fewshot_probe.json]
 
-The model is the one ``python scripts/real_data.py scripts/configs/real_xp_cpu.yaml --experiments xp_fewshot``
-pretrains. ~6 min on one core (embedding 5,000 spectra).
+``xp_fewshot_probe.json`` is the Teff/logg-only pretraining (``--set xp_fewshot.pretrain.masked_flux_fraction=0``);
+``xp_fewshot_probe_masked_flux.json`` is ``--model runs/real_xp_cpu/xp_fewshot/pretrain_teff_logg_masked_flux/final
+--out benchmarks/results/xp_fewshot_probe_masked_flux.json``, the pretraining the preset now makes. ~6 min on one core (embedding 5,000 spectra).
 """
 
 from __future__ import annotations

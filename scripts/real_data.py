@@ -222,6 +222,19 @@ def size_name(size) -> str:
     return "all" if size is None else str(int(size))
 
 
+def pretraining_suffix(cfg) -> str:
+    """Names the pretraining's kind in its run folder and in those of the fine-tunes started from it, so a cached
+    run of one kind is never reused for the other."""
+    pre = (cfg.get("xp_fewshot") or {}).get("pretrain") or {}
+    return "_masked_flux" if pre.get("masked_flux_fraction") else ""
+
+
+def fewshot_run_name(cfg, model: str, draw) -> str:
+    """xp_fewshot's run folder (and prediction file) name of one model and draw."""
+    started_from_pretraining = model.startswith("spectrafm") and model != "spectrafm_no_pretraining"
+    return f"{model}_draw{int(draw)}" + (pretraining_suffix(cfg) if started_from_pretraining else "")
+
+
 def teff_logg_pretraining(cfg, runner: Runner, train, val):
     """``xp_fewshot.pretrain``: SpectraFM trained on the Teff and logg of every training star (no [Fe/H] or
     [alpha/M] label seen); its ``final/`` folder, or None when the preset has no pretraining. xp_fewshot fine-tunes
@@ -232,7 +245,7 @@ def teff_logg_pretraining(cfg, runner: Runner, train, val):
     if not pre:
         return None
     steps, labels = pre.pop("steps"), pre.pop("labels")  # the rest are argument fields (masked_flux_fraction)
-    name = "pretrain_teff_logg" + ("_masked_flux" if pre.get("masked_flux_fraction") else "")
+    name = "pretrain_teff_logg" + pretraining_suffix(cfg)
     return train_or_reuse(spectrafm_values(cfg, runner.out / "xp_fewshot" / name, steps, labels, **pre),
                           splits=(fm_data(cfg, train), fm_data(cfg, val), None), log=lambda m: log(f"pretraining: {m}"))
 
@@ -313,7 +326,7 @@ def xp_fewshot(cfg, runner: Runner, train, val, test):
             raise AssertionError("a few-shot training star is metal-poor")
         variants = {"spectrafm_no_pretraining": (None, {}), **{m: (pretrained, r) for m, r in recipes.items()}}
         for model, (start, recipe) in variants.items():
-            run_dir = runner.out / "xp_fewshot" / f"{model}_draw{draw}"
+            run_dir = runner.out / "xp_fewshot" / fewshot_run_name(cfg, model, draw)
             extra = {**fine, **recipe}
             if start is not None:
                 extra.update(model_name_or_path=str(start), config_overrides={})
@@ -322,7 +335,7 @@ def xp_fewshot(cfg, runner: Runner, train, val, test):
             final = train_or_reuse(spectrafm_values(cfg, run_dir, e["steps"], ["FE_H"], **extra),
                                    splits=(fm_data(cfg, few), fm_data(cfg, val_rich), None),
                                    log=lambda m: log(f"xp_fewshot: {m}"))
-            pred = runner.cached(f"xp_fewshot_{model}_draw{draw}",
+            pred = runner.cached(f"xp_fewshot_{fewshot_run_name(cfg, model, draw)}",
                                  lambda: predict_spectrafm(final, fm_data(cfg, test), ["FE_H"]))
             rows += metrics_rows("xp_fewshot", model, pred, truth, ["FE_H"], draw=draw)
         X, Y = flux_matrix(few), frame(few, ["FE_H"])[["FE_H"]].to_numpy()
@@ -408,13 +421,15 @@ def figures(cfg, runner: Runner, table: pd.DataFrame, test, results: Path, full_
     few = table[(table.experiment == "xp_fewshot") & (table.label == "FE_H") & (table.split == "all")]
     draws = sorted(few.draw.dropna().unique()) if len(few) else []
     models = list(dict.fromkeys(few.model))
-    if draws and all((runner.pred_dir / f"xp_fewshot_{'mlp' if m == 'scratch_nn' else m}_draw{int(draws[0])}.csv")
-                     .is_file() for m in models):  # rows kept from an earlier run may have no predictions here
+    def pred_file(model, draw):
+        name = f"mlp_draw{int(draw)}" if model == "scratch_nn" else fewshot_run_name(cfg, model, draw)
+        return runner.pred_dir / f"xp_fewshot_{name}.csv"
+
+    if draws and all(pred_file(m, draws[0]).is_file() for m in models):  # rows kept from an earlier run may have none
         draw = draws[0]
         fig, axes = plt.subplots(1, len(models), figsize=(4.2 * len(models), 4.2), squeeze=False)
         for ax, model in zip(axes[0], models):
-            name = "mlp" if model == "scratch_nn" else model
-            pred = pd.read_csv(runner.pred_dir / f"xp_fewshot_{name}_draw{int(draw)}.csv")
+            pred = pd.read_csv(pred_file(model, draw))
             ax.axvspan(-2.6, -1.0, color="0.93", zorder=0)
             plots.plot_predicted_vs_true(truth["FE_H"], pred["FE_H_pred"], pred["FE_H_sigma"], None, ax=ax,
                                          title=f"{model} ({cfg['xp_fewshot']['n_stars']} stars, [Fe/H] > -1)")

@@ -93,7 +93,7 @@ def test_fewshot_sees_no_metal_poor_star_and_no_test_star(tiny, xp):
     rehearsal = datasets.load_from_disk(str(out / "xp_fewshot" / "rehearsal_teff_logg"))
     assert len(rehearsal) == 8 and {"TEFF", "LOGG"} <= set(rehearsal.column_names)
     assert not {"FE_H", "ALPHA_M"} & set(rehearsal.column_names)
-    info = json.loads((out / "xp_fewshot" / "spectrafm_draw77" / "final" / "training_info.json").read_text())
+    info = json.loads((out / "xp_fewshot" / "spectrafm_draw77_masked_flux" / "final" / "training_info.json").read_text())
     assert info["data"]["train"] == 20 + 8 and info["data"]["helper_labels"] == ["TEFF", "LOGG"]
     # the script's selection rule, replayed: only stars with [Fe/H] > -1 from the train split
     script = _script()
@@ -110,9 +110,9 @@ def test_fewshot_recipe_keeps_the_pretrained_encoder(tiny):
 
     out, _ = tiny
     runs = out / "xp_fewshot"
-    pretrained = SpectraFMModel.from_pretrained(runs / "pretrain_teff_logg" / "final").state_dict()
+    pretrained = SpectraFMModel.from_pretrained(runs / "pretrain_teff_logg_masked_flux" / "final").state_dict()
     for model, encoder_kept in (("spectrafm", True), ("spectrafm_all_weights", False)):
-        tuned = SpectraFMModel.from_pretrained(runs / f"{model}_draw77" / "final").state_dict()
+        tuned = SpectraFMModel.from_pretrained(runs / f"{model}_draw77_masked_flux" / "final").state_dict()
         encoder = [k for k in pretrained if k.startswith("encoder.")]
         decoder = [k for k in pretrained if k.startswith("decoder.")]
         assert encoder and decoder
@@ -131,7 +131,7 @@ def test_all_stars_run_can_continue_the_teff_logg_pretraining(tmp_path):
     for run in (tmp_path / "xp_full").iterdir():
         info = json.loads((run / "final" / "training_info.json").read_text())
         start[run.name] = info["config"]["model"]["model_name_or_path"]
-    pretraining = os.path.normpath(tmp_path / "xp_fewshot" / "pretrain_teff_logg" / "final")
+    pretraining = os.path.normpath(tmp_path / "xp_fewshot" / "pretrain_teff_logg_masked_flux" / "final")
     recorded = f"final#{hashlib.sha256(pretraining.encode()).hexdigest()[:8]}"  # training_info hides local paths
     n_train = int(pd.read_csv(tmp_path / "results" / "real_data.csv").n_train.max())
     assert start == {"n40": None, f"n{n_train}_from_teff_logg": recorded}
@@ -225,20 +225,23 @@ def test_photometry_tokens_reach_the_model(xp):
         build_model(ModelArguments(config_overrides={"scalar_input_names": ["PHOT_X"]}), train, LABELS)
 
 
-def test_fewshot_pretraining_can_add_masked_flux(tmp_path):
-    """--set xp_fewshot.pretrain.masked_flux_fraction=...: the pretraining also predicts held-out flux, under its own
-    run name (never mixed with a plain pretraining's cache), and the fine-tunes start from it."""
-    with contextlib.redirect_stdout(io.StringIO()):
-        assert _script().main([str(REPO / "scripts" / "configs" / "real_xp_tiny.yaml"), "--output_dir", str(tmp_path),
-                               "--experiments", "xp_fewshot", "--set", "xp_fewshot.pretrain.masked_flux_fraction=0.25",
-                               "--set", "xp_fewshot.ablations={}", "--set", "xp_fewshot.draws=[77]"]) == 0
-    runs = {p.name for p in (tmp_path / "xp_fewshot").iterdir()}
-    assert "pretrain_teff_logg_masked_flux" in runs and "pretrain_teff_logg" not in runs
-    info = json.loads((tmp_path / "xp_fewshot" / "pretrain_teff_logg_masked_flux" / "final" / "training_info.json")
-                      .read_text())
-    assert info["config"]["data"]["masked_flux_fraction"] == 0.25
-    tuned = json.loads((tmp_path / "xp_fewshot" / "spectrafm_draw77" / "final" / "training_info.json").read_text())
-    assert tuned["config"]["data"]["masked_flux_fraction"] == 0.0  # fine-tunes are not masked
-    pretraining = os.path.normpath(tmp_path / "xp_fewshot" / "pretrain_teff_logg_masked_flux" / "final")
-    assert tuned["config"]["model"]["model_name_or_path"] == \
-        f"final#{hashlib.sha256(pretraining.encode()).hexdigest()[:8]}"  # training_info hides local paths
+def test_fewshot_pretraining_masked_flux_is_an_option_with_its_own_runs(tmp_path):
+    """xp_fewshot.pretrain.masked_flux_fraction: the pretraining also predicts held-out flux. It and the fine-tunes
+    started from it have their own run names, so flipping the option in one output folder never reuses a run (or
+    cached predictions) of the other kind; 0 gives the plain pretraining."""
+    for fraction in (0.25, 0):
+        with contextlib.redirect_stdout(io.StringIO()):
+            assert _script().main([str(REPO / "scripts" / "configs" / "real_xp_tiny.yaml"), "--output_dir",
+                                   str(tmp_path), "--experiments", "xp_fewshot", "--set",
+                                   f"xp_fewshot.pretrain.masked_flux_fraction={fraction}", "--set",
+                                   "xp_fewshot.ablations={}", "--set", "xp_fewshot.draws=[77]"]) == 0
+    runs = tmp_path / "xp_fewshot"
+    for suffix, fraction in (("_masked_flux", 0.25), ("", 0)):
+        info = json.loads((runs / f"pretrain_teff_logg{suffix}" / "final" / "training_info.json").read_text())
+        assert info["config"]["data"]["masked_flux_fraction"] == fraction
+        tuned = json.loads((runs / f"spectrafm_draw77{suffix}" / "final" / "training_info.json").read_text())
+        assert tuned["config"]["data"]["masked_flux_fraction"] == 0  # fine-tunes are not masked
+        start = os.path.normpath(runs / f"pretrain_teff_logg{suffix}" / "final")
+        assert tuned["config"]["model"]["model_name_or_path"] == \
+            f"final#{hashlib.sha256(start.encode()).hexdigest()[:8]}"  # training_info hides local paths
+        assert (tmp_path / "predictions" / f"xp_fewshot_spectrafm_draw77{suffix}.csv").is_file()
