@@ -17,8 +17,9 @@ metal-rich stars.
         [--out benchmarks/results/xp_fewshot_probe.json]
 
 ``xp_fewshot_probe.json`` is the Teff/logg-only pretraining (``--set xp_fewshot.pretrain.masked_flux_fraction=0``);
-``xp_fewshot_probe_masked_flux.json`` is ``--model runs/real_xp_cpu/xp_fewshot/pretrain_teff_logg_masked_flux/final
---out benchmarks/results/xp_fewshot_probe_masked_flux.json``, the pretraining the preset now makes. ~6 min on one core (embedding 5,000 spectra).
+``xp_fewshot_probe_masked_flux.json`` is the masked-flux pretraining at fraction 0.3 (the preset now uses 0.2):
+``--model <output_dir>/xp_fewshot/pretrain_teff_logg_masked_flux/final --out ...`` of a run with
+``--set xp_fewshot.pretrain.masked_flux_fraction=0.3``. ~6 min on one core (embedding 5,000 spectra).
 """
 
 from __future__ import annotations
