@@ -32,6 +32,7 @@ from .guards import CollapseGuardCallback
 from .freezing import freeze
 from .info import TrainingInfoCallback, training_info, write_training_info
 from .metrics import label_metrics, make_compute_metrics
+from .weight_average import WEIGHT_AVERAGE_FILE, WeightAverage, WeightAverageCallback
 
 __all__ = ["ModelArguments", "DataArguments", "SpectraFMTrainer", "parse_args", "args_from_dict", "run_training",
            "train_or_reuse", "run_evaluation", "select_stars", "add_labels", "fit_scalar_inputs", "helper_labels_for"]
@@ -57,6 +58,10 @@ class ModelArguments:
     l2sp_alpha: float = field(default=0.0, metadata={
         "help": "L2-SP: weight of the penalty sum |w - w_start|^2 toward the starting checkpoint's weights during "
                 "fine-tuning (0 = off; e.g. 0.01 for 100-star fine-tunes), issue 14."})
+    ema_decay: float = field(default=0.0, metadata={
+        "help": "Keep an exponential moving average of the trainable weights with this decay (e.g. 0.999; 0 = off): "
+                "evaluations, checkpoint choice, early stopping and the final model use the average "
+                "(spectrafm_hf.training.weight_average)."})
     label_loss_weights: dict = field(default_factory=dict, metadata={
         "help": "Training-loss weight per label, e.g. {FE_H: 2.0}; labels not named weigh 1. The evaluation loss "
                 "(checkpoint choice, early stopping) stays unweighted."})
@@ -126,8 +131,13 @@ class SpectraFMTrainer(Trainer):
     """A `Trainer` whose evaluation uses a deterministic collator (the same pixel subset for the same star at every
     evaluation), so validation losses are comparable and checkpoint selection is not a coin toss."""
 
-    def __init__(self, *args, eval_data_collator=None, l2sp_alpha: float = 0.0, label_loss_weights=None, **kwargs):
+    def __init__(self, *args, eval_data_collator=None, l2sp_alpha: float = 0.0, label_loss_weights=None,
+                 ema_decay: float = 0.0, **kwargs):
         super().__init__(*args, **kwargs)
+        # evaluations, checkpoint choice and the final model use the weights' running average (weight_average.py)
+        self.weight_average = WeightAverage(self.model, ema_decay) if ema_decay else None
+        if self.weight_average is not None:
+            self.add_callback(WeightAverageCallback(self.weight_average))
         self.eval_data_collator = eval_data_collator
         # one weight per query column (the collator's label order); None = the model's own unweighted loss
         self.label_loss_weights = None if label_loss_weights is None else torch.as_tensor(label_loss_weights,
@@ -155,6 +165,30 @@ class SpectraFMTrainer(Trainer):
                       .named_parameters() if n in self.l2sp_start)
         loss = loss + self.l2sp_alpha * penalty
         return (loss, rest) if return_outputs else loss
+
+    def evaluate(self, *args, **kwargs):
+        if self.weight_average is None:
+            return super().evaluate(*args, **kwargs)
+        with self.weight_average.applied():
+            return super().evaluate(*args, **kwargs)
+
+    def _save_checkpoint(self, model, trial):
+        super()._save_checkpoint(model, trial)
+        if self.weight_average is not None and self.args.should_save:
+            folder = Path(self._get_output_dir(trial=trial)) / f"checkpoint-{self.state.global_step}"
+            if folder.is_dir():  # not rotated away
+                self.weight_average.save(folder)
+
+    def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+        super()._load_from_checkpoint(resume_from_checkpoint, model=model)
+        if self.weight_average is not None and not self.weight_average.load(resume_from_checkpoint):
+            raise ValueError(f"{resume_from_checkpoint} holds no {WEIGHT_AVERAGE_FILE}: it was saved without "
+                             "ema_decay; resume it without, or start the run again")
+
+    def _load_best_model(self):
+        super()._load_best_model()  # the raw weights of the best checkpoint; its average replaces them at train end
+        if self.weight_average is not None:
+            self.weight_average.load(self.state.best_model_checkpoint)
 
     def _swap(self, fn, *args, **kwargs):
         train_collator = self.data_collator
@@ -562,6 +596,7 @@ def run_training(model_args: ModelArguments, data_args: DataArguments, training_
         eval_data_collator=SpectraCollator(**common, deterministic=True),
         l2sp_alpha=model_args.l2sp_alpha if model_args.model_name_or_path else 0.0,
         label_loss_weights=loss_weights_for(model_args.label_loss_weights, label_names),
+        ema_decay=model_args.ema_decay,
         compute_metrics=make_compute_metrics(processor, label_names),
         processing_class=processor,
         callbacks=[TrainingInfoCallback(info), EpochCallback(train_collator), *guards, *callbacks],
