@@ -99,3 +99,24 @@ def test_a_resumed_run_continues_the_same_average(dsd, tmp_path):
     (ckpt / WEIGHT_AVERAGE_FILE).unlink()  # a checkpoint saved without the average cannot continue one
     with pytest.raises(ValueError, match=WEIGHT_AVERAGE_FILE):
         _train(dsd, tmp_path / "killed", resume_from_checkpoint=str(ckpt), **kw)
+
+
+def test_pipe_fit_returns_the_average(dsd):
+    """pipe.fit(ema_decay=...): after one step the average is 0.1 x start + 0.9 x the stepped weights (the warm-up
+    decay of the first update), the same step as the plain fit."""
+    from conftest import TINY
+
+    from spectrafm_hf import SpectraFMPipeline
+    from spectrafm_hf.data import row_to_spectrum
+
+    pipe = SpectraFMPipeline.from_pretrained(TINY, device="cpu")
+    spectra = [row_to_spectrum(r) for r in dsd["train"]]
+    labels = {"FE_H": dsd["train"]["FE_H"]}
+    kw = dict(steps=1, learning_rate=1e-2, helper_labels=None, rehearsal=None)
+    start = dict(pipe.model.named_parameters())
+    plain = dict(pipe.fit(spectra, labels, **kw).model.named_parameters())
+    averaged = dict(pipe.fit(spectra, labels, ema_decay=0.99, **kw).model.named_parameters())
+    moved = [n for n in start if not torch.equal(start[n], plain[n])]
+    assert moved
+    for n in moved:
+        torch.testing.assert_close(averaged[n], 0.1 * start[n] + 0.9 * plain[n], rtol=1e-5, atol=1e-7)

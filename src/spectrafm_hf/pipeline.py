@@ -634,6 +634,7 @@ class SpectraFMPipeline:
         rehearsal="auto",
         rehearsal_fraction: float = 0.5,
         rehearsal_rows: int = 2000,
+        ema_decay: float = 0.0,
     ) -> "SpectraFMPipeline":
         """Fine-tune a copy of the model on labelled spectra and return a new pipeline (this one is unchanged).
 
@@ -654,11 +655,14 @@ class SpectraFMPipeline:
         (`spectrafm_hf.synth`, the pretraining data: S/N 200, pseudo-continuum), cut to the wavelength span of
         ``spectra``, with their five labels. ``"auto"`` (default): ``"synthetic"`` where the package emulates the
         model's instrument and ``spectra`` overlap its grid, else no rehearsal; ``None``: no rehearsal.
+        ``ema_decay`` > 0 returns the running average of the weights over the steps instead of the last weights
+        (`spectrafm_hf.training.weight_average`; the Trainer's ``ema_decay``).
         The defaults (lr 3e-4, helper labels, synthetic rehearsal) are the measured best of
         ``benchmarks/pipe_fit_recipe.py``: fitted on 100 metal-rich stars, they keep the default model's metal-poor
         [Fe/H] (RMSE 0.26) where lr 1e-4 without rehearsal forgets it (0.42).
         """
         from .training.freezing import freeze as freeze_parts
+        from .training.weight_average import WeightAverage
 
         if not (isinstance(l2sp_alpha, (int, float)) and math.isfinite(l2sp_alpha) and l2sp_alpha >= 0):
             raise ValueError(f"fit: l2sp_alpha must be a number >= 0, got {l2sp_alpha!r}")
@@ -713,6 +717,7 @@ class SpectraFMPipeline:
             raise ValueError("every parameter is frozen; nothing to fine-tune")
         optimizer = torch.optim.AdamW(params, lr=learning_rate, weight_decay=weight_decay)
         start = [p.detach().clone() for p in params] if l2sp_alpha > 0 else None  # L2-SP anchor
+        average = WeightAverage(model, ema_decay) if ema_decay else None
         rng = np.random.default_rng(seed)
         torch.manual_seed(seed)
         ctx = self.processor.context_length
@@ -745,11 +750,15 @@ class SpectraFMPipeline:
             optimizer.zero_grad(set_to_none=True)
             total.backward()
             optimizer.step()
+            if average is not None:
+                average.update()
             loss = float(out.loss.detach())
             if callback is not None:
                 callback(step, loss)
             if not math.isfinite(loss):
                 raise FloatingPointError(f"loss became {loss} at step {step}")
+        if average is not None:
+            average.copy_to_model()
         for p in model.parameters():
             p.requires_grad_(True)
         processor = copy.deepcopy(self.processor)
