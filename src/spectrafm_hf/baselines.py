@@ -26,6 +26,7 @@ Everything is numpy/scipy except the MLP (torch) and the trees (scikit-learn, th
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 from collections.abc import Sequence
@@ -79,6 +80,8 @@ class ScratchMLP:
         max_grad_norm: clip the gradient norm of every step to this (None = no clipping). Real spectra have rare
             pixels hundreds of times the median flux (Gaia XP); without clipping one such batch can send the
             weights to NaN (the paper's script had no clipping; its synthetic-like spectra had no such pixels).
+        ema_decay: keep a running average of the weights with this decay (0 = off); validation scores and the
+            kept weights are the average's (`spectrafm_hf.training.weight_average`, as SpectraFM's ``ema_decay``).
         device: torch device (default CPU).
 
     A step whose loss is not finite is skipped (counted in ``skipped_steps_``) instead of being applied.
@@ -86,13 +89,14 @@ class ScratchMLP:
 
     def __init__(self, hidden: Sequence[int] = (2048, 1280, 1024), dropout: float = 0.1, learning_rate: float = 1e-4,
                  batch_size: int = 64, restart_epochs: int = 500, max_grad_norm: float | None = 10.0,
-                 device: str = "cpu"):
+                 ema_decay: float = 0.0, device: str = "cpu"):
         self.hidden = tuple(int(h) for h in hidden)
         self.dropout = float(dropout)
         self.learning_rate = float(learning_rate)
         self.batch_size = int(batch_size)
         self.restart_epochs = int(restart_epochs)
         self.max_grad_norm = None if max_grad_norm is None else float(max_grad_norm)
+        self.ema_decay = float(ema_decay)
         self.device = device
         self.net = None
 
@@ -177,6 +181,9 @@ class ScratchMLP:
                                                                           eta_min=1e-10)
                      if self.restart_epochs > 0 else None)
         gen = torch.Generator().manual_seed(seed)
+        from .training.weight_average import WeightAverage
+
+        average = WeightAverage(self.net, self.ema_decay) if self.ema_decay else None
         self.history_ = []
         best, self.best_epoch_, self._best_state = math.inf, None, None
         done, self.skipped_steps_ = 0, 0
@@ -202,26 +209,30 @@ class ScratchMLP:
                         self.skipped_steps_ += 1
                         continue
                 optimizer.step()
+                if average is not None:
+                    average.update()
                 losses.append(float(loss.detach()))
             if scheduler is not None:
                 scheduler.step()
             record = {"epoch": epoch, "train_loss": float(np.mean(losses)) if losses else float("nan")}
             if has_val and (epoch % max(1, eval_every) == 0 or epoch == epochs):
                 self.net.eval()
-                with torch.no_grad():
+                with torch.no_grad(), (average.applied() if average is not None else contextlib.nullcontext()):
                     mv, lv = self._forward_batched(xv)
                     record["val_nll"] = float(_gaussian_nll(mv, lv, tv, tve))
                     ok = torch.isfinite(tv)
                     record["val_mse"] = float(((mv - tv)[ok] ** 2).mean())
-                score = record["val_nll" if select_on == "nll" else "val_mse"]
-                if math.isfinite(score) and score < best:
-                    best, self.best_epoch_ = score, epoch
-                    self._best_state = copy.deepcopy(self.net.state_dict())
+                    score = record["val_nll" if select_on == "nll" else "val_mse"]
+                    if math.isfinite(score) and score < best:
+                        best, self.best_epoch_ = score, epoch
+                        self._best_state = copy.deepcopy(self.net.state_dict())
             self.history_.append(record)
         if self._best_state is not None:
             self.net.load_state_dict(self._best_state)
         else:
             self.best_epoch_ = epochs
+            if average is not None:
+                average.copy_to_model()
         self.net.eval()
         return self
 
