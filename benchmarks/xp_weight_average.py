@@ -71,6 +71,8 @@ def main(argv=None):
             "test": {n: round(float(label_metrics(tmean[:, k], yt[:, k], tsigma[:, k])["robust_scatter"]), 4)
                      for k, n in enumerate(labels)}}
         print(json.dumps({f"ema_decay_{decay:g}": out["runs"][f"ema_decay_{decay:g}"]}), flush=True)
+        if out_path.is_file():  # another process may have written other values meanwhile: keep them
+            out["runs"] = {**json.loads(out_path.read_text()).get("runs", {}), **out["runs"]}
         out_path.write_text(json.dumps(out, indent=1) + "\n")  # after every value: a killed run keeps the others
 
 
