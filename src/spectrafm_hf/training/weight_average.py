@@ -17,7 +17,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors import safe_open
+from safetensors.torch import save_file
 from transformers import TrainerCallback
 
 __all__ = ["WeightAverage", "WeightAverageCallback", "WEIGHT_AVERAGE_FILE"]
@@ -71,15 +72,12 @@ class WeightAverage:
         path = Path(folder) / WEIGHT_AVERAGE_FILE
         if not path.is_file():
             return False
-        state = load_file(str(path))
-        missing = set(self.average) - set(state)
-        if missing:
-            raise ValueError(f"{path} lacks the average of {sorted(missing)[:3]}: saved by another model")
-        for n, t in self.average.items():
-            t.copy_(state[n].to(t.device, t.dtype))
-        from safetensors import safe_open
-
         with safe_open(str(path), framework="pt") as f:
+            missing = set(self.average) - set(f.keys())
+            if missing:
+                raise ValueError(f"{path} lacks the average of {sorted(missing)[:3]}: saved by another model")
+            for n, t in self.average.items():
+                t.copy_(f.get_tensor(n).to(t.device, t.dtype))
             self.updates = int((f.metadata() or {}).get("updates", 0))
         return True
 
