@@ -12,6 +12,13 @@ choice may use. The test split's robust scatter is written too (``test``), to be
         [--out benchmarks/results/xp_weight_average_mlp.json]
 
 ~30 min per value on one core with every training star (400 epochs); results already in ``--out`` are kept.
+
+``--fewshot`` asks the same of xp_fewshot's scratch network (``scratch_nn``: the paper's recipe in
+``xp_fewshot.baselines.mlp``), fitted on each draw's 100 metal-rich stars and validated on the metal-rich validation
+stars ([Fe/H] only), as xp_fewshot fits it; its ``test`` holds the metal-poor and whole-set RMSE (~1 min per draw):
+
+    OMP_NUM_THREADS=1 python benchmarks/xp_weight_average.py --fewshot
+        --out benchmarks/results/xp_weight_average_scratch_nn.json
 """
 
 from __future__ import annotations
@@ -39,13 +46,16 @@ def main(argv=None):
     p.add_argument("--config", default=str(REPO / "scripts/configs/real_xp_cpu.yaml"))
     p.add_argument("--size", default="all", help="training stars: all, or one of xp_full.sizes")
     p.add_argument("--ema", default="0,0.999", help="ema_decay values (0 = no averaging)")
+    p.add_argument("--fewshot", action="store_true", help="xp_fewshot's scratch network instead of xp_full's MLP")
     p.add_argument("--out", default=str(REPO / "benchmarks/results/xp_weight_average_mlp.json"))
     a = p.parse_args(argv)
     cfg = yaml.safe_load(open(a.config))
+    if a.fewshot:
+        return fewshot(cfg, [float(v) for v in a.ema.split(",")], Path(a.out))
     e = cfg["xp_full"]
     size = None if a.size == "all" else int(a.size)
-    params = dict(e["baselines"]["mlp"])
-    params["epochs"] = int(params.pop("epochs_by_size")[e["sizes"].index(size)])
+    params = real_data.per_size_params(e["baselines"]["mlp"], e["sizes"].index(size))
+    params.pop("ema_decay", None)  # the preset's value; --ema sets it here
     fit_kw = {k: params.pop(k) for k in ("epochs", "eval_every") if k in params}
     labels = list(cfg["labels"])
     train, val, test = real_data.load_splits(cfg)
@@ -74,6 +84,41 @@ def main(argv=None):
         if out_path.is_file():  # another process may have written other values meanwhile: keep them
             out["runs"] = {**json.loads(out_path.read_text()).get("runs", {}), **out["runs"]}
         out_path.write_text(json.dumps(out, indent=1) + "\n")  # after every value: a killed run keeps the others
+
+
+def fewshot(cfg, decays, out_path: Path):
+    """xp_fewshot's scratch network at each decay, every draw: validation NLL (the choice) and test RMSE."""
+    e = cfg["xp_fewshot"]
+    min_feh = float(e.get("min_feh", -1.0))
+    train, val, test = real_data.load_splits(cfg)
+    val_rich = select_stars(val, {"FE_H": [min_feh, None]}, None, 0)
+    xv, yv = real_data.flux_matrix(val_rich), np.asarray(val_rich["FE_H"], np.float64)[:, None]
+    xt, yt = real_data.flux_matrix(test), np.asarray(test["FE_H"], np.float64)
+    poor = yt < min_feh
+    params = dict(e["baselines"]["mlp"])
+    params.pop("ema_decay", None)
+    fit_kw = {k: params.pop(k) for k in ("epochs", "eval_every", "seed") if k in params}
+    runs = {}
+    for decay in decays:
+        per_draw = {}
+        for draw in e.get("draws", [77]):
+            few = select_stars(train, {"FE_H": [min_feh, None]}, int(e["n_stars"]), int(draw))
+            x, y = real_data.flux_matrix(few), np.asarray(few["FE_H"], np.float64)[:, None]
+            model = ScratchMLP(**params, ema_decay=decay).fit(x, y, xv, yv, **fit_kw)
+            mean = np.asarray(model.predict(xt)[0], np.float64).reshape(-1)
+            rmse = lambda m: round(float(np.sqrt(np.mean((mean[m] - yt[m]) ** 2))), 4)  # noqa: E731
+            per_draw[str(draw)] = {"best_epoch": int(model.best_epoch_),
+                                   "best_val_nll": round(float(model.history_[model.best_epoch_ - 1]["val_nll"]), 4),
+                                   "test": {"rmse_feh_lt_-1": rmse(poor), "rmse_all": rmse(np.ones_like(poor))}}
+        runs[f"ema_decay_{decay:g}"] = {
+            "mean_best_val_nll": round(float(np.mean([d["best_val_nll"] for d in per_draw.values()])), 4),
+            "test_mean": {k: round(float(np.mean([d["test"][k] for d in per_draw.values()])), 4)
+                          for k in ("rmse_feh_lt_-1", "rmse_all")},
+            "draws": per_draw}
+        print(json.dumps({f"ema_decay_{decay:g}": runs[f"ema_decay_{decay:g}"]}), flush=True)
+    out_path.write_text(json.dumps({"experiment": "xp_fewshot", "model": "scratch_nn", "n_stars": int(e["n_stars"]),
+                                    "validation": f"[Fe/H] > {min_feh} validation stars ({len(val_rich)})",
+                                    "mlp": {**params, **fit_kw}, "runs": runs}, indent=1) + "\n")
 
 
 if __name__ == "__main__":

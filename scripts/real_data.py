@@ -250,6 +250,15 @@ def teff_logg_pretraining(cfg, runner: Runner, train, val):
                           splits=(fm_data(cfg, train), fm_data(cfg, val), None), log=lambda m: log(f"pretraining: {m}"))
 
 
+def per_size_params(params, k: int) -> dict:
+    """A baseline's parameters for xp_full's k-th size: every ``<name>_by_size`` list gives ``<name>`` its k-th value
+    (e.g. ``epochs_by_size``, ``ema_decay_by_size``: each chosen on validation at that size)."""
+    params = dict(params or {})
+    for key in [key for key in params if key.endswith("_by_size")]:
+        params[key[: -len("_by_size")]] = params.pop(key)[k]
+    return params
+
+
 def xp_full(cfg, runner: Runner, train, val, test):
     from spectrafm_hf.training.run import select_stars, train_or_reuse
 
@@ -281,10 +290,7 @@ def xp_full(cfg, runner: Runner, train, val, test):
         rows += metrics_rows("xp_full", "spectrafm", pred, truth, labels, n_train=len(sub))
         X, Y = flux_matrix(sub), frame(sub, labels)[labels].to_numpy()
         for kind, params in (e.get("baselines") or {}).items():
-            params = dict(params or {})
-            per_size = params.pop("epochs_by_size", None)
-            if per_size:
-                params["epochs"] = int(per_size[e["sizes"].index(size)])
+            params = per_size_params(params, e["sizes"].index(size))
             pred = runner.cached(f"xp_full_{tag}_{kind}",
                                  lambda: fit_baseline(kind, params, X, Y, Xv, Yv, Xt, labels))
             rows += metrics_rows("xp_full", kind, pred, truth, labels, n_train=len(sub))

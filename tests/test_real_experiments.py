@@ -166,6 +166,14 @@ def test_reruns_reuse_trained_models(tiny):
         assert (out / "results" / name).read_bytes() == data, f"{name} redrawn from the 40-star run"
 
 
+def test_baseline_parameters_can_differ_by_training_set_size():
+    pick = _script().per_size_params
+    params = {"hidden": [16], "epochs_by_size": [3, 2], "ema_decay_by_size": [0, 0.999]}
+    assert pick(params, 1) == {"hidden": [16], "epochs": 2, "ema_decay": 0.999}
+    assert pick(params, 0) == {"hidden": [16], "epochs": 3, "ema_decay": 0}
+    assert params["epochs_by_size"] == [3, 2]  # the preset's own dict is left as it was
+
+
 def test_gradient_boosting_learns_a_known_function_and_picks_trees_on_validation(rng):
     X = rng.normal(size=(600, 5))
     y = 2 * X[:, 0] + np.sin(X[:, 1]) + rng.normal(0, 0.1, 600)
