@@ -46,6 +46,7 @@ def main(argv=None):
     p.add_argument("--config", default=str(REPO / "scripts/configs/real_xp_cpu.yaml"))
     p.add_argument("--size", default="all", help="training stars: all, or one of xp_full.sizes")
     p.add_argument("--ema", default="0,0.999", help="ema_decay values (0 = no averaging)")
+    p.add_argument("--seed", type=int, default=None, help="the MLP's training seed (default: ScratchMLP.fit's)")
     p.add_argument("--fewshot", action="store_true", help="xp_fewshot's scratch network instead of xp_full's MLP")
     p.add_argument("--out", default=str(REPO / "benchmarks/results/xp_weight_average_mlp.json"))
     a = p.parse_args(argv)
@@ -57,6 +58,8 @@ def main(argv=None):
     params = real_data.per_size_params(e["baselines"]["mlp"], e["sizes"].index(size))
     params.pop("ema_decay", None)  # the preset's value; --ema sets it here
     fit_kw = {k: params.pop(k) for k in ("epochs", "eval_every") if k in params}
+    if a.seed is not None:
+        fit_kw["seed"] = a.seed
     labels = list(cfg["labels"])
     train, val, test = real_data.load_splits(cfg)
     sub = train if size is None else select_stars(train, {}, size, int(e.get("selection_seed", 77)))
