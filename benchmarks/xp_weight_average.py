@@ -97,7 +97,6 @@ def fewshot(cfg, decays, out_path: Path):
     val_rich = select_stars(val, {"FE_H": [min_feh, None]}, None, 0)
     xv, yv = real_data.flux_matrix(val_rich), np.asarray(val_rich["FE_H"], np.float64)[:, None]
     xt, yt = real_data.flux_matrix(test), np.asarray(test["FE_H"], np.float64)
-    poor = yt < min_feh
     params = dict(e["baselines"]["mlp"])
     params.pop("ema_decay", None)
     fit_kw = {k: params.pop(k) for k in ("epochs", "eval_every", "seed") if k in params}
@@ -108,11 +107,12 @@ def fewshot(cfg, decays, out_path: Path):
             few = select_stars(train, {"FE_H": [min_feh, None]}, int(e["n_stars"]), int(draw))
             x, y = real_data.flux_matrix(few), np.asarray(few["FE_H"], np.float64)[:, None]
             model = ScratchMLP(**params, ema_decay=decay).fit(x, y, xv, yv, **fit_kw)
-            mean = np.asarray(model.predict(xt)[0], np.float64).reshape(-1)
-            rmse = lambda m: round(float(np.sqrt(np.mean((mean[m] - yt[m]) ** 2))), 4)  # noqa: E731
+            mean, sigma = (np.asarray(v, np.float64).reshape(-1) for v in model.predict(xt))
+            rmse = {split: round(float(label_metrics(mean[m], yt[m], sigma[m])["rmse"]), 4)
+                    for split, m in (("rmse_feh_lt_-1", yt < min_feh), ("rmse_all", slice(None)))}
             per_draw[str(draw)] = {"best_epoch": int(model.best_epoch_),
                                    "best_val_nll": round(float(model.history_[model.best_epoch_ - 1]["val_nll"]), 4),
-                                   "test": {"rmse_feh_lt_-1": rmse(poor), "rmse_all": rmse(np.ones_like(poor))}}
+                                   "test": rmse}
         runs[f"ema_decay_{decay:g}"] = {
             "mean_best_val_nll": round(float(np.mean([d["best_val_nll"] for d in per_draw.values()])), 4),
             "test_mean": {k: round(float(np.mean([d["test"][k] for d in per_draw.values()])), 4)
