@@ -49,6 +49,8 @@ def main(argv=None):
     p.add_argument("--seed", type=int, default=None, help="the MLP's training seed (default: ScratchMLP.fit's)")
     p.add_argument("--fewshot", action="store_true", help="xp_fewshot's scratch network instead of xp_full's MLP")
     p.add_argument("--out", default=str(REPO / "benchmarks/results/xp_weight_average_mlp.json"))
+    p.add_argument("--predictions", help="also write each fit's validation and test predictions here "
+                                         "(<split>_ema<decay>.csv: object_id, <label>_pred, <label>_sigma)")
     a = p.parse_args(argv)
     cfg = yaml.safe_load(open(a.config))
     if a.fewshot:
@@ -76,6 +78,9 @@ def main(argv=None):
         mean, sigma = model.predict(xv)
         tmean, tsigma = model.predict(xt)
         best = model.history_[model.best_epoch_ - 1]
+        if a.predictions:
+            for name, ds, (m, sg) in (("validation", val, (mean, sigma)), ("test", test, (tmean, tsigma))):
+                write_predictions(Path(a.predictions) / f"{name}_ema{decay:g}.csv", ds["object_id"], labels, m, sg)
         out["runs"][f"ema_decay_{decay:g}"] = {
             "best_epoch": int(model.best_epoch_), "epochs": len(model.history_),
             "best_val_nll": round(float(best["val_nll"]), 4), "minutes": round((time.time() - t) / 60, 1),
@@ -87,6 +92,14 @@ def main(argv=None):
         if out_path.is_file():  # another process may have written other values meanwhile: keep them
             out["runs"] = {**json.loads(out_path.read_text()).get("runs", {}), **out["runs"]}
         out_path.write_text(json.dumps(out, indent=1) + "\n")  # after every value: a killed run keeps the others
+
+
+def write_predictions(path: Path, object_ids, labels, mean, sigma):
+    import pandas as pd
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame({"object_id": list(object_ids), **{f"{n}_pred": mean[:, k] for k, n in enumerate(labels)},
+                  **{f"{n}_sigma": sigma[:, k] for k, n in enumerate(labels)}}).to_csv(path, index=False)
 
 
 def fewshot(cfg, decays, out_path: Path):

@@ -56,6 +56,17 @@ def test_collator_wavelength_window_and_input_labels(dsd):
     assert batch["input_mask"].all() and batch["input_ids"].tolist() == [[1]] * 3
 
 
+def test_collator_batches_can_be_pinned_for_a_gpu(dsd):
+    """The Trainer's DataLoader pins every batch for a GPU (pin_memory=True by default), and pinning refuses a tensor
+    whose elements share memory (an expand()ed one): a GPU training then died at its first step."""
+    rows = [dsd["train"][i] for i in range(3)]
+    for kw in ({}, {"input_label_names": ["LOGG"], "input_label_prob": 1.0, "input_ids": [1]}):
+        for name, t in _collator(**kw)(rows).items():
+            if isinstance(t, torch.Tensor):
+                shared = [d for d, (size, stride) in enumerate(zip(t.shape, t.stride())) if size > 1 and stride == 0]
+                assert not shared, f"{name}: dimensions {shared} share memory"
+
+
 def test_label_metrics_are_right_on_a_known_case():
     true = np.array([0.0, 0.0, 0.0, 0.0, np.nan])
     pred = np.array([0.1, -0.1, 0.3, 0.1, 5.0])

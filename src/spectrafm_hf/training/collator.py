@@ -183,7 +183,9 @@ class SpectraCollator:
         values = np.asarray(labels, dtype=np.float64)
         errs = np.nan_to_num(np.asarray(errors, dtype=np.float64), nan=0.0)
         scaled, scaled_err = self.processor.scale_labels(values, self.label_names, errs)
-        batch["query_ids"] = self.query_ids.expand(len(features), -1)
+        # repeat, not expand: a DataLoader pinning memory for a GPU (the Trainer's default) refuses tensors whose
+        # elements share memory
+        batch["query_ids"] = self.query_ids.repeat(len(features), 1)
         batch["labels"] = torch.as_tensor(scaled, dtype=torch.float32)
         batch["label_err"] = torch.as_tensor(scaled_err, dtype=torch.float32)
         if masked:
@@ -198,6 +200,6 @@ class SpectraCollator:
                               enumerate(self.input_label_names)], 1)  # labels and scalar inputs (magnitudes)
             given = np.isfinite(known) & (rng.random(known.shape) < self.input_label_prob)
             batch["input_values"] = torch.as_tensor(np.where(given, known, 0.0), dtype=torch.float32)
-            batch["input_ids"] = self.input_ids.expand(len(features), -1)
+            batch["input_ids"] = self.input_ids.repeat(len(features), 1)
             batch["input_mask"] = torch.as_tensor(given, dtype=torch.long)
         return batch
