@@ -42,16 +42,6 @@ import real_data  # noqa: E402
 from spectrafm_hf.training.run import select_stars, train_or_reuse  # noqa: E402
 
 
-def ensemble(preds: list[pd.DataFrame], labels) -> pd.DataFrame:
-    out = {}
-    for n in labels:
-        means = np.stack([p[f"{n}_pred"].to_numpy() for p in preds])
-        sigmas = np.stack([p[f"{n}_sigma"].to_numpy() for p in preds])
-        out[f"{n}_pred"] = means.mean(0)
-        out[f"{n}_sigma"] = np.sqrt((sigmas ** 2).mean(0) + means.var(0))
-    return pd.DataFrame(out)
-
-
 def scores(pred, truth, labels) -> dict:
     rows = real_data.metrics_rows("seed_ensemble", "", pred, truth, labels)
     return {r["label"]: {"robust_scatter": r["robust_scatter"], "coverage68": r["coverage68"]}
@@ -113,7 +103,7 @@ def main(argv=None) -> int:
         result["models"][model] = {
             "single_seeds": single,
             "single_mean_robust_scatter": {n: float(np.mean([s[n]["robust_scatter"] for s in single])) for n in labels},
-            "ensemble": scores(ensemble(p, labels), truth, labels)}
+            "ensemble": scores(real_data.seed_mixture(p, labels), truth, labels)}
     r = result["models"]
     result["ensemble_gain_percent"] = {
         m: {n: round(100 * (1 - r[m]["ensemble"][n]["robust_scatter"] / r[m]["single_mean_robust_scatter"][n]), 1)

@@ -183,6 +183,18 @@ def fit_baseline(kind, params, X, Y, Xv, Yv, Xt, labels) -> pd.DataFrame:
     return pd.DataFrame(out)
 
 
+def seed_mixture(preds: list[pd.DataFrame], labels) -> pd.DataFrame:
+    """Equal-weight mixture of several runs' Gaussian predictions of the same stars (a seed ensemble): the mean of the
+    means, sigma^2 = the mean of the sigma^2 + the variance of the means."""
+    out = {}
+    for n in labels:
+        means = np.stack([p[f"{n}_pred"].to_numpy() for p in preds])
+        sigmas = np.stack([p[f"{n}_sigma"].to_numpy() for p in preds])
+        out[f"{n}_pred"] = means.mean(0)
+        out[f"{n}_sigma"] = np.sqrt((sigmas**2).mean(0) + means.var(0))
+    return pd.DataFrame(out)
+
+
 def metrics_rows(experiment, model, pred: pd.DataFrame, truth: pd.DataFrame, labels, **extra) -> list:
     from spectrafm_hf.training.metrics import label_metrics
 

@@ -77,14 +77,3 @@ def test_summary_scores_the_test_split_and_the_seed_mixture(launched):
     for entry in (*summary["variants"].values(), summary["ensembles"]["a+b"]):
         for name in LABELS:
             assert entry["test"][name]["robust_scatter"] > 0 and 0 <= entry["test"][name]["coverage68"] <= 1
-
-
-def test_mixture_of_gaussians_keeps_the_spread_between_members():
-    sys.path.insert(0, str(REPO / "scripts/gpu"))
-    from xp_full_gpu import mixture
-
-    a = pd.DataFrame({"object_id": ["x"], "FE_H_pred": [0.0], "FE_H_sigma": [0.1]})
-    b = pd.DataFrame({"object_id": ["x"], "FE_H_pred": [0.2], "FE_H_sigma": [0.1]})
-    m = mixture([a, b], ["FE_H"])
-    assert m["FE_H_pred"][0] == pytest.approx(0.1)
-    assert m["FE_H_sigma"][0] == pytest.approx(np.sqrt(0.01 + 0.01))  # within-member 0.1^2 + between-member 0.1^2

@@ -174,6 +174,16 @@ def test_baseline_parameters_can_differ_by_training_set_size():
     assert params["epochs_by_size"] == [3, 2]  # the preset's own dict is left as it was
 
 
+def test_seed_mixture_keeps_the_spread_between_runs():
+    mix = _script().seed_mixture
+    a = pd.DataFrame({"FE_H_pred": [0.0, 1.0], "FE_H_sigma": [0.1, 0.3]})
+    b = pd.DataFrame({"FE_H_pred": [0.2, 1.0], "FE_H_sigma": [0.1, 0.4]})
+    m = mix([a, b], ["FE_H"])
+    assert m["FE_H_pred"].tolist() == pytest.approx([0.1, 1.0])
+    # within-run variance (0.1^2; mean of 0.09 and 0.16) + between-run variance (0.1^2; 0)
+    assert m["FE_H_sigma"].tolist() == pytest.approx([np.sqrt(0.02), np.sqrt(0.125)])
+
+
 def test_gradient_boosting_learns_a_known_function_and_picks_trees_on_validation(rng):
     X = rng.normal(size=(600, 5))
     y = 2 * X[:, 0] + np.sin(X[:, 1]) + rng.normal(0, 0.1, 600)

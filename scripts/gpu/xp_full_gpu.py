@@ -216,24 +216,13 @@ def launch(args):
 
 
 # ------------------------------------------------------------------------------------------------------ summarise
-def mixture(frames, labels):
-    """Equal-weight mixture of Gaussian predictions (a seed ensemble): mean of the means, total variance."""
-    out = {"object_id": frames[0]["object_id"]}
-    for n in labels:
-        mu = np.stack([f[f"{n}_pred"].to_numpy() for f in frames])
-        var = np.stack([f[f"{n}_sigma"].to_numpy() ** 2 for f in frames])
-        out[f"{n}_pred"] = mu.mean(0)
-        out[f"{n}_sigma"] = np.sqrt((var + mu**2).mean(0) - mu.mean(0) ** 2)
-    import pandas as pd
-
-    return pd.DataFrame(out)
-
-
 def summarise(args):
     """Per variant (and per ``ensembles`` entry of the preset): steps, best validation loss, and the robust scatter
     and 68 % coverage of every label on the test split, from a launch's output folder."""
     import pandas as pd
 
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import real_data
     from spectrafm_hf.training.metrics import label_metrics
 
     cfg = load_yaml(args.config)
@@ -258,7 +247,9 @@ def summarise(args):
         out["variants"][name]["test"] = scores(pred)
     for name, members in (cfg.get("ensembles") or {}).items():
         if all(m in preds for m in members):
-            out["ensembles"][name] = {"members": members, "test": scores(mixture([preds[m] for m in members], labels))}
+            mix = real_data.seed_mixture([preds[m] for m in members], labels)
+            mix.insert(0, "object_id", preds[members[0]]["object_id"])  # every member was checked against the truth
+            out["ensembles"][name] = {"members": members, "test": scores(mix)}
     text = json.dumps(out, indent=1) + "\n"
     if args.summary:
         Path(args.summary).write_text(text)
