@@ -145,11 +145,11 @@ def affine_spectrafm(start, ds, labels, folder: Path) -> Path:
     return folder
 
 
-def predict_spectrafm(folder, ds, labels, known_names=()) -> pd.DataFrame:
+def predict_spectrafm(folder, ds, labels, known_names=(), device="cpu") -> pd.DataFrame:
     from spectrafm_hf.data import row_to_spectrum
     from spectrafm_hf.pipeline import SpectraFMPipeline
 
-    pipe = SpectraFMPipeline.from_pretrained(folder, device="cpu")
+    pipe = SpectraFMPipeline.from_pretrained(folder, device=device)
     rows = ds.with_format("numpy")
     spectra = [row_to_spectrum(r) for r in rows]
     known = {n: np.asarray(ds[n], np.float64) for n in known_names}

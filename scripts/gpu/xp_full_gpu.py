@@ -106,13 +106,11 @@ def variant_preset(cfg: dict, variant: str) -> tuple[dict, dict]:
 
 def one(args):
     import torch
-    from transformers import TrainerCallback
+    from transformers import EarlyStoppingCallback, TrainerCallback
 
     sys.path.insert(0, str(ROOT / "scripts"))
     import real_data
-    from spectrafm_hf.pipeline import SpectraFMPipeline
-    from spectrafm_hf.data import row_to_spectrum
-    from spectrafm_hf.training.run import args_from_dict, run_training, train_or_reuse
+    from spectrafm_hf.training.run import args_from_dict, run_training
 
     started = time.time()
     cfg = load_yaml(args.config)
@@ -150,7 +148,8 @@ def one(args):
     rate = (probe_steps - skip) / (t[probe_steps] - t[skip])
     # 2. the run: a cosine schedule as long as the time left allows (evaluations, saving and prediction kept aside)
     left = deadline - time.time() - float(cfg.get("predict_reserve_s", 40))
-    steps = int(min(int(spec.get("max_steps", base["xp_full"]["steps"][-1])), float(cfg.get("step_safety", 0.85)) * rate * left))
+    cap = int(spec.get("max_steps", base["xp_full"]["steps"][-1]))
+    steps = int(min(cap, float(cfg.get("step_safety", 0.85)) * rate * left))
     log(f"{args.variant}: {rate:.1f} steps/s in the probe; {steps} steps in {left:.0f} s")
     if steps < int(cfg.get("min_steps", 1000)):
         raise RuntimeError(f"{args.variant}: only {steps} steps fit before the deadline")
@@ -158,25 +157,16 @@ def one(args):
     clock = Clock(deadline - float(cfg.get("predict_reserve_s", 40)) / 2)
     model_args, data_args, training_args = args_from_dict({k: v for k, v in values.items()
                                                             if k != "early_stopping_patience"})
-    from transformers import EarlyStoppingCallback
-
     trainer, _ = run_training(model_args, data_args, training_args, splits=(splits["train"], splits["validation"], None),
                               callbacks=[clock, EarlyStoppingCallback(int(values["early_stopping_patience"]))])
     final = out / "run" / "final"
     train_seconds = time.time() - started
     # 3. predictions of the kept model on validation and test
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    pipe = SpectraFMPipeline.from_pretrained(final, device=device)
     for name in ("validation", "test"):
-        ds = splits[name].with_format("numpy")
-        table = pipe.predict([row_to_spectrum(r) for r in ds], labels=labels, seed=0)
-        frame = {"object_id": list(ds["object_id"])}
-        for n in labels:
-            frame[f"{n}_pred"] = table[n].to_numpy()
-            frame[f"{n}_sigma"] = table[f"{n}_err"].to_numpy()
-        import pandas as pd
-
-        pd.DataFrame(frame).to_csv(out / f"predictions_{name}.csv", index=False)
+        pred = real_data.predict_spectrafm(final, splits[name], labels, device=device)
+        pred.insert(0, "object_id", list(splits[name]["object_id"]))
+        pred.to_csv(out / f"predictions_{name}.csv", index=False)
     state = trainer.state
     evals = [{"step": h["step"], "eval_loss": h["eval_loss"]} for h in state.log_history if "eval_loss" in h]
     info = {"variant": args.variant, "overrides": cfg["variants"][args.variant], "probe_steps_per_s": rate,
@@ -185,7 +175,7 @@ def one(args):
             "stopped_by_deadline": bool(clock.times) and max(clock.times.values()) > clock.stop_at,
             "train_seconds": train_seconds, "total_seconds": time.time() - started,
             "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
-            "torch": torch.__version__, "parameters": int(sum(p.numel() for p in pipe.model.parameters()))}
+            "torch": torch.__version__, "parameters": int(trainer.model.num_parameters())}
     (out / "run.json").write_text(json.dumps(info, indent=1))
     log(f"{args.variant}: done, best eval_loss {state.best_metric} at {state.best_model_checkpoint}")
 
@@ -197,7 +187,7 @@ def launch(args):
     names = args.variants.split(",") if args.variants else list(cfg["variants"])
     procs = {}
     Path(args.out).mkdir(parents=True, exist_ok=True)
-    for i, name in enumerate(names):
+    for name in names:
         env = dict(os.environ, OMP_NUM_THREADS=str(cfg.get("threads_per_variant", 1)), PYTHONUNBUFFERED="1")
         logf = open(Path(args.out) / f"{name}.log", "w")
         procs[name] = (subprocess.Popen([sys.executable, __file__, "one", args.config, "--variant", name, "--data",
