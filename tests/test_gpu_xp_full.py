@@ -44,8 +44,8 @@ def launched(tmp_path_factory):
     config = tmp / "gpu.yaml"
     config.write_text(yaml.safe_dump(cfg))
     script = str(REPO / "scripts/gpu/xp_full_gpu.py")
-    proc = subprocess.run([sys.executable, script, "launch", str(config), "--data", str(data), "--out", str(tmp / "out")],
-                          capture_output=True, text=True, cwd=REPO, timeout=300)
+    proc = subprocess.run([sys.executable, script, "launch", str(config), "--data", str(data),
+                           "--out", str(tmp / "out")], capture_output=True, text=True, cwd=REPO, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     summary = tmp / "summary.json"
     proc = subprocess.run([sys.executable, script, "summarise", str(config), "--data", str(data), "--out",

@@ -157,7 +157,8 @@ def one(args):
     clock = Clock(deadline - float(cfg.get("predict_reserve_s", 40)) / 2)
     model_args, data_args, training_args = args_from_dict({k: v for k, v in values.items()
                                                             if k != "early_stopping_patience"})
-    trainer, _ = run_training(model_args, data_args, training_args, splits=(splits["train"], splits["validation"], None),
+    trainer, _ = run_training(model_args, data_args, training_args,
+                              splits=(splits["train"], splits["validation"], None),
                               callbacks=[clock, EarlyStoppingCallback(int(values["early_stopping_patience"]))])
     final = out / "run" / "final"
     train_seconds = time.time() - started
@@ -201,7 +202,8 @@ def launch(args):
             p.kill()
             status[name] = "killed"
         logf.close()
-    (Path(args.out) / "launch.json").write_text(json.dumps({"exit": status, "budget_s": args.budget_s or cfg["budget_s"]}))
+    budget = args.budget_s or cfg["budget_s"]
+    (Path(args.out) / "launch.json").write_text(json.dumps({"exit": status, "budget_s": budget}))
     log(f"exit codes: {status}")
 
 
