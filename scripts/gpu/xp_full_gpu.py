@@ -11,10 +11,10 @@
 Each variant is recipe v4 of ``base_preset`` (scripts/real_data.py's xp_full SpectraFM run, through the same
 `run_training`, which `train_or_reuse` calls) with the variant's overrides. A GPU run of a variant cannot know its
 step rate before it starts (the variants share one GPU), so it first times ``probe_steps`` optimizer steps, then
-sets ``max_steps`` (the length of the cosine schedule) to what fits before its deadline, capped by the preset's budget; a deadline callback stops it
-if the estimate was too kind (the best validation checkpoint is still the one kept). Writes, per variant:
-``<variant>/predictions_{validation,test}.csv`` (object_id, <label>_pred, <label>_sigma) and ``<variant>/run.json``
-(steps, step rate, best validation loss and step, evaluation history, seconds).
+sets ``max_steps`` (the length of the cosine schedule) to what fits before its deadline, capped by the preset's
+budget; a deadline callback stops it if the estimate was too kind (the best validation checkpoint is still the one
+kept). Writes, per variant: ``<variant>/predictions_{validation,test}.csv`` (object_id, <label>_pred, <label>_sigma)
+and ``<variant>/run.json`` (steps, step rate, best validation loss and step, evaluation history, seconds).
 """
 
 from __future__ import annotations
