@@ -195,6 +195,43 @@ def test_processor_round_trips_labels_and_saves(tmp_path):
         SpectraFMProcessor(label_names=["A"], label_scales=[0.0])
 
 
+def test_interleaved_subsets_read_every_kth_pixel_at_each_phase(tiny_pipeline, tmp_path):
+    from spectrafm_hf.training.collator import SpectraCollator
+
+    proc = SpectraFMProcessor(context_length=100, pixel_subset_rule="interleaved")
+    # 343 pixels (the Gaia XP grid) need 4 subsets of <= 100: the phases of every 4th pixel
+    phases = proc.pixel_subsets(343)
+    assert [p[:2].tolist() for p in phases] == [[0, 4], [1, 5], [2, 6], [3, 7]]
+    assert sorted(np.concatenate(phases).tolist()) == list(range(343))
+    # a training draw is one phase, never a scatter; every phase comes up
+    idx = np.flatnonzero(np.arange(343) != 10)  # one masked pixel: phases of the USABLE pixels
+    rng = np.random.default_rng(0)
+    draws = [proc.choose_subset(idx, rng) for _ in range(40)]
+    first = [int(np.searchsorted(idx, d[0])) for d in draws]
+    assert all(np.array_equal(d, idx[phase::4]) for d, phase in zip(draws, first))
+    assert set(first) == {0, 1, 2, 3}
+    # the collator reads with the processor's rule
+    wl = np.linspace(3300, 10500, 343)
+    feature = {"wavelength": wl, "flux": np.ones(343), "object_id": "a"}
+    got, _ = SpectraCollator(proc, [], []).pixels(feature, np.random.default_rng(1))
+    step = np.diff(np.searchsorted(wl, got))
+    assert len(got) in (85, 86) and set(step.tolist()) == {4}
+    # and the pipeline predicts from the phases, which the saved processor keeps
+    proc.save_pretrained(tmp_path)
+    assert SpectraFMProcessor.from_pretrained(tmp_path).pixel_subset_rule == "interleaved"
+    tiny_pipeline.processor.pixel_subset_rule = "interleaved"
+    try:
+        spec = Spectrum(wavelength=np.linspace(15200, 16900, 1500), flux=np.full(1500, 0.95))
+        _, _, good = tiny_pipeline.processor.normalize(spec)
+        k = -(-int(good.sum()) // tiny_pipeline.processor.context_length)
+        a, b = tiny_pipeline.predict(spec, seed=1), tiny_pipeline.predict(spec, seed=2)
+        assert k > 1 and a.equals(b)  # no random draw left at inference
+    finally:
+        tiny_pipeline.processor.pixel_subset_rule = "random"
+    with pytest.raises(ValueError, match="pixel_subset_rule"):
+        SpectraFMProcessor(pixel_subset_rule="strided")
+
+
 def test_processor_clips_at_ten_sigma():
     proc = SpectraFMProcessor(flux_center=1.0, flux_scale=0.01)
     s = Spectrum(wavelength=np.linspace(15200, 15300, 4), flux=[1.0, 1.05, 1.2, 0.85])

@@ -147,8 +147,8 @@ class SpectraCollator:
                 idx = inside[pos]
             else:
                 idx = choose_pixels(idx, wl.size, self.context_length, rng, self.window_prob, self.window_width)
-        elif idx.size > self.context_length:
-            idx = np.sort(rng.choice(idx, self.context_length, replace=False))
+        else:
+            idx = self.processor.choose_subset(idx, rng, self.context_length)
         return wl[idx], x[idx]
 
     def _held_out(self, n, rng):

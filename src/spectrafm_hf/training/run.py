@@ -82,6 +82,8 @@ class ModelArguments:
                                                                     "first (flux-calibrated spectra such as Gaia XP)"})
     clip_sigma: float = field(default=10.0, metadata={"help": "fresh model: normalised flux beyond +-clip_sigma is "
                                                                "missing (benchmarks/xp_flux_clipping.py)"})
+    pixel_subset_rule: str = field(default="random", metadata={"help": "fresh model: random | interleaved (every "
+                                                                      "k-th pixel at a random phase)"})
 
 
 @dataclass
@@ -484,7 +486,8 @@ def build_model(model_args: ModelArguments, train_dataset, label_names):
         return model, processor
     cfg = SpectraFMConfig(**{"label_names": label_names, **model_args.config_overrides})
     processor = SpectraFMProcessor(label_names=cfg.label_names, context_length=cfg.context_length,
-                                   divide_by_median=model_args.divide_by_median, clip_sigma=model_args.clip_sigma)
+                                   divide_by_median=model_args.divide_by_median, clip_sigma=model_args.clip_sigma,
+                                   pixel_subset_rule=model_args.pixel_subset_rule)
     processor.flux_normalization = model_args.flux_normalization  # per_pixel: its arrays are set by fit_flux below
     fit_scalar_inputs(processor, cfg.scalar_input_names, train_dataset)
     sample = train_dataset.select(range(min(len(train_dataset), 2000))).with_format("numpy")
