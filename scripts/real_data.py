@@ -107,6 +107,12 @@ def strided(ds, k):
     return ds.map(cut, batched=True, desc=f"pixel stride {k}")
 
 
+def experiment_cfg(cfg, name):
+    """``cfg`` with an experiment's own ``spectrafm`` keys (``xp_fewshot.spectrafm``: its pixels) over the recipe's."""
+    own = (cfg.get(name) or {}).get("spectrafm")
+    return {**cfg, "spectrafm": {**(cfg.get("spectrafm") or {}), **own}} if own else cfg
+
+
 def fm_data(cfg, ds):
     """The rows SpectraFM sees (``spectrafm.pixel_stride``)."""
     return strided(ds, (cfg.get("spectrafm") or {}).get("pixel_stride"))
@@ -253,6 +259,7 @@ def teff_logg_pretraining(cfg, runner: Runner, train, val):
     it; xp_full's all-stars run continues it when ``xp_full.continue_pretraining`` (trained once, reused)."""
     from spectrafm_hf.training.run import train_or_reuse
 
+    cfg = experiment_cfg(cfg, "xp_fewshot")  # its pixels, also when xp_full continues it
     pre = dict((cfg.get("xp_fewshot") or {}).get("pretrain") or {})
     if not pre:
         return None
@@ -515,7 +522,7 @@ def run(cfg, experiments):
         r, full_runs = xp_full(cfg, runner, train, val, test)
         rows += r
     if "xp_fewshot" in experiments and cfg.get("xp_fewshot"):
-        rows += xp_fewshot(cfg, runner, train, val, test)
+        rows += xp_fewshot(experiment_cfg(cfg, "xp_fewshot"), runner, train, val, test)
     if "xp_multimodal" in experiments and cfg.get("xp_multimodal"):
         rows += xp_multimodal(cfg, runner, train, val, test)
     table = pd.DataFrame(rows)

@@ -15,6 +15,7 @@ import pytest
 import torch
 from conftest import REPO
 
+from spectrafm_hf import SpectraFMProcessor
 from spectrafm_hf.baselines import GradientBoostingBaseline
 from spectrafm_hf.data import load_spectra_dataset
 from spectrafm_hf.training.collator import SpectraCollator
@@ -119,6 +120,19 @@ def test_fewshot_recipe_keeps_the_pretrained_encoder(tiny):
         same = [torch.equal(pretrained[k], tuned[k]) for k in encoder]
         assert all(same) if encoder_kept else not all(same), model
         assert not all(torch.equal(pretrained[k], tuned[k]) for k in decoder), model
+
+
+def test_each_experiment_reads_its_own_pixels(tiny):
+    """xp_full reads the whole 343-pixel grid in interleaved subsets (every 3rd pixel at a random phase); xp_fewshot's
+    own ``spectrafm`` keys keep it on every 3rd pixel, always the same 115."""
+    out, _ = tiny
+    full = SpectraFMProcessor.from_pretrained(out / "xp_full" / "n40" / "final")
+    pre = SpectraFMProcessor.from_pretrained(out / "xp_fewshot" / "pretrain_teff_logg_masked_flux" / "final")
+    tuned = SpectraFMProcessor.from_pretrained(out / "xp_fewshot" / "spectrafm_draw77_masked_flux" / "final")
+    assert (full.pixel_subset_rule, len(full.reference_wavelength)) == ("interleaved", 343)
+    assert (pre.pixel_subset_rule, len(pre.reference_wavelength)) == ("random", 115)
+    assert tuned.reference_wavelength == pre.reference_wavelength
+    assert full.reference_wavelength[::3] == pytest.approx(pre.reference_wavelength)
 
 
 def test_all_stars_run_can_continue_the_teff_logg_pretraining(tmp_path):
