@@ -16,7 +16,10 @@ Saved as ``preprocessor_config.json`` beside the weights. It owns everything bet
 - the +-``clip_sigma`` clip (clipped pixels are missing, as in the paper);
 - the missing-pixel mask (one rule: mask & finite flux & ivar > 0, see `Spectrum.good`);
 - pixel subsets of ``context_length`` (random for training, seeded for reproducible inference, and covering
-  sets of subsets for spectra longer than the context);
+  sets of subsets for spectra longer than the context), by one of two rules (``pixel_subset_rule``): ``"random"``
+  pixels anywhere, or ``"interleaved"``: every k-th usable pixel at a phase of k (k = the fewest subsets that
+  cover the spectrum), for grids that oversample their information, so each subset spans the spectrum evenly and
+  inference reads the k phases;
 - label scaling: ``(label - center) / scale`` and back, with ``sigma = exp(log_variance / 2) * scale``.
 
 Remote code: saved folders carry this file and ``spectrum.py`` beside the weights (``auto_map`` in
@@ -189,6 +192,8 @@ class SpectraFMProcessor(FeatureExtractionMixin):
             fraction of the local reference spacing.
         clip_sigma (`float`, defaults to 10.0): normalised values beyond +-clip_sigma are treated as missing.
         context_length (`int`, defaults to 512): pixels per model call.
+        pixel_subset_rule (`str`, defaults to `"random"`): how a spectrum longer than ``context_length`` is cut into
+            subsets (see module doc): ``"random"`` or ``"interleaved"``.
         scalar_centers, scalar_scales (`dict[str, float]`, *optional*): scalers of non-spectra inputs that are
             not labels (photometry...).
         wavelength_coverage (`list[[float, float]]`, *optional*): vacuum Angstrom ranges the model was trained on;
@@ -255,6 +260,7 @@ class SpectraFMProcessor(FeatureExtractionMixin):
         reference_tolerance: float = 0.25,
         clip_sigma: float = 10.0,
         context_length: int = 512,
+        pixel_subset_rule: str = "random",
         scalar_centers: dict | None = None,
         scalar_scales: dict | None = None,
         wavelength_coverage: Sequence[Sequence[float]] | None = None,
@@ -302,6 +308,9 @@ class SpectraFMProcessor(FeatureExtractionMixin):
         self.reference_tolerance = float(reference_tolerance)
         self.clip_sigma = float(clip_sigma)
         self.context_length = int(context_length)
+        if pixel_subset_rule not in ("random", "interleaved"):
+            raise ValueError(f"pixel_subset_rule must be 'random' or 'interleaved', got {pixel_subset_rule!r}")
+        self.pixel_subset_rule = pixel_subset_rule
         self.scalar_centers = dict(scalar_centers or {})
         self.scalar_scales = dict(scalar_scales or {})
         self.wavelength_coverage = [[float(lo), float(hi)] for lo, hi in (wavelength_coverage or [])]
@@ -618,14 +627,28 @@ class SpectraFMProcessor(FeatureExtractionMixin):
         local = spacing[np.clip(nearest, 0, len(spacing) - 1)]
         return nearest, np.abs(wavelength - ref[nearest]) <= self.reference_tolerance * local
 
+    def choose_subset(self, idx: np.ndarray, rng: np.random.Generator, context_length: int | None = None):
+        """One subset of the sorted usable positions ``idx``, at most ``context_length`` of them, by
+        ``pixel_subset_rule``: random positions, or every k-th at a random phase."""
+        n = context_length or self.context_length
+        if idx.size <= n:
+            return idx
+        if self.pixel_subset_rule == "interleaved":
+            k = math.ceil(idx.size / n)
+            return idx[int(rng.integers(k))::k]
+        return np.sort(rng.choice(idx, n, replace=False))
+
     def pixel_subsets(self, n_pixels: int, seed: int | None = 0, n_repeats: int = 1):
         """Index arrays covering ``range(n_pixels)`` with subsets of at most ``context_length``.
 
-        A seeded random permutation is split into ``ceil(n / context_length)`` subsets of near-equal size (no tiny
-        remainder subset); ``n_repeats`` independent permutations give more subsets. ``seed=None`` draws fresh.
+        ``"random"`` rule: a seeded random permutation is split into ``ceil(n / context_length)`` subsets of
+        near-equal size (no tiny remainder subset); ``n_repeats`` independent permutations give more subsets.
+        ``seed=None`` draws fresh. ``"interleaved"``: the k phases of every k-th pixel, once (no seed, no repeats).
         """
-        rng = np.random.default_rng(seed)
         k = max(1, math.ceil(n_pixels / self.context_length))
+        if self.pixel_subset_rule == "interleaved":
+            return [np.arange(phase, n_pixels, k) for phase in range(k)]
+        rng = np.random.default_rng(seed)
         out = []
         for _ in range(n_repeats):
             perm = rng.permutation(n_pixels)
@@ -645,9 +668,7 @@ class SpectraFMProcessor(FeatureExtractionMixin):
         rows = []
         for s in spectra:
             wl, x, good = self.normalize(s)
-            idx = np.flatnonzero(good)
-            if idx.size > self.context_length:
-                idx = np.sort(rng.choice(idx, self.context_length, replace=False))
+            idx = self.choose_subset(np.flatnonzero(good), rng)
             rows.append((wl[idx], x[idx]))
         return self._pad(rows, return_tensors)
 
