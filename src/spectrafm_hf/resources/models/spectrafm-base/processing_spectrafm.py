@@ -17,9 +17,9 @@ Saved as ``preprocessor_config.json`` beside the weights. It owns everything bet
 - the missing-pixel mask (one rule: mask & finite flux & ivar > 0, see `Spectrum.good`);
 - pixel subsets of ``context_length`` (random for training, seeded for reproducible inference, and covering
   sets of subsets for spectra longer than the context), by one of two rules (``pixel_subset_rule``): ``"random"``
-  pixels anywhere, or ``"interleaved"``: every k-th usable pixel at a phase of k (k = the fewest subsets that
-  cover the spectrum), for grids that oversample their information, so each subset spans the spectrum evenly and
-  inference reads the k phases;
+  pixels anywhere, or ``"interleaved"``: every k-th usable pixel from one of its k phases (k = the fewest subsets
+  that cover the spectrum), for grids that oversample their information, so each subset spans the spectrum evenly
+  and inference reads all k phases (training rows that read a random window keep the random rule);
 - label scaling: ``(label - center) / scale`` and back, with ``sigma = exp(log_variance / 2) * scale``.
 
 Remote code: saved folders carry this file and ``spectrum.py`` beside the weights (``auto_map`` in
