@@ -77,11 +77,13 @@ def test_opt_out_and_unwritable_cache(tmp_path, monkeypatch):
     assert blocked.read_text() == "a file"
 
 
-def test_the_hub_id_resolves_to_the_embedded_default_offline_with_an_empty_cache(hub_cache):  # noqa: F811
+def test_the_hub_id_resolves_to_the_embedded_default_offline_with_an_empty_cache(hub_cache, monkeypatch):  # noqa: F811
     from pathlib import Path
 
     import pytest
 
+    # run alone, this is the first `import spectrafm_hf`, which would install the default into the empty cache
+    monkeypatch.setenv("SPECTRAFM_NO_CACHE_INSTALL", "1")
     from spectrafm_hf.hub import CheckpointNotFoundError, embedded_checkpoints, resolve_model
 
     embedded = embedded_checkpoints()["spectrafm-base"]
