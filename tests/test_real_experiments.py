@@ -228,6 +228,38 @@ def test_clip_sigma_reaches_a_fresh_processor(xp):
     assert lost[0.5] > lost[10.0]
 
 
+def test_flux_softening_keeps_far_out_pixels_readable(xp, tmp_path):
+    """`flux_softening` s compresses normalised flux as s*asinh(x/s) before the clip: pixels tens of sigma out (the
+    red end of cool stars' XP spectra under per-pixel scaling) are read, not lost; flux near the centre is unchanged."""
+    train = xp["train"].with_format("numpy")
+    procs = {}
+    for soft, clip in ((None, 10.0), (3.0, 20.0)):
+        args = ModelArguments(config_overrides={"hidden_size": 8, "encoder_num_heads": [2, 2],
+                                                "decoder_num_heads": [2, 2, 1], "context_length": 343},
+                              flux_softening=soft, clip_sigma=clip, flux_normalization="per_pixel",
+                              divide_by_median=True)
+        procs[soft] = build_model(args, train, LABELS)[1]
+    linear, soft = procs[None], procs[3.0]
+    assert soft.flux_softening == 3.0 and linear.flux_softening is None
+    rows = [train[i] for i in range(len(train))]
+    read = {k: [p.normalize_arrays(r["wavelength"], r["flux"], np.isfinite(r["flux"])) for r in rows]
+            for k, p in procs.items()}
+    lost = {k: sum(int((~g).sum()) for _, g in v) for k, v in read.items()}
+    assert lost[None] > 0 and lost[3.0] < lost[None] / 10
+    x, x_soft = (np.concatenate([x for x, _ in read[k]]) for k in (None, 3.0))
+    both = np.isfinite(x) & np.isfinite(x_soft)
+    assert np.allclose(x_soft[both], 3.0 * np.arcsinh(x[both] / 3.0), atol=1e-5)
+    near = both & (np.abs(x) < 0.5)
+    assert near.any() and np.allclose(x_soft[near], x[near], atol=0.01)
+    assert 3.0 * np.arcsinh(10.0 / 3.0) < np.nanmax(np.abs(x_soft)) <= 20.0  # pixels beyond the old clip are read
+    soft.save_pretrained(tmp_path)
+    from spectrafm_hf import SpectraFMProcessor
+
+    assert SpectraFMProcessor.from_pretrained(tmp_path).flux_softening == 3.0
+    with pytest.raises(ValueError, match="flux_softening"):
+        SpectraFMProcessor(flux_softening=0.0)
+
+
 def test_photometry_tokens_reach_the_model(xp):
     train = xp["train"].with_format("numpy")
     model_args = ModelArguments(config_overrides={"hidden_size": 8, "encoder_num_heads": [2, 2],

@@ -261,3 +261,18 @@ def test_presets_expose_the_recipe_options(name, on):
         assert d.window_width == [64, 7514] and RealismAugment.from_dict(d.augment).snr_range == (50.0, 500.0)
         base = parse_args([str(REPO / "scripts" / "configs" / "pretrain_cpu.yaml")])
         assert m.config_overrides == base[0].config_overrides and t.max_steps == base[2].max_steps
+
+
+def test_streamed_batches_soften_flux_as_the_processor_does():
+    """The GPU-side `pixel_batch` applies the processor's `flux_softening` and clip exactly as `normalize_arrays`."""
+    from spectrafm_hf.training.synthetic_stream import pixel_batch
+
+    proc = SpectraFMProcessor(flux_softening=2.0, clip_sigma=6.0)
+    wavelength = torch.linspace(15100.0, 16900.0, 64, dtype=torch.float64)
+    flux = 1.0 + torch.linspace(-3.0, 3.0, 64, dtype=torch.float64)[None] ** 3  # normalised -270 .. 270 sigma
+    out = pixel_batch(flux, torch.ones_like(flux, dtype=torch.bool), wavelength, proc, context_length=64)
+    x, good = proc.normalize_arrays(wavelength.numpy(), flux[0].numpy(), np.ones(64, bool))
+    order = np.argsort(out["wavelength"][0].numpy())
+    assert np.array_equal(out["observed_mask"][0].numpy()[order].astype(bool), good)
+    assert 0 < good.sum() < 64 and np.abs(x[good]).max() > 4.0  # softened; beyond 6 (x = 2 sinh(3) ~ 20) lost
+    assert np.allclose(out["flux"][0].numpy()[order][good], x[good], atol=1e-5)

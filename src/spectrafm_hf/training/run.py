@@ -80,6 +80,8 @@ class ModelArguments:
     flux_normalization: str = field(default="global", metadata={"help": "fresh model: global | per_pixel"})
     divide_by_median: bool = field(default=False, metadata={"help": "fresh model: divide each spectrum by its median "
                                                                     "first (flux-calibrated spectra such as Gaia XP)"})
+    flux_softening: float | None = field(default=None, metadata={"help": "fresh model: compress normalised flux as "
+                                                                       "s*asinh(x/s) before the clip (None = off)"})
     clip_sigma: float = field(default=10.0, metadata={"help": "fresh model: normalised flux beyond +-clip_sigma is "
                                                                "missing (benchmarks/xp_flux_clipping.py)"})
     pixel_subset_rule: str = field(default="random", metadata={"help": "fresh model: random | interleaved (every "
@@ -487,6 +489,7 @@ def build_model(model_args: ModelArguments, train_dataset, label_names):
     cfg = SpectraFMConfig(**{"label_names": label_names, **model_args.config_overrides})
     processor = SpectraFMProcessor(label_names=cfg.label_names, context_length=cfg.context_length,
                                    divide_by_median=model_args.divide_by_median, clip_sigma=model_args.clip_sigma,
+                                   flux_softening=model_args.flux_softening,
                                    pixel_subset_rule=model_args.pixel_subset_rule)
     processor.flux_normalization = model_args.flux_normalization  # per_pixel: its arrays are set by fit_flux below
     fit_scalar_inputs(processor, cfg.scalar_input_names, train_dataset)

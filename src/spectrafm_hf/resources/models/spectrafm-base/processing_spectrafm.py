@@ -13,6 +13,8 @@ Saved as ``preprocessor_config.json`` beside the weights. It owns everything bet
     spectrum's median when ``divide_by_median`` (flux-calibrated spectra) and 1 otherwise (continuum-normalised), or
   * ``"per_pixel"`` (the paper's; needed by converted checkpoints): each pixel of a reference grid has its own
     median/MAD-std; pixels not on that grid cannot be normalised and are masked;
+- optionally ``flux_softening`` s: normalised flux compressed as ``s * asinh(x / s)`` (linear within ~s, logarithmic
+  beyond, so far-out pixels such as the red end of cool stars' Gaia XP spectra stay readable instead of clipped);
 - the +-``clip_sigma`` clip (clipped pixels are missing, as in the paper);
 - the missing-pixel mask (one rule: mask & finite flux & ivar > 0, see `Spectrum.good`);
 - pixel subsets of ``context_length`` (random for training, seeded for reproducible inference, and covering
@@ -190,6 +192,8 @@ class SpectraFMProcessor(FeatureExtractionMixin):
             (vacuum Angstrom grid and its per-pixel median / MAD-std).
         reference_tolerance (`float`, defaults to 0.25): a pixel matches a reference pixel when within this
             fraction of the local reference spacing.
+        flux_softening (`float`, *optional*): compress normalised flux as ``s * asinh(x / s)`` before the clip
+            (None = off, the paper's linear flux).
         clip_sigma (`float`, defaults to 10.0): normalised values beyond +-clip_sigma are treated as missing.
         context_length (`int`, defaults to 512): pixels per model call.
         pixel_subset_rule (`str`, defaults to `"random"`): how a spectrum longer than ``context_length`` is cut into
@@ -258,6 +262,7 @@ class SpectraFMProcessor(FeatureExtractionMixin):
         pixel_centers: Sequence[float] | None = None,
         pixel_scales: Sequence[float] | None = None,
         reference_tolerance: float = 0.25,
+        flux_softening: float | None = None,
         clip_sigma: float = 10.0,
         context_length: int = 512,
         pixel_subset_rule: str = "random",
@@ -306,6 +311,9 @@ class SpectraFMProcessor(FeatureExtractionMixin):
             if np.any(np.diff(self.reference_wavelength) <= 0):
                 raise ValueError("reference_wavelength must be strictly increasing")
         self.reference_tolerance = float(reference_tolerance)
+        if flux_softening is not None and not float(flux_softening) > 0:
+            raise ValueError(f"flux_softening must be positive (or None for off), got {flux_softening}")
+        self.flux_softening = None if flux_softening is None else float(flux_softening)
         self.clip_sigma = float(clip_sigma)
         self.context_length = int(context_length)
         if pixel_subset_rule not in ("random", "interleaved"):
@@ -599,6 +607,8 @@ class SpectraFMProcessor(FeatureExtractionMixin):
             center, scale = centers[idx], scales[idx]
         with np.errstate(invalid="ignore", divide="ignore"):
             x = (flux - center) / scale
+        if self.flux_softening:
+            x = self.flux_softening * np.arcsinh(x / self.flux_softening)
         n_before = int(good.sum())
         good &= np.isfinite(x) & (np.abs(x) <= self.clip_sigma)
         if not good.any():
