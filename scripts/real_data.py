@@ -288,9 +288,11 @@ def xp_full(cfg, runner: Runner, train, val, test):
     Xv, Yv = flux_matrix(val), frame(val, labels)[labels].to_numpy()
     rows, runs = [], {}
     only = cfg.get("_only_sizes")
-    for size, steps in zip(e["sizes"], e["steps"]):
+    for k, (size, steps) in enumerate(zip(e["sizes"], e["steps"])):
         if only is not None and size_name(size) not in only:
             continue
+        # xp_full.spectrafm: recipe keys for this size (``<name>_by_size``: each chosen on validation at that size)
+        size_cfg = {**cfg, "spectrafm": {**cfg["spectrafm"], **per_size_params(e.get("spectrafm"), k)}}
         sub = train if size is None else select_stars(train, {}, int(size), int(e.get("selection_seed", 77)))
         tag = f"n{len(sub)}"
         run_name, extra = tag, {}
@@ -301,11 +303,12 @@ def xp_full(cfg, runner: Runner, train, val, test):
             if start is None:
                 raise ValueError("xp_full.continue_pretraining needs xp_fewshot.pretrain in the preset")
             run_name, extra = f"{tag}_from_teff_logg", dict(model_name_or_path=str(start), config_overrides={})
-        final = train_or_reuse(spectrafm_values(cfg, runner.out / "xp_full" / run_name, steps, labels, **extra),
-                               splits=(fm_data(cfg, sub), fm_data(cfg, val), None), log=lambda m: log(f"xp_full: {m}"))
+        final = train_or_reuse(spectrafm_values(size_cfg, runner.out / "xp_full" / run_name, steps, labels, **extra),
+                               splits=(fm_data(size_cfg, sub), fm_data(size_cfg, val), None),
+                               log=lambda m: log(f"xp_full: {m}"))
         runs[tag] = run_name  # its predictions: predictions/xp_full_<run_name>_spectrafm.csv
         pred = runner.cached(f"xp_full_{run_name}_spectrafm",
-                             lambda: predict_spectrafm(final, fm_data(cfg, test), labels))
+                             lambda: predict_spectrafm(final, fm_data(size_cfg, test), labels))
         rows += metrics_rows("xp_full", "spectrafm", pred, truth, labels, n_train=len(sub))
         X, Y = flux_matrix(sub), frame(sub, labels)[labels].to_numpy()
         for kind, params in (e.get("baselines") or {}).items():

@@ -124,7 +124,8 @@ def test_fewshot_recipe_keeps_the_pretrained_encoder(tiny):
 
 def test_each_experiment_reads_its_own_pixels(tiny):
     """xp_full reads the whole 343-pixel grid in interleaved subsets (every 3rd pixel at a random phase), its far-out
-    flux softened; xp_fewshot's own ``spectrafm`` keys keep it on every 3rd pixel, always the same 115, clipped."""
+    flux softened at every star only (``xp_full.spectrafm``'s per-size keys); xp_fewshot's own ``spectrafm`` keys
+    keep it on every 3rd pixel, always the same 115."""
     out, _ = tiny
     full = SpectraFMProcessor.from_pretrained(out / "xp_full" / "n40" / "final")
     pre = SpectraFMProcessor.from_pretrained(out / "xp_fewshot" / "pretrain_teff_logg_masked_flux" / "final")
@@ -133,8 +134,10 @@ def test_each_experiment_reads_its_own_pixels(tiny):
     assert (pre.pixel_subset_rule, len(pre.reference_wavelength)) == ("random", 115)
     assert tuned.reference_wavelength == pre.reference_wavelength
     assert full.reference_wavelength[::3] == pytest.approx(pre.reference_wavelength)
-    assert (full.flux_softening, full.clip_sigma) == (3.0, 20.0)
-    assert (pre.flux_softening, pre.clip_sigma) == (tuned.flux_softening, tuned.clip_sigma) == (None, 10.0)
+    every = [SpectraFMProcessor.from_pretrained(r / "final") for r in (out / "xp_full").iterdir() if r.name != "n40"]
+    assert [(p.flux_softening, p.clip_sigma, p.pixel_subset_rule) for p in every] == [(3.0, 20.0, "interleaved")]
+    assert (full.flux_softening, full.clip_sigma) == (pre.flux_softening, pre.clip_sigma) == (None, 10.0)
+    assert (tuned.flux_softening, tuned.clip_sigma) == (None, 10.0)
 
 
 def test_all_stars_run_can_continue_the_teff_logg_pretraining(tmp_path):
