@@ -59,7 +59,7 @@ def main(argv=None):
     size = None if a.size == "all" else int(a.size)
     params = real_data.per_size_params(e["baselines"]["mlp"], e["sizes"].index(size))
     params.pop("ema_decay", None)  # the preset's value; --ema sets it here
-    fit_kw = {k: params.pop(k) for k in ("epochs", "eval_every") if k in params}
+    fit_kw = {k: params.pop(k) for k in ("epochs", "eval_every", "patience") if k in params}
     if a.seed is not None:
         fit_kw["seed"] = a.seed
     labels = list(cfg["labels"])

@@ -164,17 +164,20 @@ def predict_spectrafm(folder, ds, labels, known_names=(), device="cpu") -> pd.Da
                          **{f"{n}_sigma": table[f"{n}_err"].to_numpy() for n in labels}})
 
 
-def fit_baseline(kind, params, X, Y, Xv, Yv, Xt, labels) -> pd.DataFrame:
-    """Predictions (mean, sigma) of one baseline for every label on the test arrays."""
+def fit_baseline(kind, params, X, Y, Xv, Yv, Xt, labels, history: Path | None = None) -> pd.DataFrame:
+    """Predictions (mean, sigma) of one baseline for every label on the test arrays; the MLP's per-epoch losses go
+    to ``history`` (a CSV) when given."""
     from spectrafm_hf.baselines import GradientBoostingBaseline, RidgeBaseline, ScratchMLP
 
     params = dict(params or {})
     out = {}
     if kind == "mlp":  # one network for all labels, as the paper's scratch NN has one output head per label
-        fit_kw = {k: params.pop(k) for k in ("epochs", "steps", "eval_every", "seed") if k in params}
+        fit_kw = {k: params.pop(k) for k in ("epochs", "steps", "eval_every", "seed", "patience") if k in params}
         model = ScratchMLP(**params).fit(X, Y, Xv, Yv, **fit_kw)
-        log(f"mlp: best validation epoch {model.best_epoch_} of {len(model.history_)}, "
-            f"{model.skipped_steps_} non-finite steps skipped")
+        log(f"mlp: best validation epoch {model.best_epoch_} of {model.stopped_epoch_} trained "
+            f"(budget {fit_kw.get('epochs', 1000)}), {model.skipped_steps_} non-finite steps skipped")
+        if history is not None:
+            pd.DataFrame(model.history_).to_csv(history, index=False)
         mean, sigma = model.predict(Xt)
         mean, sigma = np.atleast_2d(mean.T).T, np.atleast_2d(sigma.T).T
         for k, n in enumerate(labels):
@@ -288,6 +291,7 @@ def xp_full(cfg, runner: Runner, train, val, test):
     Xv, Yv = flux_matrix(val), frame(val, labels)[labels].to_numpy()
     rows, runs = [], {}
     only = cfg.get("_only_sizes")
+    parts = cfg.get("_only_parts") or {"spectrafm", "baselines"}  # a worker of --jobs runs one of them
     for k, (size, steps) in enumerate(zip(e["sizes"], e["steps"])):
         if only is not None and size_name(size) not in only:
             continue
@@ -303,18 +307,23 @@ def xp_full(cfg, runner: Runner, train, val, test):
             if start is None:
                 raise ValueError("xp_full.continue_pretraining needs xp_fewshot.pretrain in the preset")
             run_name, extra = f"{tag}_from_teff_logg", dict(model_name_or_path=str(start), config_overrides={})
-        final = train_or_reuse(spectrafm_values(size_cfg, runner.out / "xp_full" / run_name, steps, labels, **extra),
-                               splits=(fm_data(size_cfg, sub), fm_data(size_cfg, val), None),
-                               log=lambda m: log(f"xp_full: {m}"))
-        runs[tag] = run_name  # its predictions: predictions/xp_full_<run_name>_spectrafm.csv
-        pred = runner.cached(f"xp_full_{run_name}_spectrafm",
-                             lambda: predict_spectrafm(final, fm_data(size_cfg, test), labels))
-        rows += metrics_rows("xp_full", "spectrafm", pred, truth, labels, n_train=len(sub))
+        if "spectrafm" in parts:
+            final = train_or_reuse(spectrafm_values(size_cfg, runner.out / "xp_full" / run_name, steps, labels,
+                                                    **extra),
+                                   splits=(fm_data(size_cfg, sub), fm_data(size_cfg, val), None),
+                                   log=lambda m: log(f"xp_full: {m}"))
+            runs[tag] = run_name  # its predictions: predictions/xp_full_<run_name>_spectrafm.csv
+            pred = runner.cached(f"xp_full_{run_name}_spectrafm",
+                                 lambda: predict_spectrafm(final, fm_data(size_cfg, test), labels))
+            rows += metrics_rows("xp_full", "spectrafm", pred, truth, labels, n_train=len(sub))
+        if "baselines" not in parts:
+            continue
         X, Y = flux_matrix(sub), frame(sub, labels)[labels].to_numpy()
         for kind, params in (e.get("baselines") or {}).items():
             params = per_size_params(params, e["sizes"].index(size))
-            pred = runner.cached(f"xp_full_{tag}_{kind}",
-                                 lambda: fit_baseline(kind, params, X, Y, Xv, Yv, Xt, labels))
+            name = f"xp_full_{tag}_{kind}"
+            pred = runner.cached(name, lambda: fit_baseline(kind, params, X, Y, Xv, Yv, Xt, labels,
+                                                            history=runner.pred_dir / f"{name}_history.csv"))
             rows += metrics_rows("xp_full", kind, pred, truth, labels, n_train=len(sub))
     return rows, runs
 
@@ -382,15 +391,9 @@ def xp_multimodal(cfg, runner: Runner, train, val, test):
     labels, phot = list(cfg["labels"]), list(cfg["photometry"])
     truth = frame(test, labels)
     rows = []
-    full = cfg.get("xp_full") or {}
-    twin = None  # xp_full's run on every star with the same steps is the spectra-only model
-    if (full and full["sizes"][-1] is None and int(full["steps"][-1]) == int(e["steps"])
-            and not full.get("continue_pretraining")):
-        twin = runner.out / "xp_full" / f"n{len(train)}"
     for model, extra in (("spectrafm", {}),
                          ("spectrafm_photometry", {"input_label_names": phot, "input_label_prob": 1.0})):
-        run_dir = twin if (twin is not None and not extra) else runner.out / "xp_multimodal" / model
-        values = spectrafm_values(cfg, run_dir, e["steps"], labels, **extra)
+        values = spectrafm_values(cfg, runner.out / "xp_multimodal" / model, e["steps"], labels, **extra)
         if extra:
             values["config_overrides"] = {**values.get("config_overrides", {}), "scalar_input_names": phot}
         final = train_or_reuse(values, splits=(fm_data(cfg, train), fm_data(cfg, val), None),
@@ -509,7 +512,9 @@ def summarise(table: pd.DataFrame) -> dict:
     return out
 
 
-def run(cfg, experiments):
+def run(cfg, experiments, report: bool = True):
+    """Run ``experiments`` (each training run and prediction reused when cached) and, when ``report``, write the
+    table, figures and summary (a worker of ``--jobs`` only fills the caches)."""
     out = Path(cfg["output_dir"])
     out.mkdir(parents=True, exist_ok=True)
     results = Path(cfg.get("results_dir") or out / "results")
@@ -528,6 +533,9 @@ def run(cfg, experiments):
         rows += xp_fewshot(experiment_cfg(cfg, "xp_fewshot"), runner, train, val, test)
     if "xp_multimodal" in experiments and cfg.get("xp_multimodal"):
         rows += xp_multimodal(cfg, runner, train, val, test)
+    if not report:
+        log(f"done in {time.time() - t0:.0f} s")
+        return None
     table = pd.DataFrame(rows)
     table["recipe"] = cfg.get("recipe")
     if csv_path.is_file():  # keep the rows of what was not re-run this time
@@ -567,6 +575,89 @@ def run(cfg, experiments):
     return summary
 
 
+# ------------------------------------------------------------------------------------------------ parallel runs
+MLP_STEPS_PER_FM_STEP = 5.5  # one core: the MLP's optimizer steps run ~5.5x faster than SpectraFM's (measured)
+
+
+def work_units(cfg, experiments, n_train: int) -> list[dict]:
+    """The independent pieces of work of ``experiments``, longest first: each xp_full size's SpectraFM run and its
+    baselines apart, xp_fewshot and xp_multimodal whole. ``args`` select a unit on the command line; ``cost`` (in
+    SpectraFM optimizer steps, a rough guess) only orders them, so the last to start are short."""
+    units = []
+    full = cfg.get("xp_full") or {}
+    if "xp_full" in experiments and full:
+        only = cfg.get("_only_sizes")
+        for k, (size, steps) in enumerate(zip(full["sizes"], full["steps"])):
+            name = size_name(size)
+            if only is not None and name not in only:
+                continue
+            select = ["--experiments", "xp_full", "--sizes", name, "--part"]
+            units.append({"name": f"xp_full_{name}_spectrafm", "args": select + ["spectrafm"], "cost": int(steps)})
+            baselines = full.get("baselines") or {}
+            if baselines:
+                mlp = per_size_params(baselines.get("mlp"), k)
+                stars = n_train if size is None else min(int(size), n_train)
+                mlp_steps = int(mlp.get("epochs", 1000)) * -(-stars // int(mlp.get("batch_size", 64))) if mlp else 0
+                units.append({"name": f"xp_full_{name}_baselines", "args": select + ["baselines"],
+                              "cost": mlp_steps / MLP_STEPS_PER_FM_STEP + stars / 10})
+    few = cfg.get("xp_fewshot") or {}
+    if "xp_fewshot" in experiments and few:
+        runs = len(few.get("draws", [77])) * (2 + len(few.get("ablations") or {}))
+        units.append({"name": "xp_fewshot", "args": ["--experiments", "xp_fewshot"],
+                      "cost": int((few.get("pretrain") or {}).get("steps", 0)) + runs * int(few["steps"])})
+    multi = cfg.get("xp_multimodal") or {}
+    if "xp_multimodal" in experiments and multi:
+        units.append({"name": "xp_multimodal", "args": ["--experiments", "xp_multimodal"],
+                      "cost": 2 * int(multi["steps"])})
+    return sorted(units, key=lambda u: -u["cost"])
+
+
+def run_units(cfg, units: list[dict], jobs: int) -> dict:
+    """Run ``units`` in ``jobs`` worker processes of this script, one torch thread each (the small model gains
+    little from a second thread, and one thread per run reproduces one-thread results to the digit), handing
+    the next unit to whichever worker is free. Each worker's log is ``output_dir/logs/<unit>.log``; timings go to
+    ``output_dir/logs/jobs.json``. A failed unit stops the hand-out (running ones finish and keep their caches)."""
+    import os
+    import subprocess
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    import yaml
+
+    logs = Path(cfg["output_dir"]) / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    preset = logs / "preset.yaml"  # the preset as resolved here (--set, --output_dir ...), for the workers
+    preset.write_text(yaml.safe_dump({k: v for k, v in cfg.items() if not k.startswith("_")}, sort_keys=False))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    failed, timings, lock = [], {}, threading.Lock()
+    t0 = time.time()
+
+    def work(unit):
+        if failed:
+            return
+        log(f"{unit['name']}: started (log: {logs / unit['name']}.log)")
+        t = time.time()
+        with open(logs / f"{unit['name']}.log", "w") as out:
+            code = subprocess.call([sys.executable, str(Path(__file__).resolve()), str(preset), *unit["args"],
+                                    "--worker"], stdout=out, stderr=subprocess.STDOUT, env=env)
+        with lock:
+            timings[unit["name"]] = {"seconds": round(time.time() - t, 1), "started_s": round(t - t0, 1),
+                                     "exit_code": code}
+            if code:
+                failed.append(unit["name"])
+        log(f"{unit['name']}: {'FAILED' if code else 'done'} in {time.time() - t:.0f} s")
+
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        list(pool.map(work, units))
+    record = {"jobs": jobs, "wall_seconds": round(time.time() - t0, 1), "units": timings}
+    (logs / "jobs.json").write_text(json.dumps(record, indent=2))
+    if failed:
+        raise SystemExit(f"real_data: {', '.join(failed)} failed (see {logs}/<unit>.log); no table was written. "
+                         "Re-running reuses every finished run.")
+    log(f"{len(units)} units in {record['wall_seconds']:.0f} s on {jobs} workers")
+    return record
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -579,6 +670,10 @@ def main(argv=None):
                         help="override a preset value by its dotted path, VALUE read as YAML (repeatable), e.g. "
                              "--set xp_fewshot.pretrain.steps=30000")
     parser.add_argument("--sizes", help="xp_full: only these training-set sizes (e.g. all,10000)")
+    parser.add_argument("--jobs", type=int, help="worker processes, one torch thread each (default: the preset's "
+                                                 "jobs, else 1: everything in this process)")
+    parser.add_argument("--part", choices=["spectrafm", "baselines"], help=argparse.SUPPRESS)  # a --jobs worker's
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)  # fills caches, writes no table
     args = parser.parse_args(argv)
     cfg = load_preset(args.config, args.set)
     for key in ("output_dir", "results_dir", "results_csv"):
@@ -586,7 +681,19 @@ def main(argv=None):
             cfg[key] = getattr(args, key)
     if args.sizes:
         cfg["_only_sizes"] = {v.strip() for v in args.sizes.split(",") if v.strip()}
-    run(cfg, [e.strip() for e in args.experiments.split(",") if e.strip()])
+    if args.part:
+        cfg["_only_parts"] = {args.part}
+    experiments = [e.strip() for e in args.experiments.split(",") if e.strip()]
+    jobs = int(args.jobs if args.jobs is not None else cfg.get("jobs") or 1)
+    if jobs < 1:
+        raise SystemExit(f"real_data: --jobs must be at least 1, got {jobs}")
+    if args.worker:
+        run(cfg, experiments, report=False)
+        return 0
+    if jobs > 1:
+        train, _, _ = load_splits(cfg)  # builds the dataset cache once, before the workers read it
+        run_units(cfg, work_units(cfg, experiments, len(train)), jobs)
+    run(cfg, experiments)  # every run and prediction is cached by now: the table, figures and summary
     return 0
 
 

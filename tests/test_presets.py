@@ -45,6 +45,6 @@ def test_set_reaches_the_runs_of_real_data_py(tmp_path):
     with contextlib.redirect_stdout(io.StringIO()):
         assert _script().main([str(REPO / "scripts" / "configs" / "real_xp_tiny.yaml"), "--output_dir",
                                str(tmp_path), "--experiments", "xp_multimodal", "--set", "xp_multimodal.steps=4"]) == 0
-    for model in ("spectrafm", "spectrafm_photometry"):  # the preset's 3 steps would reuse xp_full's run as the twin
+    for model in ("spectrafm", "spectrafm_photometry"):
         info = json.loads((tmp_path / "xp_multimodal" / model / "final" / "training_info.json").read_text())
         assert info["config"]["training"]["max_steps"] == 4

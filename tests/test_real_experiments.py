@@ -185,6 +185,34 @@ def test_reruns_reuse_trained_models(tiny):
         assert (out / "results" / name).read_bytes() == data, f"{name} redrawn from the 40-star run"
 
 
+def test_jobs_run_the_preset_in_worker_processes_to_the_same_digits(tiny, tmp_path):
+    """--jobs 2: each xp_full size's SpectraFM run and baselines, xp_fewshot and xp_multimodal run in worker
+    processes (one torch thread each) and the table is then assembled from their caches: the same file as the
+    one-process run's, with each unit's time in logs/jobs.json."""
+    out, _ = tiny
+    buffer = io.StringIO()
+    with contextlib.redirect_stdout(buffer):
+        assert _script().main([str(REPO / "scripts" / "configs" / "real_xp_tiny.yaml"), "--output_dir",
+                               str(tmp_path), "--jobs", "2"]) == 0
+    assert (tmp_path / "results" / "real_data.csv").read_bytes() == (out / "results" / "real_data.csv").read_bytes()
+    jobs = json.loads((tmp_path / "logs" / "jobs.json").read_text())
+    assert jobs["jobs"] == 2 and set(jobs["units"]) == {
+        "xp_full_40_spectrafm", "xp_full_40_baselines", "xp_full_all_spectrafm", "xp_full_all_baselines",
+        "xp_fewshot", "xp_multimodal"}
+    assert all(u["exit_code"] == 0 for u in jobs["units"].values())
+    # every unit trained in a worker: the assembling pass found each run and prediction cached
+    assert "training (" not in buffer.getvalue() and buffer.getvalue().count("exists, skipped") == 13
+
+
+def test_a_failed_job_names_itself_and_writes_no_table(tmp_path):
+    args = [str(REPO / "scripts" / "configs" / "real_xp_tiny.yaml"), "--output_dir", str(tmp_path), "--jobs", "2",
+            "--experiments", "xp_fewshot", "--set", "xp_fewshot.pretrain.labels=[NO_SUCH_LABEL]"]
+    with contextlib.redirect_stdout(io.StringIO()), pytest.raises(SystemExit, match="xp_fewshot failed"):
+        _script().main(args)
+    assert not (tmp_path / "results" / "real_data.csv").exists()
+    assert "NO_SUCH_LABEL" in (tmp_path / "logs" / "xp_fewshot.log").read_text()
+
+
 def test_baseline_parameters_can_differ_by_training_set_size():
     pick = _script().per_size_params
     params = {"hidden": [16], "epochs_by_size": [3, 2], "ema_decay_by_size": [0, 0.999]}

@@ -217,6 +217,38 @@ def test_scratch_mlp_ema_scores_and_keeps_the_average(one_thread):
         ScratchMLP(ema_decay=1.0).fit(X, y, epochs=1)
 
 
+def test_scratch_mlp_stops_on_a_validation_plateau_with_the_weights_a_whole_run_keeps(one_thread):
+    """patience: training ends once that many evaluations in a row have not beaten the best; the run is the whole
+    run cut short (same history so far) and keeps the best weights it saw. (Here the whole run improves again
+    later: a plateau stop can keep an earlier epoch than the whole budget would.)"""
+    rng = np.random.default_rng(3)
+    X, y, _ = _linear_problem(48, -1, 0.4, rng)
+    Xv, yv, _ = _linear_problem(40, -1, 0.4, rng)
+    kw = dict(hidden=(256, 128), learning_rate=3e-3, batch_size=16, restart_epochs=0)
+    whole = ScratchMLP(**kw).fit(X, y, Xv, yv, epochs=60, seed=0, eval_every=2)
+    cut = ScratchMLP(**kw).fit(X, y, Xv, yv, epochs=60, seed=0, eval_every=2, patience=5)
+    # the rule replayed on the whole run's validation history: the first evaluation 5 after the last improvement
+    scores = [(h["epoch"], h["val_nll"]) for h in whole.history_ if "val_nll" in h]
+    best, since, expected = np.inf, 0, None
+    for epoch, score in scores:
+        since += 1
+        if score < best:
+            best, since = score, 0
+        if since >= 5:
+            expected = epoch
+            break
+    assert expected is not None and expected < 60  # this problem overfits: the plateau comes before the budget
+    assert cut.stopped_epoch_ == expected and whole.stopped_epoch_ == 60
+    assert cut.history_ == whole.history_[:expected]
+    seen = [score for epoch, score in scores if epoch <= expected]
+    assert cut.best_epoch_ == scores[int(np.argmin(seen))][0] < expected
+    mean, _ = cut.predict(Xv)  # the kept weights are the best epoch's: its recorded validation MSE is reproduced
+    assert np.mean(((mean - yv) / cut.y_std_[0]) ** 2) == pytest.approx(
+        cut.history_[cut.best_epoch_ - 1]["val_mse"], rel=1e-4)
+    with pytest.raises(ValueError, match="patience"):
+        ScratchMLP(**kw).fit(X, y, Xv, yv, epochs=2, patience=0)
+
+
 def test_scratch_mlp_stays_finite_on_outlier_pixels_and_noise_free_labels(one_thread):
     # real Gaia XP spectra have rare pixels hundreds of times the median flux; with an unclamped exp(log variance)
     # and no gradient clipping the training loss went to NaN within 30 epochs here (issue 14)

@@ -150,11 +150,17 @@ class ScratchMLP:
         return t, torch.as_tensor(e2 / self.y_std_, dtype=torch.float32, device=torch.device(self.device))
 
     def fit(self, X, y, X_val=None, y_val=None, y_err=None, y_val_err=None, epochs: int = 1000,
-            steps: int | None = None, seed: int = 0, eval_every: int = 1, select_on: str = "nll"):
+            steps: int | None = None, seed: int = 0, eval_every: int = 1, select_on: str = "nll",
+            patience: int | None = None):
         """Train on (X, y); with a validation set, keep the weights of the evaluation with the lowest validation
         loss (``select_on`` = ``"nll"``, the training loss, or ``"mse"``). ``steps`` (optimizer steps), when given,
-        replaces ``epochs``. ``y_err``: catalogue label errors, added to the predicted variance as in SpectraFM."""
+        replaces ``epochs``. ``y_err``: catalogue label errors, added to the predicted variance as in SpectraFM.
+        ``patience``: stop once that many evaluations in a row have not improved on the best (a validation
+        plateau: ``epochs`` is then a budget); ``stopped_epoch_`` says where training ended."""
         import torch
+
+        if patience is not None and int(patience) < 1:
+            raise ValueError(f"patience must be a positive number of evaluations, got {patience}")
 
         X_fill = prepare_flux(X)
         y2, self._squeeze = _as_2d_labels(y)
@@ -186,7 +192,7 @@ class ScratchMLP:
         average = WeightAverage(self.net, self.ema_decay) if self.ema_decay else None
         self.history_ = []
         best, self.best_epoch_, self._best_state = math.inf, None, None
-        done, self.skipped_steps_ = 0, 0
+        done, self.skipped_steps_, since_best = 0, 0, 0
         for epoch in range(1, epochs + 1):
             self.net.train()
             order = torch.randperm(n, generator=gen)
@@ -223,10 +229,14 @@ class ScratchMLP:
                     ok = torch.isfinite(tv)
                     record["val_mse"] = float(((mv - tv)[ok] ** 2).mean())
                     score = record["val_nll" if select_on == "nll" else "val_mse"]
+                    since_best += 1
                     if math.isfinite(score) and score < best:
-                        best, self.best_epoch_ = score, epoch
+                        best, self.best_epoch_, since_best = score, epoch, 0
                         self._best_state = copy.deepcopy(self.net.state_dict())
             self.history_.append(record)
+            if patience is not None and since_best >= int(patience):
+                break
+        self.stopped_epoch_ = len(self.history_)
         if self._best_state is not None:
             self.net.load_state_dict(self._best_state)
         else:
