@@ -59,7 +59,7 @@ def pixel_batch(flux: torch.Tensor, good: torch.Tensor, wavelength: torch.Tensor
     good = good & torch.isfinite(flux)
     idx, valid = sample_pixel_subsets(good, context_length, window_prob, window_width, generator)
     x = (torch.gather(flux, 1, idx).float() - processor.flux_center) / processor.flux_scale
-    if getattr(processor, "flux_softening", None):
+    if processor.flux_softening:
         x = processor.flux_softening * torch.asinh(x / processor.flux_softening)
     valid = valid & torch.isfinite(x) & (x.abs() <= processor.clip_sigma)
     return {"flux": torch.where(valid, x, torch.zeros_like(x)), "wavelength": wavelength.float()[idx],
