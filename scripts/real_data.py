@@ -42,6 +42,7 @@ import pandas as pd
 
 from spectrafm_hf.training.presets import load_preset
 
+EXPERIMENT_ORDER = ["xp_full", "xp_fewshot", "xp_multimodal"]  # the order run() makes them in
 COLUMNS = ["experiment", "model", "label", "split", "n", "bias", "rmse", "robust_scatter", "coverage68", "mae",
            "coverage95"]
 SPLITS = ["all", "feh_lt_-1", "feh_ge_-1", "giants", "dwarfs"]
@@ -558,6 +559,13 @@ def run(cfg, experiments, report: bool = True):
         else:
             log(f"WARNING: {extra} not found; its rows are not in {csv_path}")
     table = table[COLUMNS + [c for c in table.columns if c not in COLUMNS]]
+    # one row order however the table was made (whole run, some sizes, --jobs): experiments in run order, the
+    # other scripts' rows last, xp_full by training-set size; rows otherwise keep the order they were made in
+    order = {e: i for i, e in enumerate(EXPERIMENT_ORDER)}
+    size = pd.to_numeric(table.get("n_train", pd.Series(np.nan, index=table.index)), errors="coerce")
+    size = size.where(table.experiment == "xp_full", 0)
+    table = table.assign(_e=table.experiment.map(order).fillna(len(order)), _n=size)
+    table = table.sort_values(["_e", "_n"], kind="stable").drop(columns=["_e", "_n"]).reset_index(drop=True)
     csv_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = csv_path.with_suffix(".tmp")
     table.to_csv(tmp, index=False, float_format="%.6g")
@@ -662,7 +670,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("config")
-    parser.add_argument("--experiments", default="xp_full,xp_fewshot,xp_multimodal")
+    parser.add_argument("--experiments", default=",".join(EXPERIMENT_ORDER))
     parser.add_argument("--output_dir")
     parser.add_argument("--results_dir")
     parser.add_argument("--results_csv")
