@@ -3,10 +3,13 @@
 
     python scripts/real_data.py scripts/configs/real_xp_cpu.yaml      # the CPU preset (its header: CPU-hours)
     python scripts/real_data.py scripts/configs/real_xp_tiny.yaml     # smoke test on the committed 200-star subset
-    ... [--experiments xp_full,xp_fewshot,xp_multimodal] [--sizes all,10000] [--output_dir DIR] [--results_csv FILE]
+    ... [--experiments xp_full,xp_fewshot,xp_multimodal] [--sizes all,10000] [--jobs N] [--output_dir DIR] ...
 
 A run of some experiments (or of some ``xp_full`` sizes) replaces their rows in ``results_csv`` and keeps the
-others; every row says which preset recipe made it (``recipe``, the config's ``recipe`` key).
+others; every row says which preset recipe made it (``recipe``, the config's ``recipe`` key). ``--jobs N`` (default:
+the preset's ``jobs``) runs the independent pieces (each xp_full size's SpectraFM run and its baselines, xp_fewshot,
+xp_multimodal) in N worker processes of one torch thread each, longest first, then writes the same table from their
+caches; timings go to ``output_dir/logs/jobs.json``.
 
 Experiments (each training run is skipped when its ``final/`` folder exists; delete it to redo that run):
 
