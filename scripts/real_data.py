@@ -43,6 +43,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from spectrafm_hf.data.schema import column_values
 from spectrafm_hf.training.presets import load_preset
 
 EXPERIMENT_ORDER = ["xp_full", "xp_fewshot", "xp_multimodal"]  # the order run() makes them in
@@ -81,7 +82,7 @@ def load_splits(cfg):
         if limit and len(ds) > int(limit):
             ds = ds.select(np.sort(np.random.default_rng(0).choice(len(ds), int(limit), replace=False)))
         out[split] = ds
-    ids = {k: set(v["object_id"]) for k, v in out.items()}
+    ids = {k: set(v["object_id"][:]) for k, v in out.items()}
     if ids["test"] & (ids["train"] | ids["validation"]) or ids["train"] & ids["validation"]:
         raise AssertionError("a star is in two splits")
     return out["train"], out["validation"], out["test"]
@@ -90,8 +91,8 @@ def load_splits(cfg):
 def flux_matrix(ds) -> np.ndarray:
     """(n, 343) flux with NaN where ivar == 0 or masked (what the baselines see)."""
     d = ds.with_format("numpy")
-    flux = np.stack([np.asarray(f, np.float64) for f in d["flux"]])
-    iv = d["ivar"]
+    flux = np.stack([np.asarray(f, np.float64) for f in d["flux"][:]])
+    iv = d["ivar"][:]
     if len(iv) and len(iv[0]):
         flux[np.stack([np.asarray(v) for v in iv]) <= 0] = np.nan
     return flux
@@ -123,7 +124,7 @@ def fm_data(cfg, ds):
 
 
 def frame(ds, names) -> pd.DataFrame:
-    return pd.DataFrame({"object_id": list(ds["object_id"]), **{n: np.asarray(ds[n], np.float64) for n in names}})
+    return pd.DataFrame({"object_id": list(ds["object_id"][:]), **{n: column_values(ds, n) for n in names}})
 
 
 # ------------------------------------------------------------------------------------------------ models
@@ -149,7 +150,7 @@ def affine_spectrafm(start, ds, labels, folder: Path) -> Path:
         return folder
     pipe = SpectraFMPipeline.from_pretrained(start, device="cpu")
     fitted = pipe.calibrate_labels([row_to_spectrum(r) for r in ds.with_format("numpy")],
-                                   {n: np.asarray(ds[n], np.float64) for n in labels}, seed=0)
+                                   {n: column_values(ds, n) for n in labels}, seed=0)
     pipe.save_pretrained(folder, overwrite=True)
     log(f"{folder.name}: label_affine {fitted} on {len(ds)} stars")
     return folder
@@ -162,7 +163,7 @@ def predict_spectrafm(folder, ds, labels, known_names=(), device="cpu") -> pd.Da
     pipe = SpectraFMPipeline.from_pretrained(folder, device=device)
     rows = ds.with_format("numpy")
     spectra = [row_to_spectrum(r) for r in rows]
-    known = {n: np.asarray(ds[n], np.float64) for n in known_names}
+    known = {n: column_values(ds, n) for n in known_names}
     table = pipe.predict(spectra, labels=list(labels), known=known or None, seed=0)
     return pd.DataFrame({**{f"{n}_pred": table[n].to_numpy() for n in labels},
                          **{f"{n}_sigma": table[f"{n}_err"].to_numpy() for n in labels}})

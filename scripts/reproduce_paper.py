@@ -40,6 +40,8 @@ import numpy as np
 import pandas as pd
 import yaml
 
+from spectrafm_hf.data.schema import column_values
+
 MODELS = ["spectrafm_stage3", "spectrafm_alternative", "scratch_nn", "spectrafm_no_pretraining", "cannon", "ridge",
           "spectrafm_stage1", "spectrafm_stage2"]
 SPLITS = ["all", "feh_lt_-1", "feh_ge_-1", "feh_lt_-1.5", "giants", "dwarfs"]
@@ -108,10 +110,10 @@ def window_arrays(ds, lo, hi):
 
 
 def label_frame(ds, names=("TEFF", "LOGG", "FE_H")):
-    out = {"object_id": list(ds["object_id"])}
+    out = {"object_id": list(ds["object_id"][:])}
     for n in names:
-        out[n] = np.asarray(ds[n], np.float64)
-    out["FE_H_err"] = np.asarray(ds["FE_H_err"], np.float64)
+        out[n] = column_values(ds, n)
+    out["FE_H_err"] = column_values(ds, "FE_H_err")
     return pd.DataFrame(out)
 
 
@@ -218,7 +220,7 @@ def predict_spectrafm(model_dir: Path, test, lo, hi, pred_cfg, known_names=()) -
     pipe = SpectraFMPipeline.from_pretrained(model_dir, device="cpu" if pred_cfg.get("cpu", True) else None)
     rows = test.with_format("numpy")
     spectra = [row_to_spectrum(row) if lo is None else row_to_spectrum(row).crop(lo, hi) for row in rows]
-    known = {n: np.asarray(test[n], np.float64) for n in known_names} or None
+    known = {n: column_values(test, n) for n in known_names} or None
     table = pipe.predict(spectra, labels=["FE_H"], known=known, seed=int(pred_cfg.get("seed", 0)),
                          n_repeats=int(pred_cfg.get("n_repeats", 1)))
     return pd.DataFrame({"FE_H_pred": table["FE_H"].to_numpy(), "FE_H_sigma": table["FE_H_err"].to_numpy()})
@@ -530,7 +532,7 @@ def run(cfg: dict) -> dict:
         if not base_paths["cannon"].is_file():
             t = time.time()
             names = list(cfg["cannon"]["labels"])
-            labels = np.column_stack([np.asarray(few[n], np.float64) for n in names])
+            labels = np.column_stack([column_values(few, n) for n in names])
             cannon = CannonBaseline(label_names=names).fit(X, labels, ivar=ivar)
             m, s = cannon.predict(Xt, ivar=ivar_t)
             k = names.index("FE_H")

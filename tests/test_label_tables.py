@@ -11,7 +11,7 @@ import torch
 from conftest import TINY, fake_apogee_spectrum
 
 from spectrafm_hf.cli import main
-from spectrafm_hf.data import load_spectra_dataset, require_columns
+from spectrafm_hf.data import column_values, load_spectra_dataset, require_columns
 
 
 def test_require_columns_names_the_missing_and_the_found_columns():
@@ -21,6 +21,25 @@ def test_require_columns_names_the_missing_and_the_found_columns():
     msg = str(e.value)
     assert "t.csv" in msg and "['TEFF', 'FE_H']" in msg and "['object_id', 'teff', 'RA']" in msg
     assert "'teff' for 'TEFF'" in msg  # the likely mistake is pointed out
+
+
+def test_column_values_reads_a_selected_formatted_column_in_one_slice(monkeypatch):
+    """Training reads label columns of tens of thousands of rows; ``np.asarray(dataset[name])`` reads a `datasets`
+    column row by row. column_values honours the row selection and format, in one read."""
+    import datasets
+
+    ds = datasets.Dataset.from_dict({"object_id": [f"s{i}" for i in range(50)],
+                                     "TEFF": np.arange(50, dtype=np.float32) * 10.0 + 4000.0})
+    picked = ds.select([7, 3, 41]).with_format("numpy")  # an indices mapping over the table, numpy format
+    reads = []
+    real_getitem = datasets.Dataset._getitem
+    monkeypatch.setattr(datasets.Dataset, "_getitem", lambda self, *a, **k: reads.append(1) or real_getitem(self, *a, **k))
+    values = column_values(picked, "TEFF")
+    assert values.dtype == np.float64 and values.tolist() == [4070.0, 4030.0, 4410.0]
+    assert len(reads) == 1  # one slice, not one read per row
+    assert column_values(ds.select([1]), "TEFF", np.float32).tolist() == [4010.0]  # python format too
+    with pytest.raises(ValueError, match=r"missing column \['FE_H'\]; the columns found are \['object_id', 'TEFF'\]"):
+        column_values(picked, "FE_H")
 
 
 # ---------------------------------------------------------------------------------------------------- pipe.fit

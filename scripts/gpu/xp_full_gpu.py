@@ -53,6 +53,7 @@ def pack(args):
     """The splits real_data.py's xp_full reads (label domain, validation cut), SpectraFM's every-k-th pixel."""
     sys.path.insert(0, str(ROOT / "scripts"))
     import real_data
+    from spectrafm_hf.data.schema import column_values
     from spectrafm_hf.training.presets import load_preset
 
     cfg = load_preset(str(ROOT / args.base_preset), V4_PIXELS)
@@ -60,15 +61,15 @@ def pack(args):
     out = {"labels": np.array(labels)}
     for name, ds in zip(SPLITS, real_data.load_splits(cfg)):
         ds = real_data.fm_data(cfg, ds).with_format("numpy")
-        wl = np.stack(list(ds["wavelength"])).astype(np.float32)
+        wl = np.stack(list(ds["wavelength"][:])).astype(np.float32)
         if not np.all(wl == wl[0]):
             raise ValueError(f"{name}: the XP grid differs between stars; pack assumes one shared grid")
         out[f"{name}_wavelength"] = wl[0]
-        out[f"{name}_flux"] = np.stack(list(ds["flux"])).astype(np.float32)
-        out[f"{name}_ivar"] = np.stack(list(ds["ivar"])).astype(np.float32)
-        out[f"{name}_object_id"] = np.asarray(ds["object_id"]).astype(str)
-        out[f"{name}_labels"] = np.stack([np.asarray(ds[n], np.float32) for n in labels], 1)
-        out[f"{name}_label_err"] = np.stack([np.asarray(ds[f"{n}_err"], np.float32) for n in labels], 1)
+        out[f"{name}_flux"] = np.stack(list(ds["flux"][:])).astype(np.float32)
+        out[f"{name}_ivar"] = np.stack(list(ds["ivar"][:])).astype(np.float32)
+        out[f"{name}_object_id"] = np.asarray(ds["object_id"][:]).astype(str)
+        out[f"{name}_labels"] = np.stack([column_values(ds, n, np.float32) for n in labels], 1)
+        out[f"{name}_label_err"] = np.stack([column_values(ds, f"{n}_err", np.float32) for n in labels], 1)
         log(f"{name}: {len(ds)} stars x {wl.shape[1]} pixels")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(args.out, **out)

@@ -705,7 +705,7 @@ def cmd_finetune(args) -> int:
 def cmd_evaluate(args) -> int:
     import datasets
 
-    from .data import row_to_spectrum
+    from .data import column_values, row_to_spectrum
     from .training.metrics import label_metrics
 
     try:
@@ -732,7 +732,7 @@ def cmd_evaluate(args) -> int:
     metrics = {}
     for name in names:
         if name in ds.column_names:
-            true = np.asarray(ds[name], float)
+            true = column_values(ds, name)
             table[f"{name}_true"] = true
             metrics[name] = label_metrics(table[name], true, table[f"{name}_err"])
     if args.output:

@@ -2,14 +2,15 @@
 
 from .builder import SpectraFMDatasetConfig, SpectraFMDatasets, load_spectra_dataset
 from .publish import load_published_dataset, push_dataset
-from .schema import (DEFAULT_LABEL_NAMES, arrays_to_table, features, require_columns, row_to_spectrum,
-                     spectra_to_table)
+from .schema import (DEFAULT_LABEL_NAMES, arrays_to_table, column_values, features, require_columns,
+                     row_to_spectrum, spectra_to_table)
 
 __all__ = [
     "DEFAULT_LABEL_NAMES",
     "SpectraFMDatasetConfig",
     "SpectraFMDatasets",
     "arrays_to_table",
+    "column_values",
     "features",
     "load_published_dataset",
     "load_spectra_dataset",

@@ -23,7 +23,7 @@ from datasets import Features, List, Value
 from ..spectrum import Spectrum
 
 __all__ = ["DEFAULT_LABEL_NAMES", "features", "arrays_to_table", "spectra_to_table", "row_to_spectrum",
-           "require_columns"]
+           "require_columns", "column_values"]
 
 DEFAULT_LABEL_NAMES = ["TEFF", "LOGG", "O_FE", "MG_FE", "FE_H"]
 
@@ -43,6 +43,14 @@ def require_columns(columns, required, what: str = "label table", hint: str = ""
     raise ValueError(f"{what}: missing column{'s' if len(missing) > 1 else ''} {missing}; the columns found are "
                      f"{columns}" + (f" (similar names: {', '.join(near)})" if near else "")
                      + (f"; {hint}" if hint else ""))
+
+
+def column_values(dataset, name: str, dtype=np.float64) -> np.ndarray:
+    """One column of a `datasets.Dataset` (its row selection and format honoured) as a numpy array. ``dataset[name]``
+    is a lazy column in `datasets` >= 4, which ``np.asarray`` reads row by row (1.4 s for 28,643 Gaia XP rows, against
+    6 ms for its slice). A missing column is a ValueError naming the columns found."""
+    require_columns(dataset.column_names, [name], what="the dataset")
+    return np.asarray(dataset[name][:], dtype=dtype)
 
 
 def features(label_names: Sequence[str] = DEFAULT_LABEL_NAMES) -> Features:

@@ -22,6 +22,7 @@ import yaml
 from transformers import HfArgumentParser, Trainer, TrainingArguments, set_seed
 
 from ..configuration_spectrafm import SpectraFMConfig
+from ..data.schema import column_values
 from ..grids import apogee_wavelength_7514
 from ..hub import resolve_model
 from ..modeling_spectrafm import SpectraFMModel, gaussian_nll
@@ -299,7 +300,7 @@ def select_stars(dataset, selection: dict, max_stars: int | None, seed: int):
         require_columns(dataset.column_names, list(selection), what="train_selection: the training data")
     keep = np.ones(len(dataset), bool)
     for name, (lo, hi) in (selection or {}).items():
-        col = np.asarray(dataset[name], dtype=np.float64)
+        col = column_values(dataset, name)
         ok = np.isfinite(col)
         if lo is not None:
             ok &= col > lo
@@ -376,7 +377,7 @@ def check_label_columns(dataset, label_names, input_label_names=(), split="train
     hint = ("add them to the label table (and to dataset_kwargs.label_names when they are not "
             "TEFF/LOGG/O_FE/MG_FE/FE_H) or set target_labels")
     require_columns(found, wanted, what=f"the {split} split has no label column for some labels", hint=hint)
-    empty = [n for n in label_names if not np.isfinite(np.asarray(dataset[n], dtype=np.float64)).any()]
+    empty = [n for n in label_names if not np.isfinite(column_values(dataset, n)).any()]
     if empty:
         raise ValueError(f"the {split} split has no known value (all NaN) of {empty}: is the label table missing "
                          f"those columns, or its object_id not matching the spectra? Label columns found: "
@@ -420,7 +421,7 @@ def helper_labels_for(model_args: ModelArguments, target_labels, train_dataset) 
         return []
     known = SpectraFMConfig.from_pretrained(resolve_model(model_args.model_name_or_path)).label_names
     return [n for n in known if n not in targets and n in train_dataset.column_names
-            and np.isfinite(np.asarray(train_dataset[n], dtype=np.float64)).any()]
+            and np.isfinite(column_values(train_dataset, n)).any()]
 
 
 # ---------------------------------------------------------------------------------------------------- model
@@ -446,7 +447,7 @@ def add_labels(model: SpectraFMModel, processor: SpectraFMProcessor, names, trai
     bigger.load_state_dict(new_state)
     if train_dataset is None or any(n not in train_dataset.column_names for n in new):
         raise ValueError(f"new labels {new} need a training set with those columns to fit their scaling")
-    values = np.column_stack([np.asarray(train_dataset[n], np.float64) for n in new])
+    values = np.column_stack([column_values(train_dataset, n) for n in new])
     fitted = SpectraFMProcessor(label_names=new).fit_labels(values, new)
     processor.label_names += new
     processor.label_centers += fitted.label_centers
@@ -462,7 +463,7 @@ def fit_scalar_inputs(processor: SpectraFMProcessor, names, train_dataset):
             continue
         if name not in train_dataset.column_names:
             raise ValueError(f"scalar input {name!r} is not a column of the training set ({train_dataset.column_names})")
-        v = np.asarray(train_dataset[name], np.float64)
+        v = column_values(train_dataset, name)
         v = v[np.isfinite(v)]
         if not v.size:
             raise ValueError(f"scalar input {name!r} has no finite value in the training set")
@@ -504,7 +505,7 @@ def build_model(model_args: ModelArguments, train_dataset, label_names):
         if model_args.divide_by_median:  # spectra of different lengths: divide one by one
             flux = [f / np.nanmedian(f) for f in flux]
         processor.fit_flux(np.concatenate(flux))
-    labels = np.column_stack([np.asarray(train_dataset[n], np.float64) for n in cfg.label_names])
+    labels = np.column_stack([column_values(train_dataset, n) for n in cfg.label_names])
     processor.fit_labels(labels, cfg.label_names)
     wl = np.asarray(sample[0]["wavelength"], np.float64)
     processor.wavelength_coverage = [[float(wl.min()), float(wl.max())]]
@@ -720,8 +721,8 @@ def calibrate_on_split(model, processor, split, label_names, window=None, seed: 
     spectra = [row_to_spectrum(r) for r in split]
     if window:
         spectra = [s.crop(*window) for s in spectra]
-    table = {n: np.asarray(split[n], np.float64) for n in label_names}
-    errs = {n: np.asarray(split[f"{n}_err"], np.float64) for n in label_names if f"{n}_err" in split.column_names}
+    table = {n: column_values(split, n) for n in label_names}
+    errs = {n: column_values(split, f"{n}_err") for n in label_names if f"{n}_err" in split.column_names}
     label_err = np.column_stack([errs[n] for n in label_names]) if len(errs) == len(label_names) else None
     try:
         return pipe.calibrate_uncertainties(spectra, table, label_names, label_err=label_err, seed=seed)
@@ -751,7 +752,7 @@ def run_evaluation(model_path, data_args: DataArguments, label_names=None, seed:
     table = pipe.predict(spectra, labels=names, seed=seed, n_repeats=n_repeats)
     metrics = {}
     for name in names:
-        true = np.asarray(split[name], np.float64)
+        true = column_values(split, name)
         table[f"{name}_true"] = true
         for key, v in label_metrics(table[name], true, table[f"{name}_err"]).items():
             metrics[f"{name}_{key}"] = v
