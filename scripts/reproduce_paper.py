@@ -40,8 +40,6 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from spectrafm_hf.data.schema import column_values
-
 MODELS = ["spectrafm_stage3", "spectrafm_alternative", "scratch_nn", "spectrafm_no_pretraining", "cannon", "ridge",
           "spectrafm_stage1", "spectrafm_stage2"]
 SPLITS = ["all", "feh_lt_-1", "feh_ge_-1", "feh_lt_-1.5", "giants", "dwarfs"]
@@ -110,6 +108,8 @@ def window_arrays(ds, lo, hi):
 
 
 def label_frame(ds, names=("TEFF", "LOGG", "FE_H")):
+    from spectrafm_hf.data import column_values
+
     out = {"object_id": list(ds["object_id"][:])}
     for n in names:
         out[n] = column_values(ds, n)
@@ -214,7 +214,7 @@ def fresh_architecture(stage1: Path) -> tuple[dict, str]:
 def predict_spectrafm(model_dir: Path, test, lo, hi, pred_cfg, known_names=()) -> pd.DataFrame:
     """[Fe/H] of the test stars in [lo, hi] A (None = the whole spectrum); ``known_names``: catalogue labels of the
     test stars given to the model as input tokens."""
-    from spectrafm_hf.data import row_to_spectrum
+    from spectrafm_hf.data import column_values, row_to_spectrum
     from spectrafm_hf.pipeline import SpectraFMPipeline
 
     pipe = SpectraFMPipeline.from_pretrained(model_dir, device="cpu" if pred_cfg.get("cpu", True) else None)
@@ -428,6 +428,7 @@ def write_readme(results: Path, table: pd.DataFrame, summary: dict, cfg: dict, c
 # ------------------------------------------------------------------------------------------------ main
 def run(cfg: dict) -> dict:
     from spectrafm_hf.baselines import CannonBaseline, RidgeBaseline, ScratchMLP
+    from spectrafm_hf.data import column_values
     from spectrafm_hf.training.run import DataArguments, _window
 
     out = Path(cfg["output_dir"])

@@ -22,7 +22,6 @@ import yaml
 from transformers import HfArgumentParser, Trainer, TrainingArguments, set_seed
 
 from ..configuration_spectrafm import SpectraFMConfig
-from ..data.schema import column_values
 from ..grids import apogee_wavelength_7514
 from ..hub import resolve_model
 from ..modeling_spectrafm import SpectraFMModel, gaussian_nll
@@ -294,9 +293,10 @@ def _window(data_args: DataArguments):
 def select_stars(dataset, selection: dict, max_stars: int | None, seed: int):
     """Rows whose label columns fall inside ``selection`` ({name: [lo, hi]}, None = open; strict inequalities),
     then a seeded random subset of ``max_stars`` of them."""
-    if selection:
-        from ..data.schema import require_columns
+    # ..data imports `datasets`, which the GPU scripts run without (they import this module): imported where used
+    from ..data.schema import column_values, require_columns
 
+    if selection:
         require_columns(dataset.column_names, list(selection), what="train_selection: the training data")
     keep = np.ones(len(dataset), bool)
     for name, (lo, hi) in (selection or {}).items():
@@ -369,7 +369,7 @@ def loss_weights_for(weights: dict, label_names) -> list[float] | None:
 def check_label_columns(dataset, label_names, input_label_names=(), split="train"):
     """The labels a run trains on must be columns of its data with at least one known value (a label table without
     the column gives an all-NaN column: nothing to learn); other columns are ignored."""
-    from ..data.schema import require_columns
+    from ..data.schema import column_values, require_columns
 
     spectrum_columns = {"object_id", "instrument", "wavelength", "flux", "ivar", "mask", "lsf_sigma"}
     found = [c for c in dataset.column_names if c not in spectrum_columns]
@@ -410,6 +410,8 @@ def helper_labels_for(model_args: ModelArguments, target_labels, train_dataset) 
     """The labels trained next to ``target_labels`` (see ``ModelArguments.helper_labels``): explicit ones must be
     columns of the training split; by default, the labels the loaded checkpoint predicts that the training split
     has at least one value of (a fresh model predicts nothing yet: no default helpers)."""
+    from ..data.schema import column_values
+
     if not model_args.use_helper_labels:
         return []
     targets = list(target_labels)
@@ -427,6 +429,8 @@ def helper_labels_for(model_args: ModelArguments, target_labels, train_dataset) 
 # ---------------------------------------------------------------------------------------------------- model
 def add_labels(model: SpectraFMModel, processor: SpectraFMProcessor, names, train_dataset=None):
     """Give the model new labels to predict (a new label set for a fine-tune): new embedding rows, new scalers."""
+    from ..data.schema import column_values
+
     new = [n for n in names if n not in model.config.label_names]
     if not new:
         return model, processor
@@ -458,6 +462,8 @@ def add_labels(model: SpectraFMModel, processor: SpectraFMProcessor, names, trai
 
 def fit_scalar_inputs(processor: SpectraFMProcessor, names, train_dataset):
     """Median / robust-sigma scalers of non-spectra inputs (e.g. magnitudes) that have none yet."""
+    from ..data.schema import column_values
+
     for name in names:
         if name in processor.scalar_centers:
             continue
@@ -474,6 +480,8 @@ def fit_scalar_inputs(processor: SpectraFMProcessor, names, train_dataset):
 
 
 def build_model(model_args: ModelArguments, train_dataset, label_names):
+    from ..data.schema import column_values
+
     if model_args.model_name_or_path:
         path = resolve_model(model_args.model_name_or_path)
         model = SpectraFMModel.from_pretrained(path, **model_args.config_overrides)
@@ -713,7 +721,7 @@ def _run_lock(run_dir: Path, log=print):
 def calibrate_on_split(model, processor, split, label_names, window=None, seed: int = 0) -> dict[str, float]:
     """Fit ``processor.uncertainty_scale`` on a dataset split (the validation stars) through the pipeline's own
     prediction path (all pixels, subsets combined), in place; returns the factors."""
-    from ..data import row_to_spectrum
+    from ..data import column_values, row_to_spectrum
     from ..pipeline import SpectraFMPipeline
 
     was_training = model.training
@@ -741,7 +749,7 @@ def run_evaluation(model_path, data_args: DataArguments, label_names=None, seed:
     _, evald, test = load_data(data_args)
     split = test if test is not None else evald
     names = label_names or pipe.label_names
-    from ..data.schema import require_columns
+    from ..data.schema import column_values, require_columns
 
     require_columns(split.column_names, names, what="the evaluation split")
     window = _window(data_args)
