@@ -79,12 +79,13 @@ def cached(path: Path, make) -> pd.DataFrame:
 def baselines(cfg_nn: dict, few, val, test, lo, hi, out: Path, tag: str, steps=None) -> dict:
     """Scratch NN and ridge predictions of [Fe/H] on exactly the arrays SpectraFM reads."""
     from spectrafm_hf.baselines import RidgeBaseline, ScratchMLP
+    from spectrafm_hf.data import column_values
 
     def arrays():
         X, _ = rp.window_arrays(few, lo, hi)
         Xv, _ = rp.window_arrays(val, lo, hi)
         Xt, _ = rp.window_arrays(test, lo, hi)
-        y, yv = np.asarray(few["FE_H"], float), np.asarray(val["FE_H"], float)
+        y, yv = column_values(few, "FE_H"), column_values(val, "FE_H")
         return X, y, Xv, yv, Xt
 
     def scratch():
@@ -93,8 +94,8 @@ def baselines(cfg_nn: dict, few, val, test, lo, hi, out: Path, tag: str, steps=N
         fit_kw = {k: nn.pop(k) for k in ("epochs", "steps", "eval_every", "select_on", "seed") if k in nn}
         if steps is not None:
             fit_kw["steps"] = int(steps)
-        m, s = ScratchMLP(**nn).fit(X, y, Xv, yv, y_err=np.asarray(few["FE_H_err"], float),
-                                    y_val_err=np.asarray(val["FE_H_err"], float), **fit_kw).predict(Xt)
+        m, s = ScratchMLP(**nn).fit(X, y, Xv, yv, y_err=column_values(few, "FE_H_err"),
+                                    y_val_err=column_values(val, "FE_H_err"), **fit_kw).predict(Xt)
         return pd.DataFrame({"FE_H_pred": m, "FE_H_sigma": s})
 
     def ridge():
@@ -108,6 +109,7 @@ def baselines(cfg_nn: dict, few, val, test, lo, hi, out: Path, tag: str, steps=N
 
 # ------------------------------------------------------------------------------------------------ experiments
 def learning_curve(cfg, rcfg, ctx) -> list:
+    from spectrafm_hf.data import column_values
     from spectrafm_hf.training.run import select_stars
 
     e = cfg["learning_curve"]
@@ -115,7 +117,7 @@ def learning_curve(cfg, rcfg, ctx) -> list:
     rich = {"FE_H": [float(rcfg["stage3_min_feh"]), None]}
     for k, size in enumerate(e["sizes"]):
         few = select_stars(ctx["pool"], rich, int(size), int(rcfg["selection_seed"]))
-        if (np.asarray(few["FE_H"]) <= float(rcfg["stage3_min_feh"])).any():
+        if (column_values(few, "FE_H") <= float(rcfg["stage3_min_feh"])).any():
             raise AssertionError("a learning-curve training star is metal-poor")
         reproduced = ctx["rout"] / "stage3" / "final"
         if int(size) == int(rcfg["n_stage3_stars"]) and (reproduced / "config.json").is_file():
@@ -152,7 +154,7 @@ def known_logg(cfg, rcfg, ctx) -> list:
 def second_instrument(cfg, rcfg, ctx) -> list:
     import datasets
 
-    from spectrafm_hf.data import load_spectra_dataset
+    from spectrafm_hf.data import column_values, load_spectra_dataset
     from spectrafm_hf.training.run import select_stars
 
     e = cfg["second_instrument"]
@@ -178,7 +180,7 @@ def second_instrument(cfg, rcfg, ctx) -> list:
     test = rp.make_test_set({"test": {**e["test"], "instrument": inst}, "observed": e["observed"]})
     truth = rp.label_frame(test)
     for name, d in (("training", few), ("validation", val)):
-        if (np.asarray(d["FE_H"]) <= min_feh).any():
+        if (column_values(d, "FE_H") <= min_feh).any():
             raise AssertionError(f"a {name} star of the {inst} few-shot task is metal-poor")
     recipe = dict(target_labels=["FE_H"], pixel_range=None, train_selection={}, max_train_stars=None)
     runs = {f"spectrafm_apogee_{inst}_pretrained": pretrained, "spectrafm_apogee_pretrained": ctx["stage1"]}

@@ -340,7 +340,7 @@ def xp_fewshot(cfg, runner: Runner, train, val, test):
     min_feh = float(e.get("min_feh", -1.0))
     rich = {"FE_H": [min_feh, None]}
     val_rich = select_stars(val, rich, None, 0)
-    if (np.asarray(val_rich["FE_H"]) <= min_feh).any():
+    if (column_values(val_rich, "FE_H") <= min_feh).any():
         raise AssertionError("a few-shot validation star is metal-poor")
     truth = frame(test, ["FE_H", "LOGG"])
     Xt = flux_matrix(test)
@@ -364,7 +364,7 @@ def xp_fewshot(cfg, runner: Runner, train, val, test):
     rows = []
     for draw in e.get("draws", [77]):
         few = select_stars(train, rich, int(e["n_stars"]), int(draw))
-        if (np.asarray(few["FE_H"]) <= min_feh).any():
+        if (column_values(few, "FE_H") <= min_feh).any():
             raise AssertionError("a few-shot training star is metal-poor")
         variants = {"spectrafm_no_pretraining": (None, {}), **{m: (pretrained, r) for m, r in recipes.items()}}
         for model, (start, recipe) in variants.items():
@@ -527,7 +527,7 @@ def run(cfg, experiments, report: bool = True):
     csv_path = Path(cfg.get("results_csv") or results / "real_data.csv")
     t0 = time.time()
     train, val, test = load_splits(cfg)
-    n_mp = int((np.asarray(test["FE_H"]) < -1).sum())
+    n_mp = int((column_values(test, "FE_H") < -1).sum())
     log(f"data: train {len(train)}, validation {len(val)}, test {len(test)} ({n_mp} with [Fe/H] < -1)")
     runner = Runner(cfg, out)
     rows, full_runs = [], {}

@@ -177,7 +177,7 @@ def affine_model(name, start: Path, few, lo, hi, pred_cfg, folder: Path) -> Path
     """``start`` with a per-label affine correction of [Fe/H] fitted on the stage-3 stars in the window
     (`SpectraFMPipeline.calibrate_labels`; the network unchanged), saved in ``folder`` unless it is newer than
     ``start``."""
-    from spectrafm_hf.data import row_to_spectrum
+    from spectrafm_hf.data import column_values, row_to_spectrum
     from spectrafm_hf.pipeline import SpectraFMPipeline
 
     done = folder / "config.json"
@@ -186,7 +186,7 @@ def affine_model(name, start: Path, few, lo, hi, pred_cfg, folder: Path) -> Path
         return folder
     pipe = SpectraFMPipeline.from_pretrained(start, device="cpu" if pred_cfg.get("cpu", True) else None)
     spectra = [row_to_spectrum(row).crop(lo, hi) for row in few.with_format("numpy")]
-    fitted = pipe.calibrate_labels(spectra, {"FE_H": np.asarray(few["FE_H"], np.float64)},
+    fitted = pipe.calibrate_labels(spectra, {"FE_H": column_values(few, "FE_H")},
                                    seed=int(pred_cfg.get("seed", 0)), n_repeats=int(pred_cfg.get("n_repeats", 1)))
     pipe.save_pretrained(folder, overwrite=True)
     log(f"{name}: [Fe/H] -> {fitted['FE_H'][0]:.3f} * [Fe/H] + {fitted['FE_H'][1]:.3f} on {len(spectra)} stars")
@@ -346,11 +346,11 @@ def make_figures(preds, test_frame, frames, results: Path, attention_table):
 
 def attention_map(model_dir: Path, test, lo, hi, n_stars: int, seed: int = 0):
     """Mean attention of the FE_H query (last decoder block) over the window, over metal-rich test stars."""
-    from spectrafm_hf.data import row_to_spectrum
+    from spectrafm_hf.data import column_values, row_to_spectrum
     from spectrafm_hf.pipeline import SpectraFMPipeline
 
     pipe = SpectraFMPipeline.from_pretrained(model_dir, device="cpu")
-    feh = np.asarray(test["FE_H"], float)
+    feh = column_values(test, "FE_H")
     rows = [int(i) for i in np.flatnonzero(feh > -1.0)[:n_stars]]
     if not rows:
         return None
