@@ -286,8 +286,35 @@ def per_size_params(params, k: int) -> dict:
     return params
 
 
+def xp_full_size_cfg(cfg, k: int) -> dict:
+    """``cfg`` with xp_full.spectrafm's recipe keys for its k-th size (``<name>_by_size``: each chosen on
+    validation at that size)."""
+    return {**cfg, "spectrafm": {**cfg["spectrafm"], **per_size_params(cfg["xp_full"].get("spectrafm"), k)}}
+
+
+def xp_full_spectrafm(cfg, runner: Runner, k: int, sub, train, val) -> tuple[str, Path]:
+    """xp_full's SpectraFM run on ``sub``, its k-th size: (run name, ``final/`` folder), trained once, reused."""
+    from spectrafm_hf.training.run import train_or_reuse
+
+    e = cfg["xp_full"]
+    size_cfg = xp_full_size_cfg(cfg, k)
+    run_name, extra = f"n{len(sub)}", {}
+    if e["sizes"][k] is None and e.get("continue_pretraining"):
+        # every training star only: the pretraining saw the Teff and logg of every training star, so a smaller
+        # size starting from it would learn from labels outside its own subset
+        start = teff_logg_pretraining(cfg, runner, train, val)
+        if start is None:
+            raise ValueError("xp_full.continue_pretraining needs xp_fewshot.pretrain in the preset")
+        run_name, extra = f"{run_name}_from_teff_logg", dict(model_name_or_path=str(start), config_overrides={})
+    final = train_or_reuse(spectrafm_values(size_cfg, runner.out / "xp_full" / run_name, e["steps"][k],
+                                            cfg["labels"], **extra),
+                           splits=(fm_data(size_cfg, sub), fm_data(size_cfg, val), None),
+                           log=lambda m: log(f"xp_full: {m}"))
+    return run_name, final
+
+
 def xp_full(cfg, runner: Runner, train, val, test):
-    from spectrafm_hf.training.run import select_stars, train_or_reuse
+    from spectrafm_hf.training.run import select_stars
 
     e = cfg["xp_full"]
     labels = list(cfg["labels"])
@@ -297,26 +324,14 @@ def xp_full(cfg, runner: Runner, train, val, test):
     rows, runs = [], {}
     only = cfg.get("_only_sizes")
     parts = cfg.get("_only_parts") or {"spectrafm", "baselines"}  # a worker of --jobs runs one of them
-    for k, (size, steps) in enumerate(zip(e["sizes"], e["steps"])):
+    for k, size in enumerate(e["sizes"]):
         if only is not None and size_name(size) not in only:
             continue
-        # xp_full.spectrafm: recipe keys for this size (``<name>_by_size``: each chosen on validation at that size)
-        size_cfg = {**cfg, "spectrafm": {**cfg["spectrafm"], **per_size_params(e.get("spectrafm"), k)}}
+        size_cfg = xp_full_size_cfg(cfg, k)
         sub = train if size is None else select_stars(train, {}, int(size), int(e.get("selection_seed", 77)))
         tag = f"n{len(sub)}"
-        run_name, extra = tag, {}
-        if size is None and e.get("continue_pretraining"):
-            # every training star only: the pretraining saw the Teff and logg of every training star, so a smaller
-            # size starting from it would learn from labels outside its own subset
-            start = teff_logg_pretraining(cfg, runner, train, val)
-            if start is None:
-                raise ValueError("xp_full.continue_pretraining needs xp_fewshot.pretrain in the preset")
-            run_name, extra = f"{tag}_from_teff_logg", dict(model_name_or_path=str(start), config_overrides={})
         if "spectrafm" in parts:
-            final = train_or_reuse(spectrafm_values(size_cfg, runner.out / "xp_full" / run_name, steps, labels,
-                                                    **extra),
-                                   splits=(fm_data(size_cfg, sub), fm_data(size_cfg, val), None),
-                                   log=lambda m: log(f"xp_full: {m}"))
+            run_name, final = xp_full_spectrafm(cfg, runner, k, sub, train, val)
             runs[tag] = run_name  # its predictions: predictions/xp_full_<run_name>_spectrafm.csv
             pred = runner.cached(f"xp_full_{run_name}_spectrafm",
                                  lambda: predict_spectrafm(final, fm_data(size_cfg, test), labels))
@@ -390,21 +405,32 @@ def xp_fewshot(cfg, runner: Runner, train, val, test):
 
 
 def xp_multimodal(cfg, runner: Runner, train, val, test):
+    """SpectraFM with and without the magnitudes as input tokens, on every training star, the same steps each. With
+    ``xp_multimodal.continue_xp_full`` both continue xp_full's every-star model (trained first if it is not there),
+    so the comparison is made at convergence; ``finetune`` holds their training arguments (learning rate ...)."""
     from spectrafm_hf.training.run import train_or_reuse
 
     e = cfg["xp_multimodal"]
     labels, phot = list(cfg["labels"]), list(cfg["photometry"])
     truth = frame(test, labels)
+    run_cfg, start, suffix = cfg, {}, ""
+    if e.get("continue_xp_full"):
+        k = cfg["xp_full"]["sizes"].index(None)
+        run_cfg = xp_full_size_cfg(cfg, k)  # its pixels; the processor (flux scaling) comes with the model
+        _, final = xp_full_spectrafm(cfg, runner, k, train, train, val)
+        start, suffix = dict(model_name_or_path=str(final), config_overrides={}), "_from_xp_full"
     rows = []
     for model, extra in (("spectrafm", {}),
                          ("spectrafm_photometry", {"input_label_names": phot, "input_label_prob": 1.0})):
-        values = spectrafm_values(cfg, runner.out / "xp_multimodal" / model, e["steps"], labels, **extra)
+        run = model + suffix  # its own run folder and predictions: never a from-scratch run's
+        values = spectrafm_values(run_cfg, runner.out / "xp_multimodal" / run, e["steps"], labels,
+                                  **start, **(e.get("finetune") or {}), **extra)
         if extra:
             values["config_overrides"] = {**values.get("config_overrides", {}), "scalar_input_names": phot}
-        final = train_or_reuse(values, splits=(fm_data(cfg, train), fm_data(cfg, val), None),
+        final = train_or_reuse(values, splits=(fm_data(run_cfg, train), fm_data(run_cfg, val), None),
                                log=lambda m: log(f"xp_multimodal: {m}"))
-        pred = runner.cached(f"xp_multimodal_{model}",
-                             lambda: predict_spectrafm(final, fm_data(cfg, test), labels, phot if extra else ()))
+        pred = runner.cached(f"xp_multimodal_{run}",
+                             lambda: predict_spectrafm(final, fm_data(run_cfg, test), labels, phot if extra else ()))
         rows += metrics_rows("xp_multimodal", model, pred, truth, labels, n_train=len(train))
     return rows
 
@@ -619,8 +645,14 @@ def work_units(cfg, experiments, n_train: int) -> list[dict]:
                       "cost": int((few.get("pretrain") or {}).get("steps", 0)) + runs * int(few["steps"])})
     multi = cfg.get("xp_multimodal") or {}
     if "xp_multimodal" in experiments and multi:
-        units.append({"name": "xp_multimodal", "args": ["--experiments", "xp_multimodal"],
-                      "cost": 2 * int(multi["steps"])})
+        unit = {"name": "xp_multimodal", "args": ["--experiments", "xp_multimodal"], "cost": 2 * int(multi["steps"])}
+        start = [u for u in units if u["name"] == "xp_full_all_spectrafm"] if multi.get("continue_xp_full") else []
+        if start:  # it continues that run's model: the same worker makes it next
+            start[0]["args"][1] += ",xp_multimodal"
+            start[0]["cost"] += unit["cost"]
+            start[0]["name"] += "+xp_multimodal"
+        else:
+            units.append(unit)
     return sorted(units, key=lambda u: -u["cost"])
 
 

@@ -156,6 +156,22 @@ def test_all_stars_run_can_continue_the_teff_logg_pretraining(tmp_path):
     assert start == {"n40": None, f"n{n_train}_from_teff_logg": recorded}
 
 
+def test_multimodal_runs_continue_the_every_star_model_with_and_without_magnitudes(tiny):
+    """xp_multimodal.continue_xp_full: both runs start from xp_full's every-star model (the comparison made at
+    convergence); the photometry run's model gains the magnitudes as scalar inputs, the other does not."""
+    out, _ = tiny
+    n_train = int(pd.read_csv(out / "results" / "real_data.csv").n_train.max())
+    start = os.path.normpath(out / "xp_full" / f"n{n_train}" / "final")
+    recorded = f"final#{hashlib.sha256(start.encode()).hexdigest()[:8]}"  # training_info hides local paths
+    inputs = {}
+    for run in ("spectrafm", "spectrafm_photometry"):
+        final = out / "xp_multimodal" / f"{run}_from_xp_full" / "final"
+        info = json.loads((final / "training_info.json").read_text())
+        assert info["config"]["model"]["model_name_or_path"] == recorded
+        inputs[run] = json.loads((final / "config.json").read_text())["scalar_input_names"]
+    assert inputs == {"spectrafm": [], "spectrafm_photometry": PHOT}
+
+
 def test_reruns_reuse_trained_models(tiny):
     out, _ = tiny
     summary = (out / "results" / "summary.json").read_text()
@@ -197,11 +213,11 @@ def test_jobs_run_the_preset_in_worker_processes_to_the_same_digits(tiny, tmp_pa
     assert (tmp_path / "results" / "real_data.csv").read_bytes() == (out / "results" / "real_data.csv").read_bytes()
     jobs = json.loads((tmp_path / "logs" / "jobs.json").read_text())
     assert jobs["jobs"] == 2 and set(jobs["units"]) == {
-        "xp_full_40_spectrafm", "xp_full_40_baselines", "xp_full_all_spectrafm", "xp_full_all_baselines",
-        "xp_fewshot", "xp_multimodal"}
+        "xp_full_40_spectrafm", "xp_full_40_baselines", "xp_full_all_spectrafm+xp_multimodal",
+        "xp_full_all_baselines", "xp_fewshot"}  # xp_multimodal continues the every-star model: its worker makes it next
     assert all(u["exit_code"] == 0 for u in jobs["units"].values())
     # every unit trained in a worker: the assembling pass found each run and prediction cached
-    assert "training (" not in buffer.getvalue() and buffer.getvalue().count("exists, skipped") == 13
+    assert "training (" not in buffer.getvalue() and buffer.getvalue().count("exists, skipped") == 14
 
 
 def test_a_failed_job_names_itself_and_writes_no_table(tmp_path):

@@ -499,3 +499,39 @@ def test_masked_flux_pretraining_learns_the_held_out_flux(dsd, tmp_path):
         with torch.no_grad():
             losses[name] = float(pipe.model.eval()(**batch).masked_flux_loss)
     assert losses["masked"] < losses["labels_only"] - 0.5, losses
+
+
+def test_grow_token_table_adds_labels_and_inputs_and_keeps_what_was_learnt():
+    """A trained model given a new label or a new input (xp_multimodal continues xp_full's model with the
+    magnitudes): new token rows, every trained weight kept, and the same answers where the new rows are not read."""
+    from spectrafm_hf import SpectraFMConfig, SpectraFMModel
+    from spectrafm_hf.training.run import grow_token_table
+
+    torch.manual_seed(0)
+    cfg = SpectraFMConfig(label_names=["TEFF", "FE_H"], scalar_input_names=["PHOT_G"], hidden_size=8,
+                          encoder_num_heads=[2, 2], encoder_ffn_dims=[8, 8], decoder_num_heads=[2, 2, 1],
+                          decoder_ffn_dims=[8, 8, 8], head_dims=[8], context_length=16)
+    model = SpectraFMModel(cfg).eval()
+    grown = grow_token_table(model, label_names=["TEFF", "LOGG"], scalar_input_names=["PHOT_G", "PHOT_K"]).eval()
+    assert grow_token_table(model, ["FE_H"], ["PHOT_G"]) is model  # nothing new: the model itself
+    assert grown.config.label_names == ["TEFF", "FE_H", "LOGG"]
+    assert grown.config.scalar_input_names == ["PHOT_G", "PHOT_K"]
+    for name in ("embeddings", "bias"):
+        old, new = getattr(model.embedding_layer, name), getattr(grown.embedding_layer, name)
+        assert new.shape == (6, 8)  # flux, TEFF, FE_H, LOGG (new), PHOT_G (moved down), PHOT_K (new)
+        assert torch.equal(new[:3], old[:3]) and torch.equal(new[4], old[3])
+        assert not torch.equal(new[3], torch.zeros(8))  # initialised, not left empty
+    rest = {k: v for k, v in model.state_dict().items() if not k.startswith("embedding_layer.")}
+    assert all(torch.equal(v, grown.state_dict()[k]) for k, v in rest.items())
+    wavelength = torch.linspace(15200.0, 16900.0, 16).expand(3, -1)
+    flux = torch.randn(3, 16)
+    g = torch.randn(3, 1)
+    with torch.no_grad():
+        before = model(flux, wavelength, query_ids=torch.tensor([[0, 1]] * 3), input_values=g,
+                       input_ids=torch.full((3, 1), 2)).mean
+        after = grown(flux, wavelength, query_ids=torch.tensor([[0, 1]] * 3), input_values=g,
+                      input_ids=torch.full((3, 1), 3)).mean  # PHOT_G's index moved past LOGG
+        with_k = grown(flux, wavelength, query_ids=torch.tensor([[0, 1]] * 3),
+                       input_values=torch.cat([g, torch.randn(3, 1)], 1), input_ids=torch.tensor([[3, 4]] * 3)).mean
+    assert torch.allclose(before, after, atol=1e-6)
+    assert not torch.allclose(after, with_k)  # the new input is read

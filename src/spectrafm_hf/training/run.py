@@ -35,7 +35,8 @@ from .metrics import label_metrics, make_compute_metrics
 from .weight_average import WEIGHT_AVERAGE_FILE, WeightAverage, WeightAverageCallback
 
 __all__ = ["ModelArguments", "DataArguments", "SpectraFMTrainer", "parse_args", "args_from_dict", "run_training",
-           "train_or_reuse", "run_evaluation", "select_stars", "add_labels", "fit_scalar_inputs", "helper_labels_for"]
+           "train_or_reuse", "run_evaluation", "select_stars", "add_labels", "grow_token_table", "fit_scalar_inputs",
+           "helper_labels_for"]
 
 
 @dataclass
@@ -427,6 +428,32 @@ def helper_labels_for(model_args: ModelArguments, target_labels, train_dataset) 
 
 
 # ---------------------------------------------------------------------------------------------------- model
+def grow_token_table(model: SpectraFMModel, label_names=(), scalar_input_names=()) -> SpectraFMModel:
+    """The model with token-type rows for the labels and scalar inputs it does not have yet: their rows initialised
+    as a fresh model's, every other weight as it was (so a trained model can learn a new label or input)."""
+    new_labels = [n for n in label_names if n not in model.config.label_names]
+    new_inputs = [n for n in scalar_input_names if n not in model.config.scalar_input_names]
+    if not new_labels and not new_inputs:
+        return model
+    cfg = model.config.to_dict()
+    for key in ("architectures", "auto_map", "transformers_version", "model_type"):
+        cfg.pop(key, None)
+    cfg["label_names"] = model.config.label_names + new_labels
+    cfg["scalar_input_names"] = model.config.scalar_input_names + new_inputs
+    bigger = SpectraFMModel(SpectraFMConfig(**cfg))
+    new_state = bigger.state_dict()
+    n_old = 1 + len(model.config.label_names)  # the flux token and the old labels keep their rows
+    for key, value in model.state_dict().items():
+        if key.startswith("embedding_layer."):
+            new_state[key][:n_old] = value[:n_old]
+            start = n_old + len(new_labels)  # the old scalar inputs move down below the new labels
+            new_state[key][start : start + len(model.config.scalar_input_names)] = value[n_old:]
+        else:
+            new_state[key] = value
+    bigger.load_state_dict(new_state)
+    return bigger
+
+
 def add_labels(model: SpectraFMModel, processor: SpectraFMProcessor, names, train_dataset=None):
     """Give the model new labels to predict (a new label set for a fine-tune): new embedding rows, new scalers."""
     from ..data.schema import column_values
@@ -434,23 +461,9 @@ def add_labels(model: SpectraFMModel, processor: SpectraFMProcessor, names, trai
     new = [n for n in names if n not in model.config.label_names]
     if not new:
         return model, processor
-    cfg = model.config.to_dict()
-    for key in ("architectures", "auto_map", "transformers_version", "model_type"):
-        cfg.pop(key, None)
-    cfg["label_names"] = model.config.label_names + new
-    bigger = SpectraFMModel(SpectraFMConfig(**cfg))
-    old_state = model.state_dict()
-    new_state = bigger.state_dict()
-    n_old = 1 + len(model.config.label_names)
-    for key, value in old_state.items():
-        if key.startswith("embedding_layer."):
-            new_state[key][:n_old] = value[:n_old]  # flux + old labels; scalar inputs move down below
-            new_state[key][n_old + len(new):] = value[n_old:]
-        else:
-            new_state[key] = value
-    bigger.load_state_dict(new_state)
     if train_dataset is None or any(n not in train_dataset.column_names for n in new):
         raise ValueError(f"new labels {new} need a training set with those columns to fit their scaling")
+    bigger = grow_token_table(model, label_names=new)
     values = np.column_stack([column_values(train_dataset, n) for n in new])
     fitted = SpectraFMProcessor(label_names=new).fit_labels(values, new)
     processor.label_names += new
@@ -484,7 +497,9 @@ def build_model(model_args: ModelArguments, train_dataset, label_names):
 
     if model_args.model_name_or_path:
         path = resolve_model(model_args.model_name_or_path)
-        model = SpectraFMModel.from_pretrained(path, **model_args.config_overrides)
+        overrides = dict(model_args.config_overrides)
+        inputs = overrides.pop("scalar_input_names", None) or []  # new inputs get new rows, not a size mismatch
+        model = SpectraFMModel.from_pretrained(path, **overrides)
         processor = SpectraFMProcessor.from_pretrained(path)
         # statistics of the starting weights' outputs go stale once they change: the out-of-distribution test of the
         # embedding (refit with benchmarks/reliability_stats.py), the sigma recalibration (refit after training) and
@@ -493,6 +508,7 @@ def build_model(model_args: ModelArguments, train_dataset, label_names):
         processor.uncertainty_scale = {}
         processor.label_affine = {}  # a correction of the starting network's predictions (calibrate_labels)
         model, processor = add_labels(model, processor, label_names, train_dataset)
+        model = grow_token_table(model, scalar_input_names=inputs)
         fit_scalar_inputs(processor, model.config.scalar_input_names, train_dataset)
         return model, processor
     cfg = SpectraFMConfig(**{"label_names": label_names, **model_args.config_overrides})
