@@ -19,6 +19,24 @@ def test_dotted_keys_set_nested_values_read_as_yaml():
                                   "new_ablation": {"freeze": ["encoder"], "learning_rate": 0.003}}, "seed": None}
 
 
+def test_numbers_with_an_exponent_are_floats_in_presets_overrides_and_training_yaml(tmp_path):
+    """YAML 1.1 reads 5e-4 as a string, which reached the optimizer as text; every preset, --set value and training
+    YAML is read with such numbers as floats, and everything else as before."""
+    from spectrafm_hf.training.run import parse_args
+
+    cfg = {"training_defaults": {}}
+    apply_overrides(cfg, ["training_defaults.learning_rate=5e-4", "training_defaults.steps=1e3",
+                          "training_defaults.name=v6", "training_defaults.quoted='5e-4'"])
+    assert cfg["training_defaults"] == {"learning_rate": 5e-4, "steps": 1000.0, "name": "v6", "quoted": "5e-4"}
+    preset = tmp_path / "preset.yaml"
+    preset.write_text("a: 2.5E+3\nb: -3e-2\nc: 30000\nd: 1_000\ne: 1e\nf: 0.002\n")
+    assert load_preset(preset) == {"a": 2500.0, "b": -0.03, "c": 30000, "d": 1000, "e": "1e", "f": 0.002}
+    train = tmp_path / "train.yaml"
+    train.write_text("learning_rate: 5e-4\nweight_decay: 1e-2\noutput_dir: out\n")
+    _, _, training_args = parse_args([str(train)])
+    assert training_args.learning_rate == 5e-4 and training_args.weight_decay == 0.01
+
+
 @pytest.mark.parametrize("assignment, error, words", [
     ("xp_fewshott.pretrain.steps=3", KeyError, "no section 'xp_fewshott'"),    # a misspelt section is not created
     ("seed.value=3", KeyError, "it is int, not a mapping"),
@@ -35,7 +53,7 @@ def test_bad_assignments_name_the_problem_and_change_nothing(assignment, error, 
 
 def test_load_preset_reads_the_file_and_refuses_a_non_mapping(tmp_path):
     cfg = load_preset(REPO / "scripts" / "configs" / "real_xp_tiny.yaml", ["xp_multimodal.steps=7"])
-    assert cfg["xp_multimodal"] == {"steps": 7} and cfg["labels"] == ["TEFF", "LOGG", "FE_H", "ALPHA_M"]
+    assert cfg["xp_multimodal"]["steps"] == 7 and cfg["labels"] == ["TEFF", "LOGG", "FE_H", "ALPHA_M"]
     (tmp_path / "list.yaml").write_text("- a\n- b\n")
     with pytest.raises(ValueError, match="must be a YAML mapping"):
         load_preset(tmp_path / "list.yaml")
@@ -46,5 +64,6 @@ def test_set_reaches_the_runs_of_real_data_py(tmp_path):
         assert _script().main([str(REPO / "scripts" / "configs" / "real_xp_tiny.yaml"), "--output_dir",
                                str(tmp_path), "--experiments", "xp_multimodal", "--set", "xp_multimodal.steps=4"]) == 0
     for model in ("spectrafm", "spectrafm_photometry"):
-        info = json.loads((tmp_path / "xp_multimodal" / model / "final" / "training_info.json").read_text())
+        run = tmp_path / "xp_multimodal" / f"{model}_from_xp_full"  # both continue xp_full's every-star model
+        info = json.loads((run / "final" / "training_info.json").read_text())
         assert info["config"]["training"]["max_steps"] == 4

@@ -182,7 +182,8 @@ class ScratchMLP:
         per_epoch = max(1, math.ceil(n / self.batch_size))
         if steps is not None:
             epochs = max(1, math.ceil(int(steps) / per_epoch))
-        optimizer = torch.optim.Adam(self.net.parameters(), lr=self.learning_rate)
+        # foreach: one call per step over every tensor (on CPU torch defaults to a loop); the same numbers
+        optimizer = torch.optim.Adam(self.net.parameters(), lr=self.learning_rate, foreach=True)
         scheduler = (torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(optimizer, T_0=self.restart_epochs,
                                                                           eta_min=1e-10)
                      if self.restart_epochs > 0 else None)

@@ -6,9 +6,9 @@ scratch copy of the YAML file::
     python scripts/real_data.py scripts/configs/real_xp_cpu.yaml --experiments xp_fewshot \\
         --set xp_fewshot.pretrain.steps=30000 --set 'xp_fewshot.ablations={}' --output_dir runs/xp_pretrain30k
 
-KEY is a dotted path into the preset's nested mappings; VALUE is read as YAML (``30000`` is an int, ``[a, b]`` a
-list, ``{}`` an empty mapping, ``null`` None). Every mapping on the path must exist; only the last key may be new
-(e.g. a new ablation's name), so a misspelt section fails instead of being silently ignored.
+KEY is a dotted path into the preset's nested mappings; VALUE is read as YAML (``30000`` is an int, ``5e-4`` a
+float, ``[a, b]`` a list, ``{}`` an empty mapping, ``null`` None). Every mapping on the path must exist; only the last
+key may be new (e.g. a new ablation's name), so a misspelt section fails instead of being silently ignored.
 """
 
 from __future__ import annotations
@@ -16,9 +16,26 @@ from __future__ import annotations
 from collections.abc import Iterable
 from pathlib import Path
 
+import re
+
 import yaml
 
-__all__ = ["load_preset", "apply_overrides"]
+__all__ = ["load_preset", "apply_overrides", "read_yaml"]
+
+
+class _Loader(yaml.SafeLoader):
+    """YAML 1.1 reads ``5e-4`` and ``1e3`` as strings (a float needs a dot and a signed exponent there), and a
+    learning rate written that way reached the optimizer as text; this loader reads them as floats, as YAML 1.2
+    and Python do."""
+
+
+_EXPONENT_FLOAT = re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$")
+_Loader.add_implicit_resolver("tag:yaml.org,2002:float", _EXPONENT_FLOAT, list("-+0123456789"))
+
+
+def read_yaml(text: str):
+    """``text`` read as YAML, with ``5e-4``-style numbers as floats (every preset and training YAML is read so)."""
+    return yaml.load(text, Loader=_Loader)
 
 
 def apply_overrides(cfg: dict, assignments: Iterable[str]) -> dict:
@@ -30,7 +47,7 @@ def apply_overrides(cfg: dict, assignments: Iterable[str]) -> dict:
             raise ValueError(f"--set {assignment!r}: expected KEY=VALUE with KEY a dotted path, e.g. "
                              "xp_fewshot.pretrain.steps=30000")
         try:
-            value = yaml.safe_load(text)
+            value = read_yaml(text)
         except yaml.YAMLError as e:
             raise ValueError(f"--set {assignment!r}: the value is not valid YAML ({e})") from None
         node = cfg
@@ -47,7 +64,7 @@ def apply_overrides(cfg: dict, assignments: Iterable[str]) -> dict:
 
 def load_preset(path, assignments: Iterable[str] = ()) -> dict:
     """The YAML preset at ``path`` with ``assignments`` applied."""
-    cfg = yaml.safe_load(Path(path).read_text()) or {}
+    cfg = read_yaml(Path(path).read_text()) or {}
     if not isinstance(cfg, dict):
         raise ValueError(f"{path}: a preset must be a YAML mapping, got {type(cfg).__name__}")
     return apply_overrides(cfg, assignments)

@@ -18,7 +18,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import yaml
 from transformers import HfArgumentParser, Trainer, TrainingArguments, set_seed
 
 from ..configuration_spectrafm import SpectraFMConfig
@@ -32,6 +31,7 @@ from .guards import CollapseGuardCallback
 from .freezing import freeze
 from .info import TrainingInfoCallback, training_info, write_training_info
 from .metrics import label_metrics, make_compute_metrics
+from .presets import read_yaml
 from .weight_average import WEIGHT_AVERAGE_FILE, WeightAverage, WeightAverageCallback
 
 __all__ = ["ModelArguments", "DataArguments", "SpectraFMTrainer", "parse_args", "args_from_dict", "run_training",
@@ -263,7 +263,7 @@ def parse_args(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = HfArgumentParser((ModelArguments, DataArguments, TrainingArguments))
     if argv and argv[0].endswith((".yaml", ".yml")):
-        values = yaml.safe_load(Path(argv.pop(0)).read_text()) or {}
+        values = read_yaml(Path(argv.pop(0)).read_text()) or {}
         known = {f.name for dc in parser.dataclass_types for f in dc.__dataclass_fields__.values()}
         unknown = sorted(set(values) - known)
         if unknown:
