@@ -80,6 +80,28 @@ def test_label_metrics_are_right_on_a_known_case():
     assert m["coverage95"] == pytest.approx(0.75)
 
 
+def test_compute_metrics_reports_each_labels_own_nll_for_checkpoint_choice():
+    """FE_H_nll is that label's Gaussian NLL alone (normalised units), so a fine-tune with helper labels can choose
+    its checkpoints on the target; it agrees with the model's loss restricted to that label."""
+    from types import SimpleNamespace
+
+    from spectrafm_hf.modeling_spectrafm import gaussian_nll
+    from spectrafm_hf.training.metrics import make_compute_metrics
+
+    proc = SpectraFMProcessor(label_names=["TEFF", "FE_H"])
+    proc.fit_labels(np.array([[4000.0, -1.0], [5000.0, 0.0], [6000.0, 0.5]]), ["TEFF", "FE_H"])
+    rng = np.random.default_rng(0)
+    mean, log_variance = rng.normal(size=(50, 2)), rng.normal(-1.0, 0.3, size=(50, 2))
+    targets = mean + rng.normal(size=(50, 2)) * np.exp(0.5 * log_variance)
+    targets[:5, 1] = np.nan  # unknown [Fe/H]: left out, as the loss leaves it out
+    targets[:, 0] += 3.0  # Teff badly predicted: must not change [Fe/H]'s number
+    out = make_compute_metrics(proc, ["TEFF", "FE_H"])(SimpleNamespace(predictions=(mean, log_variance),
+                                                                      label_ids=targets))
+    expected = gaussian_nll(*(torch.as_tensor(a[:, 1:]) for a in (mean, log_variance, targets)))
+    assert out["FE_H_nll"] == pytest.approx(float(expected), rel=1e-6)
+    assert out["TEFF_nll"] > out["FE_H_nll"] + 3.0
+
+
 def _args(tmp_path, name, **kw):
     base = dict(output_dir=str(tmp_path / name), max_steps=4, per_device_train_batch_size=8,
                 per_device_eval_batch_size=8, learning_rate=1e-3, logging_steps=2, eval_strategy="steps",

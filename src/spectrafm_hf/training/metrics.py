@@ -38,7 +38,10 @@ def label_metrics(pred, true, sigma=None) -> dict:
 def make_compute_metrics(processor, label_names):
     """A ``compute_metrics`` for the `Trainer`: predictions are (mean, log_variance), label_ids the normalised
     targets, all (n, n_labels) in ``label_names`` order. Keys look like ``FE_H_rmse`` (physical units);
-    ``FE_H_spread`` = std of the predictions / std of the true values (near 0: a constant prediction)."""
+    ``FE_H_spread`` = std of the predictions / std of the true values (near 0: a constant prediction);
+    ``FE_H_nll`` = that label's own Gaussian NLL in normalised units (without catalogue errors), where ``eval_loss``
+    averages every queried label, helper labels included (``metric_for_best_model: FE_H_nll`` with
+    ``greater_is_better: false`` chooses checkpoints on the target alone)."""
 
     def compute_metrics(eval_pred):
         mean, log_variance = eval_pred.predictions[:2]
@@ -51,6 +54,10 @@ def make_compute_metrics(processor, label_names):
             ok = np.isfinite(true[:, k]) & np.isfinite(value[:, k])
             std_true = float(np.std(true[ok, k])) if ok.sum() > 1 else 0.0
             out[f"{name}_spread"] = float(np.std(value[ok, k]) / std_true) if std_true > 0 else float("nan")
+            y, m, lv = eval_pred.label_ids[:, k], mean[:, k], log_variance[:, k]
+            finite = np.isfinite(y) & np.isfinite(m) & np.isfinite(lv)
+            nll = 0.5 * ((y[finite] - m[finite]) ** 2 * np.exp(-lv[finite]) + lv[finite])
+            out[f"{name}_nll"] = float(nll.mean()) if nll.size else float("nan")
         z = (value - true) / sigma
         out["z_std"] = float(np.nanstd(z))
         return out
