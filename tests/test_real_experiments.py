@@ -61,8 +61,8 @@ def test_tiny_preset_writes_every_experiment_model_label_and_split(tiny):
     assert list(table.columns[: len(COLUMNS)]) == COLUMNS
     models = {e: set(g.model) for e, g in table.groupby("experiment")}
     assert models == {"xp_full": {"spectrafm", "mlp", "gbt", "ridge"},
-                      "xp_fewshot": {"spectrafm_no_pretraining", "spectrafm", "spectrafm_all_weights",
-                                     "spectrafm_helpers_only", "scratch_nn", "ridge"},
+                      "xp_fewshot": {"spectrafm_no_pretraining", "spectrafm", "spectrafm_no_l2sp", "spectrafm_lora",
+                                     "spectrafm_all_weights", "spectrafm_helpers_only", "scratch_nn", "ridge"},
                       "xp_multimodal": {"spectrafm", "spectrafm_photometry"}}
     assert set(table.split) == {"all", "feh_lt_-1", "feh_ge_-1", "giants", "dwarfs"}
     full = table[table.experiment == "xp_full"]
@@ -106,7 +106,8 @@ def test_fewshot_sees_no_metal_poor_star_and_no_test_star(tiny, xp):
 
 
 def test_fewshot_recipe_keeps_the_pretrained_encoder(tiny):
-    """The recommended xp_fewshot recipe freezes encoder and embeddings; the all-weights ablation does not."""
+    """The recommended xp_fewshot recipe freezes encoder and embeddings and pulls the decoder toward its pretrained
+    weights (L2-SP); the all-weights ablation trains the encoder, the no-L2-SP one has no penalty."""
     from spectrafm_hf import SpectraFMModel
 
     out, _ = tiny
@@ -120,6 +121,9 @@ def test_fewshot_recipe_keeps_the_pretrained_encoder(tiny):
         same = [torch.equal(pretrained[k], tuned[k]) for k in encoder]
         assert all(same) if encoder_kept else not all(same), model
         assert not all(torch.equal(pretrained[k], tuned[k]) for k in decoder), model
+    alpha = {m: json.loads((runs / f"{m}_draw77_masked_flux" / "final" / "training_info.json").read_text())
+             ["config"]["model"]["l2sp_alpha"] for m in ("spectrafm", "spectrafm_no_l2sp")}
+    assert alpha == {"spectrafm": 0.1, "spectrafm_no_l2sp": 0.0}
 
 
 def test_each_experiment_reads_its_own_pixels(tiny):
@@ -217,7 +221,7 @@ def test_jobs_run_the_preset_in_worker_processes_to_the_same_digits(tiny, tmp_pa
         "xp_full_all_baselines", "xp_fewshot"}  # xp_multimodal continues the every-star model: its worker makes it next
     assert all(u["exit_code"] == 0 for u in jobs["units"].values())
     # every unit trained in a worker: the assembling pass found each run and prediction cached
-    assert "training (" not in buffer.getvalue() and buffer.getvalue().count("exists, skipped") == 14
+    assert "training (" not in buffer.getvalue() and buffer.getvalue().count("exists, skipped") == 18
 
 
 def test_a_failed_job_names_itself_and_writes_no_table(tmp_path):
