@@ -13,10 +13,9 @@ key may be new (e.g. a new ablation's name), so a misspelt section fails instead
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from pathlib import Path
-
-import re
 
 import yaml
 
