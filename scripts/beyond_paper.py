@@ -34,7 +34,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import yaml
 
 HERE = Path(__file__).resolve().parent
 COLUMNS = ["experiment", "model", "n_train", "split", "n", "bias", "mae", "rmse", "robust_scatter", "coverage68",
@@ -266,7 +265,8 @@ def summarise(table: pd.DataFrame) -> dict:
 
 
 def run(cfg, experiments) -> dict:
-    rcfg = yaml.safe_load(Path(cfg["reproduce_config"]).read_text())
+    from spectrafm_hf.training.presets import read_yaml  # 5e-4 read as a number
+    rcfg = read_yaml(Path(cfg["reproduce_config"]).read_text())
     if cfg.get("reproduce_output_dir"):
         rcfg["output_dir"] = cfg["reproduce_output_dir"]
     rout = Path(rcfg["output_dir"])
@@ -320,7 +320,8 @@ def main(argv=None):
     parser.add_argument("--results_dir")
     parser.add_argument("--results_csv")
     args = parser.parse_args(argv)
-    cfg = yaml.safe_load(Path(args.config).read_text())
+    from spectrafm_hf.training.presets import read_yaml  # 5e-4 read as a number
+    cfg = read_yaml(Path(args.config).read_text())
     for key in ("output_dir", "reproduce_output_dir", "results_dir", "results_csv"):
         if getattr(args, key):
             cfg[key] = getattr(args, key)

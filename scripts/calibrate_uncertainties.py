@@ -14,7 +14,6 @@ import json
 import sys
 from pathlib import Path
 
-import yaml
 
 
 def main(argv=None):
@@ -27,7 +26,8 @@ def main(argv=None):
     from spectrafm_hf import SpectraFMPipeline
     from spectrafm_hf.training.run import DataArguments, _window, calibrate_on_split, load_data
 
-    fields = {k: v for k, v in (yaml.safe_load(Path(args.config).read_text()) or {}).items()
+    from spectrafm_hf.training.presets import read_yaml  # 5e-4 read as a number
+    fields = {k: v for k, v in (read_yaml(Path(args.config).read_text()) or {}).items()
               if k in DataArguments.__dataclass_fields__}
     data_args = DataArguments(**fields)
     if args.max_stars:

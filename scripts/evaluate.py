@@ -12,10 +12,10 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
 from transformers import HfArgumentParser
 
 from spectrafm_hf.training.run import DataArguments, ModelArguments, run_evaluation
+from spectrafm_hf.training.presets import read_yaml
 
 
 @dataclass
@@ -29,7 +29,7 @@ def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = HfArgumentParser((ModelArguments, DataArguments, EvalArguments))
     if argv and argv[0].endswith((".yaml", ".yml")):
-        parser.set_defaults(**(yaml.safe_load(Path(argv.pop(0)).read_text()) or {}))
+        parser.set_defaults(**(read_yaml(Path(argv.pop(0)).read_text()) or {}))
     model_args, data_args, eval_args = parser.parse_args_into_dataclasses(args=argv)
     if not model_args.model_name_or_path:
         raise SystemExit("evaluate needs --model_name_or_path")

@@ -38,7 +38,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import yaml
 
 MODELS = ["spectrafm_stage3", "spectrafm_alternative", "scratch_nn", "spectrafm_no_pretraining", "cannon", "ridge",
           "spectrafm_stage1", "spectrafm_stage2"]
@@ -155,7 +154,8 @@ def stage_values(cfg, section: dict, run_dir: Path, **forced) -> dict:
     """The run's argument fields: training_defaults < base_config < section < forced."""
     values = {"dataset_cache_dir": cfg["dataset_cache_dir"], **(cfg.get("training_defaults") or {})}
     if section.get("base_config"):
-        values.update(yaml.safe_load(Path(section["base_config"]).read_text()) or {})
+        from spectrafm_hf.training.presets import read_yaml  # 5e-4 read as a number
+        values.update(read_yaml(Path(section["base_config"]).read_text()) or {})
     values.update({k: v for k, v in section.items() if k not in ("base_config", "reuse")})
     values.update(forced)
     values["output_dir"] = str(run_dir)
@@ -592,7 +592,8 @@ def main(argv=None):
     parser.add_argument("--stage1_model", help="reuse this stage-1 folder (e.g. runs/pretrain_cpu/final)")
     parser.add_argument("--stage2_model", help="reuse this stage-2 folder")
     args = parser.parse_args(argv)
-    cfg = yaml.safe_load(Path(args.config).read_text())
+    from spectrafm_hf.training.presets import read_yaml  # 5e-4 read as a number
+    cfg = read_yaml(Path(args.config).read_text())
     cfg["_config_file"] = args.config
     for key in ("output_dir", "results_dir", "results_csv", "dataset_cache_dir"):
         if getattr(args, key):

@@ -31,12 +31,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from spectrafm_hf.training.info import cpu_model
+from spectrafm_hf.training.presets import read_yaml
 from spectrafm_hf.synth.emulator import (  # noqa: E402
     LABEL_NAMES,
     EmulatorNet,
@@ -114,10 +114,10 @@ def main(argv=None):
                     help="architecture search: train on 90%% of the training part, report on the other 10%%, "
                          "write nothing into the package")
     args = ap.parse_args(argv)
-    cfg = yaml.safe_load(Path(args.config).read_text())
+    cfg = read_yaml(Path(args.config).read_text())
     for kv in args.set:
         k, v = kv.split("=", 1)
-        cfg[k] = yaml.safe_load(v)
+        cfg[k] = read_yaml(v)
     torch.set_num_threads(int(cfg.get("threads", 1)))
     data_path = (ROOT / cfg["data"]).resolve()
     d = np.load(data_path)

@@ -559,7 +559,8 @@ def main(argv=None):
     path = Path(args.config)
     if not path.is_file():
         raise SystemExit(f"config file not found: {path}")
-    cfg = yaml.safe_load(path.read_text()) or {}
+    from spectrafm_hf.training.presets import read_yaml  # 5e-4 read as a number
+    cfg = read_yaml(path.read_text()) or {}
     required = ("output_dir", "budget_s", "fractions", "model", "observed", "test", "stage1", "stage2", "stage3",
                 "scratch_nn", "evaluation", "fe_pixel_range", "stage2_pixel_range")
     missing = [k for k in required if k not in cfg]

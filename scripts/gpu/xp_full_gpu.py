@@ -42,10 +42,9 @@ def log(msg):
 
 
 def load_yaml(path):
-    import yaml
+    from spectrafm_hf.training.presets import read_yaml
 
-    with open(path) as f:
-        return yaml.safe_load(f)
+    return read_yaml(Path(path).read_text())
 
 
 # ------------------------------------------------------------------------------------------------------ pack
