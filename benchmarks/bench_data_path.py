@@ -35,7 +35,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import yaml
+
+from spectrafm_hf.training.presets import read_yaml
 
 REPO = Path(__file__).resolve().parents[1]
 PRESET = REPO / "scripts" / "configs" / "pretrain_cpu.yaml"
@@ -46,7 +47,7 @@ def rss_mb() -> float:
 
 
 def preset():
-    return yaml.safe_load(PRESET.read_text())
+    return read_yaml(PRESET.read_text())
 
 
 def build_dataset(cache_dir, n_train, seed=0):

@@ -30,10 +30,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import yaml
 
 from spectrafm_hf import SpectraFMConfig, SpectraFMModel
 from spectrafm_hf.training.info import hardware, library_versions
+from spectrafm_hf.training.presets import read_yaml
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -157,7 +157,7 @@ def main():
     if gpu:
         runs["paper_config_batch_1024"] = (paper, 1024, 512, 1, amp)
     else:
-        cpu_cfg = yaml.safe_load((REPO / "scripts/configs/pretrain_cpu.yaml").read_text())
+        cpu_cfg = read_yaml((REPO / "scripts/configs/pretrain_cpu.yaml").read_text())
         small = SpectraFMConfig(**cpu_cfg["config_overrides"])
         runs["cpu_preset"] = (small, cpu_cfg["per_device_train_batch_size"], small.context_length, 5, None)
         if bf16_rate > rate:

@@ -17,9 +17,9 @@ import tempfile
 import time
 from pathlib import Path
 
-import yaml
 
 from spectrafm_hf.training.info import hardware, library_versions
+from spectrafm_hf.training.presets import read_yaml
 from spectrafm_hf.training.run import args_from_dict, run_evaluation, train_or_reuse
 
 REPO = Path(__file__).resolve().parents[1]
@@ -32,7 +32,7 @@ def main():
     parser.add_argument("--n-train", type=int, default=6000)
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "bf16_training_cpu.json"))
     args = parser.parse_args()
-    preset = yaml.safe_load((REPO / "scripts/configs/pretrain_cpu.yaml").read_text())
+    preset = read_yaml((REPO / "scripts/configs/pretrain_cpu.yaml").read_text())
     results = {"machine": {**hardware(), "versions": library_versions()}, "command": " ".join(["python"] + sys.argv),
                "preset": "scripts/configs/pretrain_cpu.yaml", "steps": args.steps, "n_train": args.n_train, "runs": {}}
     with tempfile.TemporaryDirectory() as tmp:

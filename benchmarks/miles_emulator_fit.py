@@ -31,7 +31,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import yaml
 from scipy.optimize import least_squares
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -42,6 +41,7 @@ import inspect  # noqa: E402
 
 from spectrafm_hf.synth.optical import (ALPHA_LABELS, LABEL_NAMES, degrade, load_optical_emulator,  # noqa: E402
                                         pseudo_continuum_normalize, sample_optical_labels)
+from spectrafm_hf.training.presets import read_yaml  # noqa: E402
 
 FREE_SETS = {"teff_logg_mh": (), "alpha": ("alpha",), "alpha_cn": ("alpha", "cn")}
 FLUX_ERROR = 0.02  # a nominal per-pixel error: chi^2 values compare fits, they are not a goodness-of-fit test
@@ -91,7 +91,7 @@ def main(argv=None) -> int:
     ap.add_argument("--config", default=str(ROOT / "scripts/configs/miles_fewshot_cpu.yaml"))
     ap.add_argument("--out", default=str(ROOT / "benchmarks/results/miles_emulator_fit.json"))
     a = ap.parse_args(argv)
-    cfg = yaml.safe_load(Path(a.config).read_text())
+    cfg = read_yaml(Path(a.config).read_text())
     arrays, flux, good, keep = miles_fewshot.miles_tables(cfg)
     teff, logg, feh = (np.asarray(arrays.labels[n], float) for n in ("TEFF", "LOGG", "FE_H"))
     giants = np.flatnonzero(keep & (logg <= 3.5))

@@ -19,7 +19,8 @@ import time
 from pathlib import Path
 
 import numpy as np
-import yaml
+
+from spectrafm_hf.training.presets import read_yaml
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "scripts"))
@@ -52,7 +53,7 @@ def main(argv=None):
     from spectrafm_hf.training.metrics import label_metrics
     from spectrafm_hf.training.run import DataArguments, _window
 
-    cfg = yaml.safe_load(Path(args.config).read_text())
+    cfg = read_yaml(Path(args.config).read_text())
     cfg["dataset_cache_dir"] = str(REPO / cfg["dataset_cache_dir"])
     _, few, val, test, frames = rp.prepare_data(cfg, Path(args.work_dir))
     lo, hi = _window(DataArguments(pixel_range=list(cfg["fe_pixel_range"])))

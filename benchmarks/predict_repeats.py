@@ -18,7 +18,8 @@ import time
 from pathlib import Path
 
 import numpy as np
-import yaml
+
+from spectrafm_hf.training.presets import read_yaml
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "scripts"))
@@ -38,7 +39,7 @@ def main(argv=None):
     from spectrafm_hf.training.metrics import label_metrics
     from spectrafm_hf.training.run import DataArguments, _window, select_stars
 
-    cfg = yaml.safe_load(Path(args.config).read_text())
+    cfg = read_yaml(Path(args.config).read_text())
     # the reproduction's validation stars: the observed-domain validation split without any metal-poor star
     dsd = load_spectra_dataset("observed_apogee", cache_dir=str(REPO / cfg["dataset_cache_dir"]), **cfg["observed"])
     val = select_stars(dsd["validation"], {"FE_H": [float(cfg["stage3_min_feh"]), None]}, None, 0)

@@ -20,13 +20,13 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "scripts"))
 
 import real_data  # noqa: E402
 from spectrafm_hf import SpectraFMModel, SpectraFMProcessor  # noqa: E402
+from spectrafm_hf.training.presets import read_yaml  # noqa: E402
 from spectrafm_hf.training.run import train_or_reuse  # noqa: E402
 
 
@@ -65,7 +65,7 @@ def main():
     parser.add_argument("--output_dir", default=str(REPO / "runs/xp_all_pixels"))
     parser.add_argument("--out", default=str(REPO / "benchmarks/results/xp_all_pixels.json"))
     args = parser.parse_args()
-    cfg = yaml.safe_load(Path(args.config).read_text())
+    cfg = read_yaml(Path(args.config).read_text())
     labels = list(cfg["labels"])
     train, val, _ = real_data.load_splits(cfg)
     source = REPO / cfg["output_dir"] / "xp_full" / f"n{len(train)}" / "final"

@@ -22,7 +22,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "scripts"))
@@ -30,6 +29,7 @@ sys.path.insert(0, str(REPO / "scripts"))
 import real_data  # noqa: E402
 from spectrafm_hf.baselines import ScratchMLP  # noqa: E402
 from spectrafm_hf.training.metrics import label_metrics  # noqa: E402
+from spectrafm_hf.training.presets import read_yaml  # noqa: E402
 from spectrafm_hf.training.run import select_stars  # noqa: E402
 
 
@@ -40,7 +40,7 @@ def main(argv=None):
     p.add_argument("--strides", default="1,3")
     p.add_argument("--out", default=str(REPO / "benchmarks/results/xp_baseline_pixels.json"))
     a = p.parse_args(argv)
-    cfg = yaml.safe_load(open(a.config))
+    cfg = read_yaml(Path(a.config).read_text())
     e = cfg["xp_full"]
     params = dict(e["baselines"]["mlp"])
     params["epochs"] = int(params.pop("epochs_by_size")[e["sizes"].index(a.size)])

@@ -31,7 +31,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import yaml
+
+from spectrafm_hf.training.presets import read_yaml
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "scripts"))
@@ -60,7 +61,7 @@ def main(argv=None) -> int:
     if not (Path(a.model) / "config.json").is_file():
         raise SystemExit(f"{a.model}: no pretrained model; run scripts/real_data.py ... --experiments xp_fewshot first")
     torch.set_num_threads(1)
-    cfg = yaml.safe_load(Path(a.config).read_text())
+    cfg = read_yaml(Path(a.config).read_text())
     e = cfg["xp_fewshot"]
     train, val, test = real_data.load_splits(cfg)
     rich = {"FE_H": [float(e.get("min_feh", -1.0)), None]}

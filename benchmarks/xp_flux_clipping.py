@@ -26,12 +26,12 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "scripts"))
 
 import real_data  # noqa: E402
+from spectrafm_hf.training.presets import read_yaml  # noqa: E402
 from spectrafm_hf.training.run import select_stars, train_or_reuse  # noqa: E402
 
 ASINH_SOFTENING = 0.05  # in units of the spectrum's median flux
@@ -70,7 +70,7 @@ def main(argv=None):
     p.add_argument("--size", type=int, default=10000)
     p.add_argument("--out", default=str(REPO / "benchmarks/results/xp_flux_clipping.json"))
     a = p.parse_args(argv)
-    cfg = yaml.safe_load(open(a.config))
+    cfg = read_yaml(Path(a.config).read_text())
     labels = list(cfg["labels"])
     train, val, _ = real_data.load_splits(cfg)
     sub = select_stars(train, {}, a.size, int(cfg["xp_full"].get("selection_seed", 77)))

@@ -12,7 +12,8 @@ import importlib.util
 import json
 from pathlib import Path
 
-import yaml
+
+from spectrafm_hf.training.presets import read_yaml
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -28,7 +29,7 @@ def main():
     spec.loader.exec_module(rd)
     from spectrafm_hf.training.run import select_stars, train_or_reuse
 
-    cfg = yaml.safe_load((REPO / "scripts" / "configs" / "real_xp_cpu.yaml").read_text())
+    cfg = read_yaml((REPO / "scripts" / "configs" / "real_xp_cpu.yaml").read_text())
     train, val, _ = rd.load_splits(cfg)
     sub, val = select_stars(train, {}, 3000, 5), val.select(range(500))
     results = {"command": "python benchmarks/xp_flux_embedding_check.py", "train_stars": len(sub),

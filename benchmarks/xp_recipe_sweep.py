@@ -27,12 +27,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "scripts"))
 
 import real_data  # noqa: E402
+from spectrafm_hf.training.presets import read_yaml  # noqa: E402
 from spectrafm_hf.training.run import train_or_reuse  # noqa: E402
 
 CTX115 = {"context_length": 115}
@@ -72,7 +72,7 @@ def main():
     parser.add_argument("--out", default=str(REPO / "benchmarks/results/xp_recipe_sweep.csv"))
     args = parser.parse_args()
     torch.set_num_threads(1)
-    cfg = yaml.safe_load(Path(args.config).read_text())
+    cfg = read_yaml(Path(args.config).read_text())
     labels = list(cfg["labels"])
     train, val, _ = real_data.load_splits(cfg)
     truth = real_data.frame(val, labels)

@@ -33,12 +33,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "scripts"))
 
 import real_data  # noqa: E402
+from spectrafm_hf.training.presets import read_yaml  # noqa: E402
 from spectrafm_hf.training.run import select_stars, train_or_reuse  # noqa: E402
 
 
@@ -63,7 +63,7 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=str(REPO / "benchmarks/results/xp_seed_ensemble.json"))
     a = ap.parse_args(argv)
     torch.set_num_threads(1)
-    cfg = yaml.safe_load(Path(a.config).read_text())
+    cfg = read_yaml(Path(a.config).read_text())
     labels = list(cfg["labels"])
     seeds = [int(s) for s in a.seeds.split(",") if s.strip()]
     train, val, _ = real_data.load_splits(cfg)

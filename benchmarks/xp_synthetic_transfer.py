@@ -36,7 +36,6 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "scripts"))
@@ -44,6 +43,7 @@ sys.path.insert(0, str(REPO / "scripts"))
 import real_data  # noqa: E402
 from spectrafm_hf.synth.optical import (  # noqa: E402
     ALPHA_LABELS, LABEL_NAMES, convert_bossbrain, default_emulator_path, load_optical_emulator)
+from spectrafm_hf.training.presets import read_yaml  # noqa: E402
 
 LABELS = ["TEFF", "LOGG", "FE_H", "ALPHA_M"]
 BOX = {"teff": (3800.0, 5900.0), "logg": (0.3, 3.4)}  # inside bossbrain's training range (giants)
@@ -120,7 +120,7 @@ def main(argv=None):
     emulator_path = default_emulator_path().with_name("bossbrain_ann22_xp_3500_10500.npz")
     if not emulator_path.is_file():
         convert_bossbrain(None, emulator_path, wmin=3500.0, wmax=10500.0)
-    cfg = yaml.safe_load(open(a.config))
+    cfg = read_yaml(Path(a.config).read_text())
     train, val, _ = real_data.load_splits(cfg)
     x_tr, y_tr = real_data.flux_matrix(train), real_data.frame(train, LABELS)[LABELS].to_numpy()
     x_va, y_va = real_data.flux_matrix(val), real_data.frame(val, LABELS)[LABELS].to_numpy()

@@ -30,7 +30,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "scripts"))
@@ -38,6 +37,7 @@ sys.path.insert(0, str(REPO / "scripts"))
 import real_data  # noqa: E402
 from spectrafm_hf.baselines import ScratchMLP  # noqa: E402
 from spectrafm_hf.training.metrics import label_metrics  # noqa: E402
+from spectrafm_hf.training.presets import read_yaml  # noqa: E402
 from spectrafm_hf.training.run import select_stars  # noqa: E402
 
 
@@ -52,7 +52,7 @@ def main(argv=None):
     p.add_argument("--predictions", help="also write each fit's validation and test predictions here "
                                          "(<split>_ema<decay>.csv: object_id, <label>_pred, <label>_sigma)")
     a = p.parse_args(argv)
-    cfg = yaml.safe_load(open(a.config))
+    cfg = read_yaml(Path(a.config).read_text())
     if a.fewshot:
         return fewshot(cfg, [float(v) for v in a.ema.split(",")], Path(a.out))
     e = cfg["xp_full"]
