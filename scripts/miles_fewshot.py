@@ -210,10 +210,10 @@ def run(cfg):
             if start is not None:  # a fine-tune of the pretrained model
                 extra.update(recipe, model_name_or_path=str(start), config_overrides={})
             labels = extra.pop("labels", ["FE_H"])  # helper labels: FE_H trained together with TEFF and LOGG
+            steps = extra.pop("steps", e["steps"])  # a recipe may carry its own budget
             if extra.get("rehearsal"):  # rehearsal defaults to this experiment's own pretraining spectra
                 extra["rehearsal"] = {"data_dir": str(out / "synthetic" / "train"), **extra["rehearsal"]}
-            final = train_or_reuse(rd.spectrafm_values(cfg, out / f"{model}_draw{draw}", e["steps"], labels,
-                                                       **extra),
+            final = train_or_reuse(rd.spectrafm_values(cfg, out / f"{model}_draw{draw}", steps, labels, **extra),
                                    splits=(few, val, None), log=lambda m: log(f"draw {draw}: {m}"))
             pred = runner.cached(f"{model}_draw{draw}", lambda: rd.predict_spectrafm(final, test, ["FE_H"]))
             rows += rd.metrics_rows(EXPERIMENT, model, pred, truth, ["FE_H"], draw=draw)

@@ -75,6 +75,9 @@ def test_tiny_preset_writes_every_model_split_and_draw(tiny):
     assert info["spectrafm"]["config"]["model"]["target_labels"] == ["TEFF", "LOGG", "FE_H"]
     assert info["spectrafm"]["config"]["data"]["rehearsal"]["data_dir"].startswith("train")  # local paths hashed
     assert info["spectrafm"]["data"]["train"] == 16
+    # a recipe's own budget (the recommended one's `steps`) beats the experiment's, which the others keep
+    assert info["spectrafm"]["config"]["training"]["max_steps"] == 3
+    assert info["spectrafm_no_pretraining"]["config"]["training"]["max_steps"] == 2
     paper = json.loads((tiny / "spectrafm_paper_recipe_draw77" / "final" / "training_info.json").read_text())
     assert paper["data"]["labels"] == ["FE_H"] and not paper["data"]["helper_labels"]
     assert not paper["config"]["data"]["rehearsal"]
