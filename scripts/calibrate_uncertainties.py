@@ -15,7 +15,6 @@ import sys
 from pathlib import Path
 
 
-
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("model", help="a pipeline folder (its preprocessor_config.json is rewritten)")

@@ -14,8 +14,8 @@ from pathlib import Path
 
 from transformers import HfArgumentParser
 
-from spectrafm_hf.training.run import DataArguments, ModelArguments, run_evaluation
 from spectrafm_hf.training.presets import read_yaml
+from spectrafm_hf.training.run import DataArguments, ModelArguments, run_evaluation
 
 
 @dataclass
