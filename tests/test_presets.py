@@ -67,3 +67,13 @@ def test_set_reaches_the_runs_of_real_data_py(tmp_path):
         run = tmp_path / "xp_multimodal" / f"{model}_from_xp_full"  # both continue xp_full's every-star model
         info = json.loads((run / "final" / "training_info.json").read_text())
         assert info["config"]["training"]["max_steps"] == 4
+
+
+def test_training_help_prints(capsys):
+    """`python scripts/pretrain.py --help` (and finetune, evaluate) formats every field's help text with argparse."""
+    from spectrafm_hf.training.run import parse_args
+
+    with pytest.raises(SystemExit) as stop:
+        parse_args(["--help"])
+    assert stop.value.code == 0
+    assert "68 % of validation stars" in " ".join(capsys.readouterr().out.split())  # help is wrapped

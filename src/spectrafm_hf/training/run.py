@@ -68,8 +68,8 @@ class ModelArguments:
                 "(checkpoint choice, early stopping) stays unweighted."})
     calibrate_uncertainties: bool = field(default=True, metadata={
         "help": "After training, fit the per-label sigma recalibration (SpectraFMPipeline.calibrate_uncertainties) "
-                "on the validation split (at least 20 stars) and save it with the processor, so predict's 68 % "
-                "intervals cover 68 % of validation stars (issue 14)."})
+                "on the validation split (at least 20 stars) and save it with the processor, so predict's 68 %% "
+                "intervals cover 68 %% of validation stars (issue 14; %% doubled: argparse formats help text)."})
     freeze: list[str] = field(default_factory=list, metadata={"help": "decoder, encoder, encoder_block_2, embeddings"})
     lora_r: int = field(default=0, metadata={"help": "LoRA rank (0 = full fine-tuning); merged into the weights at "
                                                      "the end so the result is a plain SpectraFM folder."})
