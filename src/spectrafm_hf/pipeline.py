@@ -25,6 +25,7 @@ import torch
 from .configuration_spectrafm import SpectraFMConfig
 from .modeling_spectrafm import SpectraFMModel
 from .processing_spectrafm import SpectraFMProcessor, line_autocorrelation, spectrum_snr
+from .linear_probe import apply_probe, check_probe
 from .spectrum import Spectrum
 
 __all__ = ["SpectraFMPipeline", "label_unit", "to_astropy", "FLAGS", "row_flags"]
@@ -197,7 +198,9 @@ class SpectraFMPipeline:
 
     @property
     def label_names(self) -> list[str]:
-        return list(self.model.config.label_names)
+        """The labels `predict` returns: the model's, then those only a linear probe reads (`fit_linear_probe`)."""
+        model = list(self.model.config.label_names)
+        return model + [n for n in self.processor.linear_probes if n not in model]
 
     # ------------------------------------------------------------------ inference
     def _known_inputs(self, known, owner, n_spectra):
@@ -253,10 +256,46 @@ class SpectraFMPipeline:
         names = self.label_names if labels is None else [labels] if isinstance(labels, str) else list(labels)
         if not names:
             raise ValueError(f"labels={labels!r} selects no label; give None (all) or some of {self.label_names}")
+        model = list(self.model.config.label_names)
+        unknown = [n for n in names if n not in model]
+        if unknown:
+            probe_only = [n for n in unknown if n in self.label_names]
+            if probe_only:
+                raise KeyError(f"{probe_only} are read by a linear probe, not by a decoder query of the network; "
+                               f"the network predicts {model}")
+            raise KeyError(f"this model does not predict {unknown}; it predicts {self.label_names}")
+        return names, [model.index(n) for n in names]
+
+    def _plan(self, labels):
+        """(names asked for, the model labels to run, their query ids): a label with a linear probe is computed
+        from the embedding and the predictions of the probe's ``inputs``, which are run instead of it."""
+        probes = self.processor.linear_probes
+        names = self.label_names if labels is None else [labels] if isinstance(labels, str) else list(labels)
+        if not names:
+            raise ValueError(f"labels={labels!r} selects no label; give None (all) or some of {self.label_names}")
         unknown = [n for n in names if n not in self.label_names]
         if unknown:
             raise KeyError(f"this model does not predict {unknown}; it predicts {self.label_names}")
-        return names, [self.label_names.index(n) for n in names]
+        run = [n for n in names if n not in probes]
+        run += [i for n in names if n in probes for i in probes[n]["inputs"]]
+        run, ids = self._query_ids(list(dict.fromkeys(run))) if run else ([], [])
+        return names, run, ids
+
+    def _with_probes(self, names, run, mean, err, scatter, embedding):
+        """(mean, err, scatter) for ``names`` from the run labels' (n, len(run)) answers and the embedding."""
+        probes = self.processor.linear_probes
+        cols = {n: k for k, n in enumerate(run)}
+        out = [np.empty((len(mean), len(names))) for _ in range(3)]
+        for k, name in enumerate(names):
+            if name in probes:
+                probe = probes[name]
+                features = np.column_stack([embedding, *(mean[:, cols[i]] for i in probe["inputs"])])
+                out[0][:, k] = apply_probe(probe, features)
+                out[1][:, k], out[2][:, k] = probe["sigma"], 0.0
+            else:
+                for o, a in zip(out, (mean, err, scatter)):
+                    o[:, k] = a[:, cols[name]]
+        return tuple(out)
 
     def predict(
         self,
@@ -299,7 +338,7 @@ class SpectraFMPipeline:
         """
         n_repeats = _positive_int("n_repeats", n_repeats)
         spectra = _as_list(spectra)
-        names, query_ids = self._query_ids(labels)
+        names, run, query_ids = self._plan(labels)
         draws = self.processor.noise_draws if noise_draws is None else int(noise_draws)
         if draws < 0:
             raise ValueError(f"noise_draws must be >= 0, got {noise_draws}")
@@ -313,7 +352,7 @@ class SpectraFMPipeline:
             return pd.concat(parts, ignore_index=True)
         prepared = [self.processor.prepare(s) for s in spectra]
         mean, err, scatter, n_pixels, n_subsets, embedding = self._predict_prepared(
-            prepared, names, query_ids, known, seed, n_repeats, embed=self.processor.embedding_mean is not None)
+            prepared, names, run, query_ids, known, seed, n_repeats, embed=self.processor.embedding_mean is not None)
         err = err * self.processor.sigma_scales(names, n_subsets)  # post-hoc recalibration (1 unless fitted)
         snr = np.array([spectrum_snr(s) for s in prepared])
         low = self.processor.snr_range is not None
@@ -322,7 +361,8 @@ class SpectraFMPipeline:
             scale = self.processor.snr_range[0] / snr[noisy]
             change = 0.0
             if draws > 0:
-                change = self._noise_change(prepared, mean, noisy, names, query_ids, known, seed, n_repeats, draws)
+                change = self._noise_change(prepared, mean, noisy, names, run, query_ids, known, seed, n_repeats,
+                                            draws)
             err[noisy] = np.hypot(err[noisy] * scale[:, None], change)
         mean, err, scatter = self.processor.apply_label_affine(names, mean, err, scatter)  # none unless fitted
         table = {}
@@ -343,14 +383,20 @@ class SpectraFMPipeline:
         table["flag"] = [row_flags(r, self.processor) for r in table.to_dict("records")]
         return table
 
-    def _predict_prepared(self, spectra, names, query_ids, known, seed, n_repeats, embed=False):
-        """Per-spectrum (mean, err, scatter, n_pixels, n_subsets, embedding or None) of prepared spectra."""
+    def _predict_prepared(self, spectra, names, run, query_ids, known, seed, n_repeats, embed=False):
+        """Per-spectrum (mean, err, scatter, n_pixels, n_subsets, embedding or None) of prepared spectra: ``names``
+        from the model labels ``run`` (`_plan`)."""
+        probed = any(n in self.processor.linear_probes for n in names)
+        embed = embed or probed
         batch, owner, n_pixels = self.processor.subset_batch(spectra, seed=seed, n_repeats=n_repeats)
         in_values, in_ids = self._known_inputs(known, owner, len(spectra))
-        out = self._run(batch, query_ids, in_values, in_ids, hidden=embed)
-        value, sigma = self.processor.unscale_labels(out["mean"], out["log_variance"], names)
+        out = self._run(batch, query_ids if run else [0], in_values, in_ids, hidden=embed)
+        if run:
+            value, sigma = self.processor.unscale_labels(out["mean"], out["log_variance"], run)
+        else:  # only the embedding was needed (a probe without label inputs)
+            value, sigma = np.zeros((len(owner), 0)), np.ones((len(owner), 0))
         weights = 1.0 / sigma**2
-        wsum = np.zeros((len(spectra), len(names)))
+        wsum = np.zeros((len(spectra), len(run)))
         np.add.at(wsum, owner, weights)
         mean = np.zeros_like(wsum)
         np.add.at(mean, owner, weights * value)
@@ -365,9 +411,11 @@ class SpectraFMPipeline:
             embedding = np.zeros((len(spectra), out["embedding"].shape[1]))
             np.add.at(embedding, owner, out["embedding"])
             embedding /= n_subsets[:, None]
+        if probed or run != list(names):
+            mean, err, scatter = self._with_probes(names, run, mean, err, scatter, embedding)
         return mean, err, scatter, n_pixels, n_subsets, embedding
 
-    def _noise_change(self, prepared, mean, rows, names, query_ids, known, seed, n_repeats, draws):
+    def _noise_change(self, prepared, mean, rows, names, run, query_ids, known, seed, n_repeats, draws):
         """Root-mean-square change (len(rows), n_labels) of the labels of ``draws`` noisy copies of each spectrum
         (flux + N(0, 1/sqrt(ivar)) on its usable pixels, the same pixel subsets) from the labels ``mean[rows]``."""
         rng = np.random.default_rng([seed, 7919])
@@ -385,7 +433,7 @@ class SpectraFMPipeline:
         if known:
             idx = np.asarray(owner)
             sub_known = {k: np.broadcast_to(np.asarray(v, np.float64), (len(prepared),))[idx] for k, v in known.items()}
-        noisy = self._predict_prepared(copies, names, query_ids, sub_known, seed, n_repeats)[0]
+        noisy = self._predict_prepared(copies, names, run, query_ids, sub_known, seed, n_repeats)[0]
         noisy = noisy.reshape(len(rows), draws, len(names))
         return np.sqrt(np.mean((noisy - mean[rows][:, None, :]) ** 2, axis=1))
 
@@ -393,7 +441,7 @@ class SpectraFMPipeline:
         """`predict` over any iterable (e.g. a generator reading files lazily), yielding one table per chunk of
         ``chunk_size`` spectra: memory stays bounded however many spectra flow through."""
         chunk_size = self.chunk_size if chunk_size is None else _positive_int("chunk_size", chunk_size)
-        self._query_ids(labels)  # bad arguments fail here, not after the first chunk was read
+        self._plan(labels)  # bad arguments fail here, not after the first chunk was read
         _positive_int("n_repeats", n_repeats)
         chunk = []
         for s in spectra:
@@ -523,7 +571,7 @@ class SpectraFMPipeline:
         if helper_labels is None or helper_labels is False:
             return {}
         if isinstance(helper_labels, str) and helper_labels == "auto":
-            wanted = [n for n in self.label_names if n not in names]
+            wanted = [n for n in self.model.config.label_names if n not in names]
         else:
             wanted = [helper_labels] if isinstance(helper_labels, str) else list(helper_labels)
             self._query_ids(wanted)  # KeyError naming any label this model does not predict
@@ -615,6 +663,47 @@ class SpectraFMPipeline:
         except BaseException:
             self.processor.label_affine = saved
             raise
+
+    def fit_linear_probe(self, spectra: Sequence[Spectrum], labels, label_names: Sequence[str] | None = None,
+                         inputs="auto", alphas=None, seed: int = 0, n_repeats: int = 1) -> "SpectraFMPipeline":
+        """Read labels as a straight line from the frozen model (`spectrafm_hf.linear_probe`): per label, a ridge
+        regression on each spectrum's embedding and the network's predictions of ``inputs`` (``"auto"``: every label
+        the network predicts), fitted on labelled spectra (never the test set). The ridge penalty (one of ``alphas``,
+        default `linear_probe.DEFAULT_ALPHAS`) is chosen by leave-one-out error on these spectra, and ``_err`` is their
+        root-mean-square leave-one-out residual (`calibrate_uncertainties` can rescale it on validation spectra).
+
+        Returns a new pipeline sharing the network (this one is unchanged) whose `predict` returns the probed labels;
+        a label the network predicts is replaced by its probe, one it does not predict is added (``label_names``).
+        ``labels`` are read as in `fit`. The network is never trained, so nothing the pretraining learned is lost, and
+        the line extrapolates where a fine-tuned decoder saturates (README: the few-shot comparisons)."""
+        from .linear_probe import fit_ridge_loo
+
+        spectra = _as_list(spectra)
+        names, values, _ = self._label_arrays(labels, label_names, None, len(spectra))
+        if isinstance(inputs, str):
+            if inputs != "auto":
+                raise ValueError(f"fit_linear_probe: inputs must be 'auto' or a list of the network's labels, got "
+                                 f"{inputs!r}")
+            inputs = list(self.model.config.label_names)
+        run, ids = self._query_ids(list(dict.fromkeys(inputs))) if len(inputs) else ([], [])
+        new = SpectraFMPipeline(self.model, copy.deepcopy(self.processor), self.device, self.batch_size, self.bf16,
+                                self.compile)
+        kept, new.processor.linear_probes = new.processor.linear_probes, {}  # features from the network's answers
+        try:
+            prepared = [self.processor.prepare(s) for s in spectra]
+            answers, _, _, _, _, embedding = new._predict_prepared(prepared, run, run, ids, None, seed, n_repeats,
+                                                                   embed=True)
+        finally:
+            new.processor.linear_probes = kept
+        features = np.column_stack([embedding, answers])
+        for k, name in enumerate(names):
+            probe = fit_ridge_loo(features, values[:, k], **({} if alphas is None else {"alphas": alphas}))
+            new.processor.linear_probes[name] = check_probe(name, {**probe, "inputs": run}, embedding.shape[1])
+            new.processor.label_affine.pop(name, None)  # corrections of the network's answer do not apply
+            new.processor.uncertainty_scale.pop(name, None)
+        if hasattr(self, "name_or_path"):
+            new.name_or_path = self.name_or_path
+        return new
 
     def fit(
         self,
@@ -763,4 +852,5 @@ class SpectraFMPipeline:
             p.requires_grad_(True)
         processor = copy.deepcopy(self.processor)
         processor.label_affine = {}  # fitted to the old network's predictions
+        processor.linear_probes = {}  # read from the old network's features
         return SpectraFMPipeline(model.eval(), processor, self.device, self.batch_size, self.bf16, self.compile)

@@ -43,6 +43,7 @@ import numpy as np
 import torch
 from transformers.feature_extraction_utils import BatchFeature, FeatureExtractionMixin
 
+from .linear_probe import check_probe
 from .spectrum import Spectrum, SpectrumError
 
 __all__ = ["SpectraFMProcessor", "spectrum_snr", "line_autocorrelation"]
@@ -236,6 +237,10 @@ class SpectraFMProcessor(FeatureExtractionMixin):
             mean, ``slope * mean + intercept`` in physical units (``_err`` times ``|slope|``), fitted on labelled
             spectra of a new domain (`fit_label_affine`, `SpectraFMPipeline.calibrate_labels`): a few-shot transfer
             that moves only the label scale and zero point. Labels not listed: unchanged.
+        linear_probes (`dict[str, dict]`, *optional*): labels read as a straight line from the frozen model's
+            features, the embedding and its predictions of the labels named in ``inputs`` (`spectrafm_hf.linear_probe`,
+            `SpectraFMPipeline.fit_linear_probe`); `SpectraFMPipeline.predict` returns them as labels, with ``_err``
+            the probe's leave-one-out scatter. A probe of a label the model predicts replaces the model's answer.
 
     Example:
         >>> import numpy as np
@@ -282,6 +287,7 @@ class SpectraFMProcessor(FeatureExtractionMixin):
         uncertainty_scale: dict | None = None,
         uncertainty_scale_subsets: float = 1.0,
         label_affine: dict | None = None,
+        linear_probes: dict | None = None,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -349,6 +355,7 @@ class SpectraFMProcessor(FeatureExtractionMixin):
             if not (np.isfinite(slope) and np.isfinite(intercept) and slope != 0):
                 raise ValueError(f"label_affine[{name!r}] needs a finite non-zero slope and intercept, got {pair}")
             self.label_affine[str(name)] = [slope, intercept]
+        self.linear_probes = {str(k): check_probe(str(k), v) for k, v in (linear_probes or {}).items()}
         self._ref_cache = None
         self._emb_cache = None
 

@@ -537,7 +537,7 @@ def predict_survey(pipe, inputs, output, *, dataset: bool = False, split: str = 
     error, paths, stream = None, None, None
     try:
         if labels is not None:
-            pipe._query_ids(labels)  # unknown labels fail before any work
+            pipe._plan(labels)  # unknown labels fail before any work
             if len(set(labels)) != len(labels):
                 raise UsageError(f"--labels names a label twice: {labels}")
         if dataset:

@@ -507,6 +507,7 @@ def build_model(model_args: ModelArguments, train_dataset, label_names):
         processor.embedding_mean = processor.embedding_whitening = processor.embedding_threshold = None
         processor.uncertainty_scale = {}
         processor.label_affine = {}  # a correction of the starting network's predictions (calibrate_labels)
+        processor.linear_probes = {}  # read from the starting network's features (fit_linear_probe)
         model, processor = add_labels(model, processor, label_names, train_dataset)
         model = grow_token_table(model, scalar_input_names=inputs)
         fit_scalar_inputs(processor, model.config.scalar_input_names, train_dataset)

@@ -1,0 +1,119 @@
+"""Linear probes (`spectrafm_hf.linear_probe`, `SpectraFMPipeline.fit_linear_probe`, processor ``linear_probes``): a
+label read as a straight line from the frozen model's embedding and label predictions."""
+
+import json
+
+import numpy as np
+import pytest
+
+from conftest import TINY, fake_apogee_spectrum
+from spectrafm_hf import SpectraFMPipeline, SpectraFMProcessor
+from spectrafm_hf.linear_probe import apply_probe, fit_ridge_loo
+
+
+def brute_force_loo(x, y, alpha):
+    """Mean squared leave-one-out residual of ridge (standardised on the kept rows, intercept unpenalised)."""
+    res = []
+    for i in range(len(y)):
+        keep = np.arange(len(y)) != i
+        probe = fit_ridge_loo(x[keep], y[keep], alphas=[alpha])
+        res.append(apply_probe(probe, x[i:i + 1])[0] - y[i])
+    return float(np.mean(np.square(res)))
+
+
+def test_ridge_recovers_a_line_and_its_leave_one_out_error_is_exact(rng):
+    x = rng.normal(size=(60, 4)) * [1.0, 10.0, 0.1, 3.0] + [0.0, 5.0, -1.0, 2.0]
+    y = x @ [0.5, -0.02, 3.0, 0.0] + 0.7 + rng.normal(0, 0.05, 60)
+    probe = fit_ridge_loo(x, y)
+    assert probe["n_fit"] == 60 and probe["alpha"] < 1.0
+    np.testing.assert_allclose(apply_probe(probe, x), y, atol=0.2)
+    assert probe["sigma"] == pytest.approx(0.05, rel=0.35)  # the noise it was given
+    # the closed-form leave-one-out residuals: the same as refitting without each row (standardised on all rows
+    # differs a little from standardising without the row: compare at a penalty where that barely matters)
+    one = fit_ridge_loo(x, y, alphas=[0.01])
+    assert one["sigma"] ** 2 == pytest.approx(brute_force_loo(x, y, 0.01), rel=0.05)
+
+
+def test_the_penalty_is_chosen_by_leave_one_out_error(rng):
+    x = rng.normal(size=(30, 25))  # more noise features than the few stars can pin down
+    y = x[:, 0] + rng.normal(0, 0.5, 30)
+    probe = fit_ridge_loo(x, y, alphas=[1e-3, 1.0, 10.0, 1e4])
+    errors = {a: fit_ridge_loo(x, y, alphas=[a])["sigma"] for a in (1e-3, 1.0, 10.0, 1e4)}
+    assert probe["alpha"] == min(errors, key=errors.get)
+    assert probe["sigma"] == min(errors.values())
+
+
+def test_bad_probe_input_is_refused_by_name(rng):
+    with pytest.raises(ValueError, match="needs >= 5 labelled rows"):
+        fit_ridge_loo(rng.normal(size=(6, 2)), [0.1, np.nan, np.nan, 0.2, 0.3, np.nan])
+    with pytest.raises(ValueError, match="labels that vary"):
+        fit_ridge_loo(rng.normal(size=(10, 2)), np.ones(10))
+    with pytest.raises(ValueError, match="alphas must be positive"):
+        fit_ridge_loo(rng.normal(size=(10, 2)), rng.normal(size=10), alphas=[0.0])
+    with pytest.raises(ValueError, match="reads 3 features"):
+        apply_probe(fit_ridge_loo(rng.normal(size=(10, 3)), rng.normal(size=10)), np.zeros((2, 4)))
+    with pytest.raises(ValueError, match=r"linear_probes\['FE_H'\] lacks"):
+        SpectraFMProcessor(label_names=["TEFF"], linear_probes={"FE_H": {"weights": [1.0]}})
+
+
+def spectra_and_truth(pipe, rng, n=40):
+    spectra = [fake_apogee_spectrum(rng, n=400) for _ in range(n)]
+    base = pipe.predict(spectra, labels=["TEFF", "LOGG"])
+    emb = pipe.embed(spectra)
+    # a new label the network was never trained on: a line in its features
+    truth = 0.002 * (base["TEFF"].to_numpy() - 4800) + 0.5 * emb[:, 0] / emb[:, 0].std() - 0.4
+    return spectra, base, truth
+
+
+def test_a_probe_adds_a_label_and_keeps_the_network_and_the_old_pipeline(rng, tmp_path):
+    pipe = SpectraFMPipeline.from_pretrained(TINY, device="cpu")
+    spectra, base, truth = spectra_and_truth(pipe, rng)
+    pipe.processor.label_affine["NEW"] = [2.0, 0.0]  # a stale correction of the same name does not apply to it
+    probed = pipe.fit_linear_probe(spectra[:30], {"NEW": truth[:30]}, ["NEW"])
+    assert "NEW" not in pipe.label_names and pipe.processor.linear_probes == {}  # the old pipeline unchanged
+    assert probed.label_names == pipe.label_names + ["NEW"]
+    assert probed.model is pipe.model
+    table = probed.predict(spectra)
+    np.testing.assert_allclose(table["TEFF"], base["TEFF"])  # the network's own labels untouched
+    np.testing.assert_allclose(table["NEW"][30:], truth[30:], atol=0.05)  # held-out spectra: the line holds
+    assert (table["NEW_err"] == probed.processor.linear_probes["NEW"]["sigma"]).all()
+    assert (table["NEW_scatter"] == 0).all()
+    probed.save_pretrained(tmp_path / "probed")
+    stored = json.loads((tmp_path / "probed" / "preprocessor_config.json").read_text())["linear_probes"]
+    assert stored["NEW"]["inputs"] == pipe.label_names
+    assert len(stored["NEW"]["weights"]) == pipe.model.config.hidden_size + len(pipe.label_names)
+    again = SpectraFMPipeline.from_pretrained(tmp_path / "probed", device="cpu")
+    np.testing.assert_allclose(again.predict(spectra, labels="NEW")["NEW"], table["NEW"], rtol=1e-6)
+    # fine-tuning makes new features: the probe does not survive it
+    assert probed.fit(spectra[:8], {"TEFF": base["TEFF"][:8]}, steps=1, rehearsal=None).processor.linear_probes == {}
+    with pytest.raises(KeyError, match="read by a linear probe"):
+        probed.attention(spectra[0], "NEW")
+
+
+def test_a_probe_of_a_network_label_replaces_its_answer_and_reads_the_network_not_itself(rng):
+    pipe = SpectraFMPipeline.from_pretrained(TINY, device="cpu")
+    spectra, base, truth = spectra_and_truth(pipe, rng)
+    probed = pipe.fit_linear_probe(spectra, {"LOGG": truth}, ["LOGG"], inputs=["TEFF", "LOGG"])
+    assert probed.label_names == pipe.label_names  # no new name
+    out = probed.predict(spectra, labels=["LOGG", "TEFF"])
+    np.testing.assert_allclose(out["LOGG"], truth, atol=0.05)
+    np.testing.assert_allclose(out["TEFF"], base["TEFF"])
+    # refitting on the probed pipeline reads the network's LOGG, not the previous probe's: the same probe again
+    again = probed.fit_linear_probe(spectra, {"LOGG": truth}, ["LOGG"], inputs=["TEFF", "LOGG"])
+    assert again.processor.linear_probes["LOGG"]["weights"] == pytest.approx(
+        probed.processor.linear_probes["LOGG"]["weights"])
+    with pytest.raises(KeyError, match="does not predict"):
+        pipe.fit_linear_probe(spectra, {"LOGG": truth}, ["LOGG"], inputs=["NOPE"])
+    with pytest.raises(ValueError, match="inputs must be 'auto'"):
+        pipe.fit_linear_probe(spectra, {"LOGG": truth}, ["LOGG"], inputs="all")
+
+
+def test_probe_uncertainties_recalibrate_on_validation_spectra(rng):
+    pipe = SpectraFMPipeline.from_pretrained(TINY, device="cpu")
+    spectra, _, truth = spectra_and_truth(pipe, rng, n=60)
+    noisy = truth + rng.normal(0, 0.3, truth.size)
+    probed = pipe.fit_linear_probe(spectra[:30], {"NEW": noisy[:30]}, ["NEW"])
+    scale = probed.calibrate_uncertainties(spectra[30:], {"NEW": noisy[30:]}, ["NEW"])["NEW"]
+    table = probed.predict(spectra[30:], labels="NEW")
+    inside = np.abs(table["NEW"] - noisy[30:]) <= table["NEW_err"]
+    assert 0.6 <= inside.mean() <= 0.75 and scale > 0
