@@ -156,6 +156,58 @@ def affine_spectrafm(start, ds, labels, folder: Path) -> Path:
     return folder
 
 
+def linear_probe_spectrafm(start, few, val, labels, folder: Path) -> Path:
+    """``start`` with a linear probe of each of ``labels`` fitted on the stars of ``few``
+    (`SpectraFMPipeline.fit_linear_probe`: the network unchanged, no training step) and its sigma recalibrated on
+    ``val`` as every fine-tune's is; saved in ``folder``/final (reused when it exists) with linear_probe.json."""
+    from spectrafm_hf.checkpoint_folder import redact_local_details
+    from spectrafm_hf.data import row_to_spectrum
+    from spectrafm_hf.pipeline import SpectraFMPipeline
+
+    final = folder / "final"
+    if (final / "config.json").is_file():
+        log(f"{final} exists, reused")
+        return final
+    t = time.time()
+
+    def spectra(ds):
+        return [row_to_spectrum(r) for r in ds.with_format("numpy")]
+
+    pipe = SpectraFMPipeline.from_pretrained(start, device="cpu")
+    probed = pipe.fit_linear_probe(spectra(few), {n: column_values(few, n) for n in labels}, labels, seed=0)
+    try:
+        scale = probed.calibrate_uncertainties(spectra(val), {n: column_values(val, n) for n in labels}, labels,
+                                               seed=0)
+    except ValueError as err:  # e.g. too few validation stars: the probe's own leave-one-out sigma is kept
+        scale = None
+        log(f"WARNING: no uncertainty recalibration ({err})")
+    probed.save_pretrained(final)
+    probes = {n: {k: probed.processor.linear_probes[n][k] for k in ("inputs", "alpha", "sigma", "n_fit")}
+              for n in labels}
+    record = {"start": redact_local_details(str(start)), "probes": probes, "uncertainty_scale": scale, "validation_stars": len(val),
+              "seconds": round(time.time() - t, 1)}
+    (folder / "linear_probe.json").write_text(json.dumps(record, indent=2))
+    log(f"{folder.name}: linear probe {probes}, sigma x {scale} on {len(val)} validation stars")
+    return final
+
+
+def validation_nll(runner, name: str, final, val, label: str = "FE_H") -> float:
+    """Gaussian negative log-likelihood of ``label`` on the validation stars ``val`` (predictions cached as
+    ``<name>_validation``): how a linear probe, which has no training loss, is compared with the fine-tunes."""
+    pred = runner.cached(f"{name}_validation", lambda: predict_spectrafm(final, val, [label]))
+    mean, sigma = pred[f"{label}_pred"].to_numpy(), pred[f"{label}_sigma"].to_numpy()
+    z = (mean - column_values(val, label)) / sigma
+    return float(np.mean(0.5 * z**2 + np.log(sigma) + 0.5 * np.log(2 * np.pi)))
+
+
+def nll_selection(nll: dict) -> dict:
+    """For the summary: each SpectraFM model's validation [Fe/H] NLL (mean over the draws) and the rule it serves."""
+    return {"rule": "fine-tuning recipes are chosen on their own validation loss (helper labels included); the "
+                    "chosen fine-tune and the linear probe, which has no training loss, on the validation [Fe/H] "
+                    "NLL: the lower is the recommended recipe (row spectrafm)",
+            "validation_fe_h_nll": {m: float(np.mean(v)) for m, v in nll.items()}}
+
+
 def predict_spectrafm(folder, ds, labels, known_names=(), device="cpu") -> pd.DataFrame:
     from spectrafm_hf.data import row_to_spectrum
     from spectrafm_hf.pipeline import SpectraFMPipeline
@@ -226,6 +278,7 @@ class Runner:
 
     def __init__(self, cfg, out: Path):
         self.cfg, self.out = cfg, out
+        self.selection = {}  # experiment -> how its recommended recipe was chosen (for the summary)
         self.pred_dir = out / "predictions"
         self.pred_dir.mkdir(parents=True, exist_ok=True)
 
@@ -376,7 +429,7 @@ def xp_fewshot(cfg, runner: Runner, train, val, test):
         pick = np.sort(np.random.default_rng(0).choice(len(pool), min(len(pool), rows_wanted or len(pool)), False))
         pool.select(pick).remove_columns([c for c in hidden if c in pool.column_names]).save_to_disk(
             str(rehearsal_dir))
-    rows = []
+    rows, nll = [], {}
     for draw in e.get("draws", [77]):
         few = select_stars(train, rich, int(e["n_stars"]), int(draw))
         if (column_values(few, "FE_H") <= min_feh).any():
@@ -389,18 +442,25 @@ def xp_fewshot(cfg, runner: Runner, train, val, test):
                 extra.update(model_name_or_path=str(start), config_overrides={})
             if extra.get("rehearsal"):
                 extra["rehearsal"] = {"data_dir": str(rehearsal_dir), **extra["rehearsal"]}
-            final = train_or_reuse(spectrafm_values(cfg, run_dir, e["steps"], ["FE_H"], **extra),
-                                   splits=(fm_data(cfg, few), fm_data(cfg, val_rich), None),
-                                   log=lambda m: log(f"xp_fewshot: {m}"))
-            pred = runner.cached(f"xp_fewshot_{fewshot_run_name(cfg, model, draw)}",
-                                 lambda: predict_spectrafm(final, fm_data(cfg, test), ["FE_H"]))
+            if recipe.get("linear_probe"):  # no training: a ridge line from the frozen pretrained model
+                final = linear_probe_spectrafm(start, fm_data(cfg, few), fm_data(cfg, val_rich), ["FE_H"], run_dir)
+            else:
+                final = train_or_reuse(spectrafm_values(cfg, run_dir, e["steps"], ["FE_H"], **extra),
+                                       splits=(fm_data(cfg, few), fm_data(cfg, val_rich), None),
+                                       log=lambda m: log(f"xp_fewshot: {m}"))
+            name = f"xp_fewshot_{fewshot_run_name(cfg, model, draw)}"
+            pred = runner.cached(name, lambda: predict_spectrafm(final, fm_data(cfg, test), ["FE_H"]))
             rows += metrics_rows("xp_fewshot", model, pred, truth, ["FE_H"], draw=draw)
+            if start is not None:
+                nll.setdefault(model, []).append(validation_nll(runner, name, final, fm_data(cfg, val_rich)))
         X, Y = flux_matrix(few), frame(few, ["FE_H"])[["FE_H"]].to_numpy()
         for kind, params in (e.get("baselines") or {}).items():
             pred = runner.cached(f"xp_fewshot_{kind}_draw{draw}",
                                  lambda: fit_baseline(kind, params, X, Y, Xv, Yv, Xt, ["FE_H"]))
             rows += metrics_rows("xp_fewshot", "scratch_nn" if kind == "mlp" else kind, pred, truth, ["FE_H"],
                                  draw=draw)
+    if nll:
+        runner.selection["xp_fewshot"] = nll_selection(nll)
     return rows
 
 
@@ -605,6 +665,13 @@ def run(cfg, experiments, report: bool = True):
     summary["data"] = {"train": len(train), "validation": len(val), "test": len(test), "test_feh_lt_-1": n_mp,
                        "domain": cfg.get("domain"), "labels": cfg["labels"]}
     summary["figures"] = {k: str(v) for k, v in figures(cfg, runner, table, test, results, full_runs).items()}
+    selection = {}  # experiments not re-run this time keep theirs
+    if (results / "summary.json").is_file():
+        selection = {k: v for k, v in json.loads((results / "summary.json").read_text()).get(
+            "recipe_selection", {}).items() if k not in experiments}
+    selection.update(runner.selection)
+    if selection:
+        summary["recipe_selection"] = selection
     (results / "summary.json").write_text(json.dumps(summary, indent=2, default=float))
     log(f"done in {time.time() - t0:.0f} s: {csv_path}, {results / 'summary.json'}")
     show = table[table.split.isin(["all", "feh_lt_-1"])]

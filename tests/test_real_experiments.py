@@ -61,8 +61,9 @@ def test_tiny_preset_writes_every_experiment_model_label_and_split(tiny):
     assert list(table.columns[: len(COLUMNS)]) == COLUMNS
     models = {e: set(g.model) for e, g in table.groupby("experiment")}
     assert models == {"xp_full": {"spectrafm", "mlp", "gbt", "ridge"},
-                      "xp_fewshot": {"spectrafm_no_pretraining", "spectrafm", "spectrafm_no_l2sp", "spectrafm_lora",
-                                     "spectrafm_all_weights", "spectrafm_helpers_only", "scratch_nn", "ridge"},
+                      "xp_fewshot": {"spectrafm_no_pretraining", "spectrafm", "spectrafm_decoder_l2sp",
+                                     "spectrafm_no_l2sp", "spectrafm_lora", "spectrafm_all_weights",
+                                     "spectrafm_helpers_only", "scratch_nn", "ridge"},
                       "xp_multimodal": {"spectrafm", "spectrafm_photometry"}}
     assert set(table.split) == {"all", "feh_lt_-1", "feh_ge_-1", "giants", "dwarfs"}
     full = table[table.experiment == "xp_full"]
@@ -88,13 +89,14 @@ def test_fewshot_sees_no_metal_poor_star_and_no_test_star(tiny, xp):
             continue
         info = json.loads((run / "final" / "training_info.json").read_text())
         assert info["data"]["train"] == 20 and info["data"]["labels"] == ["FE_H"]
-    # the recommended recipe rehearses pretraining rows that carry Teff and logg only, never a star's [Fe/H]
+    # the decoder fine-tune rehearses pretraining rows that carry Teff and logg only, never a star's [Fe/H]
     import datasets
 
     rehearsal = datasets.load_from_disk(str(out / "xp_fewshot" / "rehearsal_teff_logg"))
     assert len(rehearsal) == 8 and {"TEFF", "LOGG"} <= set(rehearsal.column_names)
     assert not {"FE_H", "ALPHA_M"} & set(rehearsal.column_names)
-    info = json.loads((out / "xp_fewshot" / "spectrafm_draw77_masked_flux" / "final" / "training_info.json").read_text())
+    run = out / "xp_fewshot" / "spectrafm_decoder_l2sp_draw77_masked_flux"
+    info = json.loads((run / "final" / "training_info.json").read_text())
     assert info["data"]["train"] == 20 + 8 and info["data"]["helper_labels"] == ["TEFF", "LOGG"]
     # the script's selection rule, replayed: only stars with [Fe/H] > -1 from the train split
     script = _script()
@@ -106,14 +108,14 @@ def test_fewshot_sees_no_metal_poor_star_and_no_test_star(tiny, xp):
 
 
 def test_fewshot_recipe_keeps_the_pretrained_encoder(tiny):
-    """The recommended xp_fewshot recipe freezes encoder and embeddings and pulls the decoder toward its pretrained
-    weights (L2-SP); the all-weights ablation trains the encoder, the no-L2-SP one has no penalty."""
+    """The decoder fine-tune freezes encoder and embeddings and pulls the decoder toward its pretrained weights
+    (L2-SP); the all-weights ablation trains the encoder, the no-L2-SP one has no penalty."""
     from spectrafm_hf import SpectraFMModel
 
     out, _ = tiny
     runs = out / "xp_fewshot"
     pretrained = SpectraFMModel.from_pretrained(runs / "pretrain_teff_logg_masked_flux" / "final").state_dict()
-    for model, encoder_kept in (("spectrafm", True), ("spectrafm_all_weights", False)):
+    for model, encoder_kept in (("spectrafm_decoder_l2sp", True), ("spectrafm_all_weights", False)):
         tuned = SpectraFMModel.from_pretrained(runs / f"{model}_draw77_masked_flux" / "final").state_dict()
         encoder = [k for k in pretrained if k.startswith("encoder.")]
         decoder = [k for k in pretrained if k.startswith("decoder.")]
@@ -122,8 +124,30 @@ def test_fewshot_recipe_keeps_the_pretrained_encoder(tiny):
         assert all(same) if encoder_kept else not all(same), model
         assert not all(torch.equal(pretrained[k], tuned[k]) for k in decoder), model
     alpha = {m: json.loads((runs / f"{m}_draw77_masked_flux" / "final" / "training_info.json").read_text())
-             ["config"]["model"]["l2sp_alpha"] for m in ("spectrafm", "spectrafm_no_l2sp")}
-    assert alpha == {"spectrafm": 0.1, "spectrafm_no_l2sp": 0.0}
+             ["config"]["model"]["l2sp_alpha"] for m in ("spectrafm_decoder_l2sp", "spectrafm_no_l2sp")}
+    assert alpha == {"spectrafm_decoder_l2sp": 0.1, "spectrafm_no_l2sp": 0.0}
+
+
+def test_fewshot_recommended_recipe_is_a_linear_probe_of_the_untouched_pretrained_model(tiny):
+    """Row spectrafm of xp_fewshot (recipe v8): the pretrained network, every weight unchanged, with a linear probe of
+    [Fe/H] fitted on the draw's 20 stars; every pretrained model's validation [Fe/H] NLL is in the summary."""
+    from spectrafm_hf import SpectraFMModel, SpectraFMPipeline
+
+    out, _ = tiny
+    runs = out / "xp_fewshot"
+    pretrained = SpectraFMModel.from_pretrained(runs / "pretrain_teff_logg_masked_flux" / "final").state_dict()
+    for draw in (77, 78):
+        folder = runs / f"spectrafm_draw{draw}_masked_flux"
+        pipe = SpectraFMPipeline.from_pretrained(folder / "final", device="cpu")
+        assert all(torch.equal(v, pretrained[k]) for k, v in pipe.model.state_dict().items())
+        assert pipe.label_names == ["TEFF", "LOGG", "FE_H"] and list(pipe.processor.linear_probes) == ["FE_H"]
+        record = json.loads((folder / "linear_probe.json").read_text())
+        assert record["probes"]["FE_H"]["n_fit"] == 20 and record["probes"]["FE_H"]["inputs"] == ["TEFF", "LOGG"]
+    selection = json.loads((out / "results" / "summary.json").read_text())["recipe_selection"]["xp_fewshot"]
+    assert set(selection["validation_fe_h_nll"]) == {"spectrafm", "spectrafm_decoder_l2sp", "spectrafm_no_l2sp",
+                                                     "spectrafm_lora", "spectrafm_all_weights",
+                                                     "spectrafm_helpers_only"}
+    assert all(np.isfinite(v) for v in selection["validation_fe_h_nll"].values())
 
 
 def test_each_experiment_reads_its_own_pixels(tiny):
@@ -351,14 +375,17 @@ def test_fewshot_pretraining_masked_flux_is_an_option_with_its_own_runs(tmp_path
             assert _script().main([str(REPO / "scripts" / "configs" / "real_xp_tiny.yaml"), "--output_dir",
                                    str(tmp_path), "--experiments", "xp_fewshot", "--set",
                                    f"xp_fewshot.pretrain.masked_flux_fraction={fraction}", "--set",
-                                   "xp_fewshot.ablations={}", "--set", "xp_fewshot.draws=[77]"]) == 0
+                                   "xp_fewshot.ablations={spectrafm_no_l2sp: {learning_rate: 0.003}}", "--set",
+                                   "xp_fewshot.draws=[77]"]) == 0
     runs = tmp_path / "xp_fewshot"
     for suffix, fraction in (("_masked_flux", 0.25), ("", 0)):
         info = json.loads((runs / f"pretrain_teff_logg{suffix}" / "final" / "training_info.json").read_text())
         assert info["config"]["data"]["masked_flux_fraction"] == fraction
-        tuned = json.loads((runs / f"spectrafm_draw77{suffix}" / "final" / "training_info.json").read_text())
+        tuned = json.loads((runs / f"spectrafm_no_l2sp_draw77{suffix}" / "final" / "training_info.json").read_text())
         assert tuned["config"]["data"]["masked_flux_fraction"] == 0  # fine-tunes are not masked
         start = os.path.normpath(runs / f"pretrain_teff_logg{suffix}" / "final")
-        assert tuned["config"]["model"]["model_name_or_path"] == \
-            f"final#{hashlib.sha256(start.encode()).hexdigest()[:8]}"  # training_info hides local paths
+        recorded = f"final#{hashlib.sha256(start.encode()).hexdigest()[:8]}"  # local paths are hidden
+        assert tuned["config"]["model"]["model_name_or_path"] == recorded
+        probe = json.loads((runs / f"spectrafm_draw77{suffix}" / "linear_probe.json").read_text())
+        assert probe["start"] == recorded  # the recommended recipe: a probe of the same pretraining
         assert (tmp_path / "predictions" / f"xp_fewshot_spectrafm_draw77{suffix}.csv").is_file()
