@@ -193,7 +193,7 @@ def run(cfg):
     Xv, Yv = rd.flux_matrix(val), rd.frame(val, ["FE_H"])[["FE_H"]].to_numpy()
     fine = dict(e.get("finetune") or {})  # SpectraFM without pretraining (and the default for the pretrained one)
     fine_pre = dict(e.get("finetune_pretrained") or {})  # extra fields for the pretrained model
-    rows, truths = [], {}
+    rows, truths, nll = [], {}, {}
     for draw in draws:
         few, test = sets[draw]
         truth = rd.frame(test, ["FE_H", "LOGG", "TEFF"])
@@ -213,10 +213,15 @@ def run(cfg):
             steps = extra.pop("steps", e["steps"])  # a recipe may carry its own budget
             if extra.get("rehearsal"):  # rehearsal defaults to this experiment's own pretraining spectra
                 extra["rehearsal"] = {"data_dir": str(out / "synthetic" / "train"), **extra["rehearsal"]}
-            final = train_or_reuse(rd.spectrafm_values(cfg, out / f"{model}_draw{draw}", steps, labels, **extra),
-                                   splits=(few, val, None), log=lambda m: log(f"draw {draw}: {m}"))
+            if recipe.get("linear_probe"):  # no training: a ridge line from the frozen pretrained model
+                final = rd.linear_probe_spectrafm(start, few, val, ["FE_H"], out / f"{model}_draw{draw}")
+            else:
+                final = train_or_reuse(rd.spectrafm_values(cfg, out / f"{model}_draw{draw}", steps, labels, **extra),
+                                       splits=(few, val, None), log=lambda m: log(f"draw {draw}: {m}"))
             pred = runner.cached(f"{model}_draw{draw}", lambda: rd.predict_spectrafm(final, test, ["FE_H"]))
             rows += rd.metrics_rows(EXPERIMENT, model, pred, truth, ["FE_H"], draw=draw)
+            if start is not None:
+                nll.setdefault(model, []).append(rd.validation_nll(runner, f"{model}_draw{draw}", final, val))
         if pretrained is not None and e.get("label_affine"):  # the network unchanged, [Fe/H] scale refitted
             folder = rd.affine_spectrafm(pretrained, few, ["FE_H"], out / f"spectrafm_affine_draw{draw}")
             pred = runner.cached(f"spectrafm_affine_draw{draw}", lambda: rd.predict_spectrafm(folder, test, ["FE_H"]))
@@ -245,7 +250,8 @@ def run(cfg):
                        "synthetic": cfg.get("synthetic"), "pretrain_steps": (cfg.get("pretrain") or {}).get("steps")}
     if synthetic_validation is not None:
         summary["pretrained_synthetic_validation"] = synthetic_validation
-    summary["recipe_selection"] = recipe_selection(out, [m for m in dict.fromkeys(table.model)], draws)
+    summary["recipe_selection"] = {**recipe_selection(out, [m for m in dict.fromkeys(table.model)], draws),
+                                   **(rd.nll_selection(nll) if nll else {})}
     summary["metal_poor_by_star_type"] = metal_poor_by_star_type(runner, table, truths)
     summary["figure"] = str(figure(cfg, runner, table, truths[draws[0]], draws[0], results))
     (results / "miles_summary.json").write_text(json.dumps(summary, indent=2, default=float))
