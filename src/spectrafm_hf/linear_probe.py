@@ -67,29 +67,3 @@ def apply_probe(probe: dict, features) -> np.ndarray:
         raise ValueError(f"this probe reads {w.size} features per spectrum, got an array of shape {x.shape}")
     z = (x - np.asarray(probe["feature_mean"], np.float64)) / np.asarray(probe["feature_scale"], np.float64)
     return z @ w + float(probe["bias"])
-
-
-def check_probe(name: str, probe: dict, hidden_size: int | None = None) -> dict:
-    """A stored probe, checked: every field present and finite, the lengths consistent (``inputs``: the model labels
-    whose predictions follow the ``hidden_size`` embedding values among the features)."""
-    keys = ("inputs", "weights", "bias", "feature_mean", "feature_scale", "alpha", "sigma", "n_fit")
-    missing = [k for k in keys if k not in probe]
-    if missing:
-        raise ValueError(f"linear_probes[{name!r}] lacks {missing}")
-    out = {"inputs": [str(v) for v in probe["inputs"]]}
-    for key in ("weights", "feature_mean", "feature_scale"):
-        out[key] = [float(v) for v in probe[key]]
-    for key in ("bias", "alpha", "sigma"):
-        out[key] = float(probe[key])
-    out["n_fit"] = int(probe["n_fit"])
-    p = len(out["weights"])
-    numbers = np.array(out["weights"] + out["feature_mean"] + out["feature_scale"] + [out["bias"], out["sigma"]])
-    if len(out["feature_mean"]) != p or len(out["feature_scale"]) != p or not np.isfinite(numbers).all():
-        raise ValueError(f"linear_probes[{name!r}]: weights, feature_mean and feature_scale need one finite value per "
-                         f"feature ({p}, {len(out['feature_mean'])}, {len(out['feature_scale'])})")
-    if hidden_size is not None and p != hidden_size + len(out["inputs"]):
-        raise ValueError(f"linear_probes[{name!r}] reads {p} features; this model gives {hidden_size} embedding "
-                         f"values + {len(out['inputs'])} label predictions")
-    if not (out["sigma"] > 0 and min(out["feature_scale"], default=1.0) > 0):
-        raise ValueError(f"linear_probes[{name!r}]: sigma and feature_scale must be positive")
-    return out

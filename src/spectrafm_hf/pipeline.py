@@ -23,9 +23,9 @@ import pandas as pd
 import torch
 
 from .configuration_spectrafm import SpectraFMConfig
+from .linear_probe import apply_probe
 from .modeling_spectrafm import SpectraFMModel
-from .processing_spectrafm import SpectraFMProcessor, line_autocorrelation, spectrum_snr
-from .linear_probe import apply_probe, check_probe
+from .processing_spectrafm import SpectraFMProcessor, check_probe, line_autocorrelation, spectrum_snr
 from .spectrum import Spectrum
 
 __all__ = ["SpectraFMPipeline", "label_unit", "to_astropy", "FLAGS", "row_flags"]
