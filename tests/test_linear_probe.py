@@ -4,6 +4,7 @@ label read as a straight line from the frozen model's embedding and label predic
 import json
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from conftest import TINY, fake_apogee_spectrum
@@ -117,3 +118,24 @@ def test_probe_uncertainties_recalibrate_on_validation_spectra(rng):
     table = probed.predict(spectra[30:], labels="NEW")
     inside = np.abs(table["NEW"] - noisy[30:]) <= table["NEW_err"]
     assert 0.6 <= inside.mean() <= 0.75 and scale > 0
+
+
+def test_the_predict_command_reads_a_probed_label_from_spectrum_files(rng, tmp_path):
+    """Survey-scale prediction (`spectrafm predict`, `spectrafm_hf.survey`) returns a probed label like any other."""
+    from conftest import TESTS
+    from spectrafm_hf.cli import main
+    from spectrafm_hf.instruments import read
+
+    fixtures = TESTS / "fixtures" / "apogee"
+    pipe = SpectraFMPipeline.from_pretrained(TINY, device="cpu")
+    spectra, _, truth = spectra_and_truth(pipe, rng)
+    pipe.fit_linear_probe(spectra, {"NEW": truth}, ["NEW"]).save_pretrained(tmp_path / "probed")
+    out = tmp_path / "labels.csv"
+    assert main(["predict", str(fixtures), "--model", str(tmp_path / "probed"), "--labels", "TEFF", "NEW",
+                 "-o", str(out), "--quiet"]) == 0
+    table = pd.read_csv(out)
+    assert {"TEFF", "NEW", "NEW_err"} <= set(table.columns) and table["NEW"].notna().all()
+    first = sorted(fixtures.iterdir())[0]
+    alone = SpectraFMPipeline.from_pretrained(tmp_path / "probed", device="cpu").predict(read(first), "NEW")
+    mine = table[table["source"] == str(first)]["NEW"].to_numpy()
+    np.testing.assert_allclose(mine, alone["NEW"].to_numpy(), rtol=1e-5)
