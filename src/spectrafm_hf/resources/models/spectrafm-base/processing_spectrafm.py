@@ -176,6 +176,32 @@ def _mad_std(x, axis=None):
     return 1.482602218505602 * np.nanmedian(dev, axis=axis)
 
 
+def check_probe(name: str, probe: dict, hidden_size: int | None = None) -> dict:
+    """A stored linear probe (`spectrafm_hf.linear_probe`), checked: every field present and finite, the lengths consistent (``inputs``: the model labels
+    whose predictions follow the ``hidden_size`` embedding values among the features)."""
+    keys = ("inputs", "weights", "bias", "feature_mean", "feature_scale", "alpha", "sigma", "n_fit")
+    missing = [k for k in keys if k not in probe]
+    if missing:
+        raise ValueError(f"linear_probes[{name!r}] lacks {missing}")
+    out = {"inputs": [str(v) for v in probe["inputs"]]}
+    for key in ("weights", "feature_mean", "feature_scale"):
+        out[key] = [float(v) for v in probe[key]]
+    for key in ("bias", "alpha", "sigma"):
+        out[key] = float(probe[key])
+    out["n_fit"] = int(probe["n_fit"])
+    p = len(out["weights"])
+    numbers = np.array(out["weights"] + out["feature_mean"] + out["feature_scale"] + [out["bias"], out["sigma"]])
+    if len(out["feature_mean"]) != p or len(out["feature_scale"]) != p or not np.isfinite(numbers).all():
+        raise ValueError(f"linear_probes[{name!r}]: weights, feature_mean and feature_scale need one finite value per "
+                         f"feature ({p}, {len(out['feature_mean'])}, {len(out['feature_scale'])})")
+    if hidden_size is not None and p != hidden_size + len(out["inputs"]):
+        raise ValueError(f"linear_probes[{name!r}] reads {p} features; this model gives {hidden_size} embedding "
+                         f"values + {len(out['inputs'])} label predictions")
+    if not (out["sigma"] > 0 and min(out["feature_scale"], default=1.0) > 0):
+        raise ValueError(f"linear_probes[{name!r}]: sigma and feature_scale must be positive")
+    return out
+
+
 class SpectraFMProcessor(FeatureExtractionMixin):
     r"""
     Prepares spectra for [`SpectraFMModel`] and turns its outputs into physical labels.
@@ -236,6 +262,10 @@ class SpectraFMProcessor(FeatureExtractionMixin):
             mean, ``slope * mean + intercept`` in physical units (``_err`` times ``|slope|``), fitted on labelled
             spectra of a new domain (`fit_label_affine`, `SpectraFMPipeline.calibrate_labels`): a few-shot transfer
             that moves only the label scale and zero point. Labels not listed: unchanged.
+        linear_probes (`dict[str, dict]`, *optional*): labels read as a straight line from the frozen model's
+            features, the embedding and its predictions of the labels named in ``inputs`` (`spectrafm_hf.linear_probe`,
+            `SpectraFMPipeline.fit_linear_probe`); `SpectraFMPipeline.predict` returns them as labels, with ``_err``
+            the probe's leave-one-out scatter. A probe of a label the model predicts replaces the model's answer.
 
     Example:
         >>> import numpy as np
@@ -282,6 +312,7 @@ class SpectraFMProcessor(FeatureExtractionMixin):
         uncertainty_scale: dict | None = None,
         uncertainty_scale_subsets: float = 1.0,
         label_affine: dict | None = None,
+        linear_probes: dict | None = None,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -349,6 +380,7 @@ class SpectraFMProcessor(FeatureExtractionMixin):
             if not (np.isfinite(slope) and np.isfinite(intercept) and slope != 0):
                 raise ValueError(f"label_affine[{name!r}] needs a finite non-zero slope and intercept, got {pair}")
             self.label_affine[str(name)] = [slope, intercept]
+        self.linear_probes = {str(k): check_probe(str(k), v) for k, v in (linear_probes or {}).items()}
         self._ref_cache = None
         self._emb_cache = None
 
