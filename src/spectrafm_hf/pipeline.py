@@ -253,10 +253,11 @@ class SpectraFMPipeline:
         return result
 
     def _query_ids(self, labels):
-        names = self.label_names if labels is None else [labels] if isinstance(labels, str) else list(labels)
+        """(names, decoder query ids) of labels the network itself predicts (None: all of them)."""
+        model = list(self.model.config.label_names)
+        names = model if labels is None else [labels] if isinstance(labels, str) else list(labels)
         if not names:
             raise ValueError(f"labels={labels!r} selects no label; give None (all) or some of {self.label_names}")
-        model = list(self.model.config.label_names)
         unknown = [n for n in names if n not in model]
         if unknown:
             probe_only = [n for n in unknown if n in self.label_names]
