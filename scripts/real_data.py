@@ -664,11 +664,12 @@ def run(cfg, experiments, report: bool = True):
     summary = summarise(table)
     summary["data"] = {"train": len(train), "validation": len(val), "test": len(test), "test_feh_lt_-1": n_mp,
                        "domain": cfg.get("domain"), "labels": cfg["labels"]}
-    summary["figures"] = {k: str(v) for k, v in figures(cfg, runner, table, test, results, full_runs).items()}
-    selection = {}  # experiments not re-run this time keep theirs
-    if (results / "summary.json").is_file():
-        selection = {k: v for k, v in json.loads((results / "summary.json").read_text()).get(
-            "recipe_selection", {}).items() if k not in experiments}
+    # a partial run keeps the entries of what it did not re-make: the other experiments' figures and selections
+    before = json.loads((results / "summary.json").read_text()) if (results / "summary.json").is_file() else {}
+    made = {k: str(v) for k, v in figures(cfg, runner, table, test, results, full_runs).items()}
+    summary["figures"] = {**{k: v for k, v in before.get("figures", {}).items() if (results / Path(v).name).is_file()},
+                          **made}
+    selection = {k: v for k, v in before.get("recipe_selection", {}).items() if k not in experiments}
     selection.update(runner.selection)
     if selection:
         summary["recipe_selection"] = selection

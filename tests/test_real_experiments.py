@@ -211,6 +211,10 @@ def test_reruns_reuse_trained_models(tiny):
     assert "training (" not in log and log.count("exists, skipped") == 2
     # the rows kept from the table (xp_fewshot's) and the re-made ones summarise to the same digits as a whole run
     assert (out / "results" / "summary.json").read_text() == summary
+    with contextlib.redirect_stdout(io.StringIO()):  # a few-shot-only re-run keeps xp_full's figures in the summary
+        _script().main([str(REPO / "scripts" / "configs" / "real_xp_tiny.yaml"), "--output_dir", str(out),
+                        "--experiments", "xp_fewshot"])
+    assert (out / "results" / "summary.json").read_text() == summary
     # a partial run replaces its own rows and keeps the others, and the largest run's figures
     before = pd.read_csv(out / "results" / "real_data.csv")
     largest_run_figures = {name: (out / "results" / name).read_bytes()
