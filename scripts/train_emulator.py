@@ -35,8 +35,6 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from spectrafm_hf.training.info import cpu_model
-from spectrafm_hf.training.presets import read_yaml
 from spectrafm_hf.synth.emulator import (  # noqa: E402
     LABEL_NAMES,
     EmulatorNet,
@@ -44,7 +42,8 @@ from spectrafm_hf.synth.emulator import (  # noqa: E402
     load_emulator,
     save_emulator,
 )
-
+from spectrafm_hf.training.info import cpu_model  # noqa: E402
+from spectrafm_hf.training.presets import read_yaml  # noqa: E402
 
 
 def split_indices(n: int, holdout_fraction: float, split_seed: int) -> tuple[np.ndarray, np.ndarray]:
