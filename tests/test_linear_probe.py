@@ -85,6 +85,12 @@ def test_a_probe_adds_a_label_and_keeps_the_network_and_the_old_pipeline(rng, tm
     assert len(stored["NEW"]["weights"]) == pipe.model.config.hidden_size + len(pipe.label_names)
     again = SpectraFMPipeline.from_pretrained(tmp_path / "probed", device="cpu")
     np.testing.assert_allclose(again.predict(spectra, labels="NEW")["NEW"], table["NEW"], rtol=1e-6)
+    # the model card names the probed label and what the probe reads (folder and pipeline alike)
+    from spectrafm_hf.cards import render_model_card
+
+    for source in (tmp_path / "probed", probed):
+        card = render_model_card(source).text
+        assert "`NEW`: linear probe" in card and "fitted on 30 spectra" in card
     # fine-tuning makes new features: the probe does not survive it
     assert probed.fit(spectra[:8], {"TEFF": base["TEFF"][:8]}, steps=1, rehearsal=None).processor.linear_probes == {}
     with pytest.raises(KeyError, match="read by a linear probe"):

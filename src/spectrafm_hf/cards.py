@@ -160,8 +160,14 @@ def _describe(folder_or_pipeline) -> tuple[dict, dict, dict, int | None]:
     return model.config.to_dict(), processor.to_dict(), {}, n_params
 
 
+def _card_labels(config: dict, pre: dict) -> list[str]:
+    """The labels the folder predicts: the network's, then those only a linear probe reads (as `label_names`)."""
+    labels = list(config.get("label_names") or [])
+    return labels + [n for n in (pre.get("linear_probes") or {}) if n not in labels]
+
+
 def _architecture_table(config: dict, pre: dict, n_params: int | None) -> str:
-    labels = config.get("label_names") or []
+    labels = _card_labels(config, pre)
     rows = [
         ("Architecture", "SpectraFM encoder-decoder Transformer (`SpectraFMModel`)"),
         ("Parameters", f"{n_params:,}" if n_params else "-"),
@@ -175,6 +181,11 @@ def _architecture_table(config: dict, pre: dict, n_params: int | None) -> str:
     ]
     if config.get("scalar_input_names"):
         rows.append(("Extra scalar inputs", ", ".join(f"`{n}`" for n in config["scalar_input_names"])))
+    for name, probe in (pre.get("linear_probes") or {}).items():
+        reads = ", ".join(["the mean encoder output", *(f"its `{n}`" for n in probe.get("inputs", []))])
+        rows.append((f"`{name}`: linear probe", f"ridge on {reads} (the network unchanged), fitted on "
+                                                f"{probe.get('n_fit', '?')} spectra; sigma {probe.get('sigma', 0):.3g} "
+                                                "(leave-one-out)"))
     cov = pre.get("wavelength_coverage")
     if cov:
         rows.append(("Trained wavelength coverage", "; ".join(f"{lo:g}-{hi:g} A" for lo, hi in cov) + " (vacuum)"))
@@ -371,7 +382,7 @@ def render_model_card(folder_or_pipeline, kind: str | None = None, **info):
     dataset_id = info.get("dataset_id") or (datasets[0] if datasets else trained_on or "custom")
     dataset_name = info.get("dataset_name") or dataset_id
     split = info.get("dataset_split") or metric_split or "test"
-    labels = config.get("label_names") or []
+    labels = _card_labels(config, pre)
 
     data = ModelCardData(
         license=info.get("license", "mit"),
