@@ -495,7 +495,7 @@ def render_dataset_card(**info):
         configs_text += "\n\n| Configuration | Split | Spectra |\n|---|---|---|\n" + "\n".join(
             f"| `{c}` | {s} | {n:,} |" for c, splits in num_rows.items() for s, n in splits.items())
 
-    refs = [f"- Koblischke, N. & Bovy, J. 2024, arXiv:2411.04750: SpectraFM: Tuning into Stellar Foundation Models"]
+    refs = ["- Koblischke, N. & Bovy, J. 2024, arXiv:2411.04750: SpectraFM: Tuning into Stellar Foundation Models"]
     for inst in instruments:
         for ref in SURVEY_CITATIONS.get(inst.lower(), SURVEY_CITATIONS.get(inst.lower().split("_")[0], [])):
             if f"- {ref}" not in refs:
