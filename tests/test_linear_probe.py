@@ -85,6 +85,11 @@ def test_a_probe_adds_a_label_and_keeps_the_network_and_the_old_pipeline(rng, tm
     assert len(stored["NEW"]["weights"]) == pipe.model.config.hidden_size + len(pipe.label_names)
     again = SpectraFMPipeline.from_pretrained(tmp_path / "probed", device="cpu")
     np.testing.assert_allclose(again.predict(spectra, labels="NEW")["NEW"], table["NEW"], rtol=1e-6)
+    # features are read in predict's chunks: a probe fitted chunk by chunk is the same probe
+    pipe.chunk_size = 7
+    chunked = pipe.fit_linear_probe(spectra[:30], {"NEW": truth[:30]}, ["NEW"])
+    assert chunked.processor.linear_probes["NEW"]["weights"] == pytest.approx(
+        probed.processor.linear_probes["NEW"]["weights"], rel=1e-6)
     # the model card names the probed label and what the probe reads (folder and pipeline alike)
     from spectrafm_hf.cards import render_model_card
 

@@ -690,16 +690,20 @@ class SpectraFMPipeline:
         new = SpectraFMPipeline(self.model, copy.deepcopy(self.processor), self.device, self.batch_size, self.bf16,
                                 self.compile)
         kept, new.processor.linear_probes = new.processor.linear_probes, {}  # features from the network's answers
+        parts = []
         try:
-            prepared = [self.processor.prepare(s) for s in spectra]
-            answers, _, _, _, _, embedding = new._predict_prepared(prepared, run, run, ids, None, seed, n_repeats,
-                                                                   embed=True)
+            for start in range(0, len(spectra), self.chunk_size):  # bounded memory, the chunks `predict` reads
+                prepared = [self.processor.prepare(s) for s in spectra[start:start + self.chunk_size]]
+                answers, _, _, _, _, embedding = new._predict_prepared(prepared, run, run, ids, None, seed, n_repeats,
+                                                                       embed=True)
+                parts.append(np.column_stack([embedding, answers]))
         finally:
             new.processor.linear_probes = kept
-        features = np.column_stack([embedding, answers])
+        features = np.concatenate(parts)
+        hidden_size = features.shape[1] - len(run)
         for k, name in enumerate(names):
             probe = fit_ridge_loo(features, values[:, k], **({} if alphas is None else {"alphas": alphas}))
-            new.processor.linear_probes[name] = check_probe(name, {**probe, "inputs": run}, embedding.shape[1])
+            new.processor.linear_probes[name] = check_probe(name, {**probe, "inputs": run}, hidden_size)
             new.processor.label_affine.pop(name, None)  # corrections of the network's answer do not apply
             new.processor.uncertainty_scale.pop(name, None)
         if hasattr(self, "name_or_path"):
