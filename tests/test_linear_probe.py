@@ -131,8 +131,9 @@ def test_probe_uncertainties_recalibrate_on_validation_spectra(rng):
     assert 0.6 <= inside.mean() <= 0.75 and scale > 0
 
 
-def test_the_predict_command_reads_a_probed_label_from_spectrum_files(rng, tmp_path):
-    """Survey-scale prediction (`spectrafm predict`, `spectrafm_hf.survey`) returns a probed label like any other."""
+def test_the_predict_command_reads_a_probed_label_from_spectrum_files(rng, tmp_path, capsys):
+    """Survey-scale prediction (`spectrafm predict`, `spectrafm_hf.survey`) returns a probed label like any other;
+    `spectrafm info` names the probe."""
     from conftest import TESTS
     from spectrafm_hf.cli import main
     from spectrafm_hf.instruments import read
@@ -146,6 +147,8 @@ def test_the_predict_command_reads_a_probed_label_from_spectrum_files(rng, tmp_p
                  "-o", str(out), "--quiet"]) == 0
     table = pd.read_csv(out)
     assert {"TEFF", "NEW", "NEW_err"} <= set(table.columns) and table["NEW"].notna().all()
+    assert main(["info", str(tmp_path / "probed")]) == 0
+    assert "NEW      linear probe on the embedding + TEFF, LOGG" in capsys.readouterr().out
     first = sorted(fixtures.iterdir())[0]
     alone = SpectraFMPipeline.from_pretrained(tmp_path / "probed", device="cpu").predict(read(first), "NEW")
     mine = table[table["source"] == str(first)]["NEW"].to_numpy()
