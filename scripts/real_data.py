@@ -140,16 +140,22 @@ def spectrafm_values(cfg, run_dir: Path, steps: int, labels, **extra) -> dict:
     return values
 
 
+def spectra_of(ds) -> list:
+    """The rows of a dataset as `Spectrum` objects (what the pipeline reads)."""
+    from spectrafm_hf.data import row_to_spectrum
+
+    return [row_to_spectrum(r) for r in ds.with_format("numpy")]
+
+
 def affine_spectrafm(start, ds, labels, folder: Path) -> Path:
     """``start`` with a per-label affine correction fitted on the labelled stars of ``ds``
     (`SpectraFMPipeline.calibrate_labels`: the network unchanged), saved in ``folder`` (reused when it exists)."""
-    from spectrafm_hf.data import row_to_spectrum
     from spectrafm_hf.pipeline import SpectraFMPipeline
 
     if (folder / "config.json").is_file():
         return folder
     pipe = SpectraFMPipeline.from_pretrained(start, device="cpu")
-    fitted = pipe.calibrate_labels([row_to_spectrum(r) for r in ds.with_format("numpy")],
+    fitted = pipe.calibrate_labels(spectra_of(ds),
                                    {n: column_values(ds, n) for n in labels}, seed=0)
     pipe.save_pretrained(folder, overwrite=True)
     log(f"{folder.name}: label_affine {fitted} on {len(ds)} stars")
@@ -161,7 +167,6 @@ def linear_probe_spectrafm(start, few, val, labels, folder: Path) -> Path:
     (`SpectraFMPipeline.fit_linear_probe`: the network unchanged, no training step) and its sigma recalibrated on
     ``val`` as every fine-tune's is; saved in ``folder``/final (reused when it exists) with linear_probe.json."""
     from spectrafm_hf.checkpoint_folder import redact_local_details
-    from spectrafm_hf.data import row_to_spectrum
     from spectrafm_hf.pipeline import SpectraFMPipeline
 
     final = folder / "final"
@@ -169,14 +174,10 @@ def linear_probe_spectrafm(start, few, val, labels, folder: Path) -> Path:
         log(f"{final} exists, reused")
         return final
     t = time.time()
-
-    def spectra(ds):
-        return [row_to_spectrum(r) for r in ds.with_format("numpy")]
-
     pipe = SpectraFMPipeline.from_pretrained(start, device="cpu")
-    probed = pipe.fit_linear_probe(spectra(few), {n: column_values(few, n) for n in labels}, labels, seed=0)
+    probed = pipe.fit_linear_probe(spectra_of(few), {n: column_values(few, n) for n in labels}, labels, seed=0)
     try:
-        scale = probed.calibrate_uncertainties(spectra(val), {n: column_values(val, n) for n in labels}, labels,
+        scale = probed.calibrate_uncertainties(spectra_of(val), {n: column_values(val, n) for n in labels}, labels,
                                                seed=0)
     except ValueError as err:  # e.g. too few validation stars: the probe's own leave-one-out sigma is kept
         scale = None
@@ -184,8 +185,8 @@ def linear_probe_spectrafm(start, few, val, labels, folder: Path) -> Path:
     probed.save_pretrained(final)
     probes = {n: {k: probed.processor.linear_probes[n][k] for k in ("inputs", "alpha", "sigma", "n_fit")}
               for n in labels}
-    record = {"start": redact_local_details(str(start)), "probes": probes, "uncertainty_scale": scale, "validation_stars": len(val),
-              "seconds": round(time.time() - t, 1)}
+    record = {"start": redact_local_details(str(start)), "probes": probes, "uncertainty_scale": scale,
+              "validation_stars": len(val), "seconds": round(time.time() - t, 1)}
     (folder / "linear_probe.json").write_text(json.dumps(record, indent=2))
     log(f"{folder.name}: linear probe {probes}, sigma x {scale} on {len(val)} validation stars")
     return final
@@ -209,12 +210,10 @@ def nll_selection(nll: dict) -> dict:
 
 
 def predict_spectrafm(folder, ds, labels, known_names=(), device="cpu") -> pd.DataFrame:
-    from spectrafm_hf.data import row_to_spectrum
     from spectrafm_hf.pipeline import SpectraFMPipeline
 
     pipe = SpectraFMPipeline.from_pretrained(folder, device=device)
-    rows = ds.with_format("numpy")
-    spectra = [row_to_spectrum(r) for r in rows]
+    spectra = spectra_of(ds)
     known = {n: column_values(ds, n) for n in known_names}
     table = pipe.predict(spectra, labels=list(labels), known=known or None, seed=0)
     return pd.DataFrame({**{f"{n}_pred": table[n].to_numpy() for n in labels},

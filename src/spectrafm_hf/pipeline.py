@@ -252,12 +252,17 @@ class SpectraFMPipeline:
             result["embedding"] = torch.cat(pooled).numpy()
         return result
 
+    def _names(self, labels, default) -> list[str]:
+        """``labels`` (None: ``default``; a string: one label) as a non-empty list."""
+        names = list(default) if labels is None else [labels] if isinstance(labels, str) else list(labels)
+        if not names:
+            raise ValueError(f"labels={labels!r} selects no label; give None (all) or some of {self.label_names}")
+        return names
+
     def _query_ids(self, labels):
         """(names, decoder query ids) of labels the network itself predicts (None: all of them)."""
         model = list(self.model.config.label_names)
-        names = model if labels is None else [labels] if isinstance(labels, str) else list(labels)
-        if not names:
-            raise ValueError(f"labels={labels!r} selects no label; give None (all) or some of {self.label_names}")
+        names = self._names(labels, model)
         unknown = [n for n in names if n not in model]
         if unknown:
             probe_only = [n for n in unknown if n in self.label_names]
@@ -271,9 +276,7 @@ class SpectraFMPipeline:
         """(names asked for, the model labels to run, their query ids): a label with a linear probe is computed
         from the embedding and the predictions of the probe's ``inputs``, which are run instead of it."""
         probes = self.processor.linear_probes
-        names = self.label_names if labels is None else [labels] if isinstance(labels, str) else list(labels)
-        if not names:
-            raise ValueError(f"labels={labels!r} selects no label; give None (all) or some of {self.label_names}")
+        names = self._names(labels, self.label_names)
         unknown = [n for n in names if n not in self.label_names]
         if unknown:
             raise KeyError(f"this model does not predict {unknown}; it predicts {self.label_names}")
@@ -691,14 +694,12 @@ class SpectraFMPipeline:
                                 self.compile)
         kept, new.processor.linear_probes = new.processor.linear_probes, {}  # features from the network's answers
         parts = []
-        try:
-            for start in range(0, len(spectra), self.chunk_size):  # bounded memory, the chunks `predict` reads
-                prepared = [self.processor.prepare(s) for s in spectra[start:start + self.chunk_size]]
-                answers, _, _, _, _, embedding = new._predict_prepared(prepared, run, run, ids, None, seed, n_repeats,
-                                                                       embed=True)
-                parts.append(np.column_stack([embedding, answers]))
-        finally:
-            new.processor.linear_probes = kept
+        for start in range(0, len(spectra), self.chunk_size):  # bounded memory, the chunks `predict` reads
+            prepared = [self.processor.prepare(s) for s in spectra[start:start + self.chunk_size]]
+            answers, _, _, _, _, embedding = new._predict_prepared(prepared, run, run, ids, None, seed, n_repeats,
+                                                                   embed=True)
+            parts.append(np.column_stack([embedding, answers]))
+        new.processor.linear_probes = kept  # (a failure above discards `new`; this pipeline is never touched)
         features = np.concatenate(parts)
         hidden_size = features.shape[1] - len(run)
         for k, name in enumerate(names):
