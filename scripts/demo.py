@@ -17,7 +17,6 @@ import time
 import warnings
 from pathlib import Path
 
-import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -10,7 +10,6 @@ import tomllib
 
 import numpy as np
 import pandas as pd
-import pytest
 from conftest import REPO, TINY, fake_apogee_spectrum
 from hub_fixtures import fake_hub  # noqa: F401  (fixture)
 

@@ -4,7 +4,6 @@ is declared in pyproject.toml (as a dependency or in the extra that documents it
 import ast
 import sys
 import tomllib
-from pathlib import Path
 
 from conftest import REPO
 

@@ -86,7 +86,7 @@ def test_miles_wavelengths_are_vacuum():
     assert a.meta["wavelength_air"][0] == pytest.approx(3540.5) and a.wavelength[0] == pytest.approx(
         float(air_to_vacuum(3540.5)))
     assert 3541.4 < a.wavelength[0] < 3541.6 and 7411.5 < a.wavelength[-1] < 7411.8
-    t, g = a.labels["TEFF"], a.labels["LOGG"]
+    t = a.labels["TEFF"]
     cool = np.flatnonzero((t > 4500) & (t < 6500))
     assert len(cool) >= 10
     win = (a.wavelength > 6550) & (a.wavelength < 6580)

@@ -2,7 +2,6 @@
 config validation on load, and determinism."""
 
 import json
-import os
 
 import numpy as np
 import pytest

@@ -16,7 +16,7 @@ from conftest import TINY, fake_apogee_spectrum
 from hub_fixtures import fake_hub  # noqa: F401  (fixture)
 from transformers.dynamic_module_utils import get_imports, get_relative_imports
 
-from spectrafm_hf import SpectraFMPipeline, SpectraFMProcessor, Spectrum
+from spectrafm_hf import SpectraFMPipeline, SpectraFMProcessor
 from spectrafm_hf.checkpoint_folder import CODE_FILES, PACKAGE_DIR, PROCESSOR_AUTO_MAP
 from spectrafm_hf.hub import push_pipeline
 

@@ -125,7 +125,7 @@ def test_collator_augment_hook(dsd):
 def test_run_training_takes_window_and_augment_options(dsd, tmp_path):
     from transformers import TrainingArguments
 
-    from spectrafm_hf.training.run import DataArguments, ModelArguments, args_from_dict, run_training
+    from spectrafm_hf.training.run import ModelArguments, args_from_dict, run_training
 
     m, d, _ = args_from_dict({"output_dir": str(tmp_path), "window_prob": 0.5, "window_width": [32, 300],
                               "augment": {"snr_range": [50, 100], "prob": 0.5}})

@@ -30,7 +30,7 @@ H200_BF16_DENSE = 989.5e12  # NVIDIA H200 SXM, bf16 dense tensor-core peak FLOP/
 
 
 def main(argv=None):
-    from bench_model import forward_macs, time_train_step
+    from bench_model import time_train_step
 
     from spectrafm_hf import SpectraFMConfig, SpectraFMProcessor, synth
     from spectrafm_hf.synth.augment import RealismAugment

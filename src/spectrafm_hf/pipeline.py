@@ -22,7 +22,6 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .configuration_spectrafm import SpectraFMConfig
 from .linear_probe import apply_probe
 from .modeling_spectrafm import SpectraFMModel
 from .processing_spectrafm import SpectraFMProcessor, check_probe, line_autocorrelation, spectrum_snr

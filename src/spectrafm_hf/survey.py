@@ -309,7 +309,7 @@ def _predict_file_chunk(predictor, files, opts):
 
 
 def _predict_row_chunk(predictor, rows, source):
-    from .cli import _prepare, _where
+    from .cli import _prepare
 
     failures, good = [], []
     for row, item in rows:
