@@ -26,15 +26,21 @@ def test_docstring_examples_run(name):
     assert result.failed == 0
 
 
-def test_readme_points_at_real_files_and_commands():
-    text = (REPO / "README.md").read_text()
+DOCS = ["README.md", *sorted(p.relative_to(REPO).as_posix() for p in (REPO / "docs").glob("*.md"))]
+
+
+@pytest.mark.parametrize("doc", DOCS)
+def test_docs_point_at_real_files_and_commands(doc):
+    text = (REPO / doc).read_text()
     for path in set(re.findall(r"(?:scripts|tests|docs|benchmarks|hub_cards)/[\w/.\-+]+\.(?:py|yaml|md|fits|csv|png|json)", text)):
-        assert (REPO / path).exists(), f"README mentions {path}, which does not exist"
+        assert (REPO / path).exists(), f"{doc} mentions {path}, which does not exist"
+    for link in re.findall(r"\]\(([^)#:]+)(?:#[^)]*)?\)", text):  # markdown links resolve from the file's own folder
+        assert ((REPO / doc).parent / link).exists(), f"{doc} links to {link}, which does not exist"
     from spectrafm_hf.cli import build_parser
 
     commands = set(build_parser()._subparsers._group_actions[0].choices)
     for cmd in re.findall(r"^spectrafm (\w+)", text, flags=re.M):
-        assert cmd in commands, f"README uses `spectrafm {cmd}`, which the CLI does not have"
+        assert cmd in commands, f"{doc} uses `spectrafm {cmd}`, which the CLI does not have"
 
 
 # ------------------------------------------------------------------------------------------- README examples
