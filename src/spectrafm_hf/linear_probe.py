@@ -4,7 +4,7 @@ The features of a spectrum are the model's embedding (its mean encoder output, `
 model's own predictions of the labels it knows. A ridge regression on them, fitted on a few labelled stars, is the
 cheapest way to keep everything the pretraining learned: the network is not touched. A straight line also
 extrapolates where a fine-tuned decoder saturates (issue 14: on Gaia XP the fine-tuned decoder's [Fe/H] stops near
--0.6 for stars below -1; README: the few-shot comparisons).
+-0.6 for stars below -1; docs/real_spectra.md: the few-shot experiments).
 
 The ridge penalty is chosen by leave-one-out error on the fitting stars themselves (closed form, no validation
 split needed) and the 1-sigma uncertainty of a prediction is the root-mean-square leave-one-out residual.

@@ -654,7 +654,7 @@ class SpectraFMPipeline:
         (``label_affine``, saved by `save_pretrained`) and applied by every later `predict`; the network is unchanged.
         ``labels`` are read as in `fit`. Returns ``{label: [slope, intercept]}``. Outside the labels' range in
         ``spectra`` the straight line is extrapolated: fitted on metal-rich stars it helped metal-poor ones in the
-        paper's experiment and hurt them on MILES (README: the few-shot comparisons)."""
+        paper's experiment and hurt them on MILES (docs/real_spectra.md: the few-shot experiments)."""
         spectra = _as_list(spectra)
         names, values, _ = self._label_arrays(labels, label_names, None, len(spectra))
         saved = dict(self.processor.label_affine)
@@ -678,7 +678,7 @@ class SpectraFMPipeline:
         Returns a new pipeline sharing the network (this one is unchanged) whose `predict` returns the probed labels;
         a label the network predicts is replaced by its probe, one it does not predict is added (``label_names``).
         ``labels`` are read as in `fit`. The network is never trained, so nothing the pretraining learned is lost, and
-        the line extrapolates where a fine-tuned decoder saturates (README: the few-shot comparisons)."""
+        the line extrapolates where a fine-tuned decoder saturates (docs/real_spectra.md: the few-shot experiments)."""
         from .linear_probe import fit_ridge_loo
 
         spectra = _as_list(spectra)
