@@ -132,10 +132,13 @@ def main(argv=None) -> int:
     labels = list(pipe.model.config.label_names)
     others = [n for n in labels if n not in ("TEFF", "LOGG")]
 
+    read = {}
+
     def features(ds):  # what fit_linear_probe reads: mean encoder output and the network's answers ("auto")
-        spectra = spectra_of(ds)
-        answers = pipe.predict(spectra, labels=labels, seed=0)
-        return pipe.embed(spectra, seed=0), answers
+        if id(ds) not in read:  # XP's draws share one test set: read it once
+            spectra = spectra_of(ds)
+            read[id(ds)] = pipe.embed(spectra, seed=0), pipe.predict(spectra, labels=labels, seed=0)
+        return read[id(ds)]
 
     def ridge_x(f):
         return np.column_stack([f[0], f[1][labels].to_numpy(np.float64)])
@@ -154,11 +157,11 @@ def main(argv=None) -> int:
         row = {"n_test": len(yt), "n_test_metal_poor": int((yt < -1).sum()),
                "ridge_probe": scores(apply_probe(probe, ridge_x(ft)), yt, apply_probe(probe, ridge_x(fv)),
                                      np.full(len(yv), probe["sigma"]), yv)}
+        (x_fit, covariates_fit), xv, xt = generative_x(ff), generative_x(fv), generative_x(ft)
         for shrink in a.shrink:
-            x_fit, covariates_fit = generative_x(ff)
             model = generative_fit(x_fit, yf, covariates_fit, shrink)
-            pv, sv = generative_predict(model, *generative_x(fv))
-            pt, _ = generative_predict(model, *generative_x(ft))
+            pv, sv = generative_predict(model, *xv)
+            pt, _ = generative_predict(model, *xt)
             row[f"generative_shrink_{shrink:g}"] = scores(pt, yt, pv, sv, yv)
         result["draws"][str(draw)] = row
         print(draw, json.dumps(row), flush=True)
