@@ -193,9 +193,13 @@ def run(cfg):
     Xv, Yv = rd.flux_matrix(val), rd.frame(val, ["FE_H"])[["FE_H"]].to_numpy()
     fine = dict(e.get("finetune") or {})  # SpectraFM without pretraining (and the default for the pretrained one)
     fine_pre = dict(e.get("finetune_pretrained") or {})  # extra fields for the pretrained model
-    rows, truths, nll = [], {}, {}
+    rows, truths, nll, extrapolation = [], {}, {}, {}
+    check = e.get("extrapolation_check")  # every recipe also fitted above a cut, scored below it (real_data.py)
     for draw in draws:
         few, test = sets[draw]
+        if check:
+            cut, few_kept, val_kept, val_scored = rd.extrapolation_sets(few, val, check)
+            extrapolation.setdefault("cut_feh", {})[str(draw)] = round(cut, 4)
         truth = rd.frame(test, ["FE_H", "LOGG", "TEFF"])
         truths[draw] = truth
         variants = {"spectrafm_no_pretraining": (None, {})}
@@ -213,15 +217,23 @@ def run(cfg):
             steps = extra.pop("steps", e["steps"])  # a recipe may carry its own budget
             if extra.get("rehearsal"):  # rehearsal defaults to this experiment's own pretraining spectra
                 extra["rehearsal"] = {"data_dir": str(out / "synthetic" / "train"), **extra["rehearsal"]}
-            if recipe.get("linear_probe"):  # no training: a ridge line from the frozen pretrained model
-                final = rd.linear_probe_spectrafm(start, few, val, ["FE_H"], out / f"{model}_draw{draw}")
-            else:
-                final = train_or_reuse(rd.spectrafm_values(cfg, out / f"{model}_draw{draw}", steps, labels, **extra),
-                                       splits=(few, val, None), log=lambda m: log(f"draw {draw}: {m}"))
+
+            def fit(run_name, fit_stars, val_stars):
+                if recipe.get("linear_probe"):  # no training: a line from the frozen pretrained model
+                    probe = {k: recipe[k] for k in ("method", "shrink") if k in recipe}
+                    return rd.linear_probe_spectrafm(start, fit_stars, val_stars, ["FE_H"], out / run_name, **probe)
+                return train_or_reuse(rd.spectrafm_values(cfg, out / run_name, steps, labels, **extra),
+                                      splits=(fit_stars, val_stars, None), log=lambda m: log(f"draw {draw}: {m}"))
+
+            final = fit(f"{model}_draw{draw}", few, val)
             pred = runner.cached(f"{model}_draw{draw}", lambda: rd.predict_spectrafm(final, test, ["FE_H"]))
             rows += rd.metrics_rows(EXPERIMENT, model, pred, truth, ["FE_H"], draw=draw)
             if start is not None:
                 nll.setdefault(model, []).append(rd.validation_nll(runner, f"{model}_draw{draw}", final, val))
+            if start is not None and check:
+                run_name = f"{model}_draw{draw}_extrapolation_q{check.get('quantile', 0.3):g}"
+                score = rd.below_cut_rmse(runner, run_name, fit(run_name, few_kept, val_kept), val_scored)
+                extrapolation.setdefault("rmse", {}).setdefault(model, []).append(score)
         if pretrained is not None and e.get("label_affine"):  # the network unchanged, [Fe/H] scale refitted
             folder = rd.affine_spectrafm(pretrained, few, ["FE_H"], out / f"spectrafm_affine_draw{draw}")
             pred = runner.cached(f"spectrafm_affine_draw{draw}", lambda: rd.predict_spectrafm(folder, test, ["FE_H"]))
@@ -251,7 +263,7 @@ def run(cfg):
     if synthetic_validation is not None:
         summary["pretrained_synthetic_validation"] = synthetic_validation
     summary["recipe_selection"] = {**recipe_selection(out, [m for m in dict.fromkeys(table.model)], draws),
-                                   **(rd.nll_selection(nll) if nll else {})}
+                                   **(rd.nll_selection(nll, extrapolation, check) if nll else {})}
     summary["metal_poor_by_star_type"] = metal_poor_by_star_type(runner, table, truths)
     summary["figure"] = str(figure(cfg, runner, table, truths[draws[0]], draws[0], results))
     (results / "miles_summary.json").write_text(json.dumps(summary, indent=2, default=float))

@@ -162,10 +162,11 @@ def affine_spectrafm(start, ds, labels, folder: Path) -> Path:
     return folder
 
 
-def linear_probe_spectrafm(start, few, val, labels, folder: Path) -> Path:
+def linear_probe_spectrafm(start, few, val, labels, folder: Path, **probe) -> Path:
     """``start`` with a linear probe of each of ``labels`` fitted on the stars of ``few``
-    (`SpectraFMPipeline.fit_linear_probe`: the network unchanged, no training step) and its sigma recalibrated on
-    ``val`` as every fine-tune's is; saved in ``folder``/final (reused when it exists) with linear_probe.json."""
+    (`SpectraFMPipeline.fit_linear_probe`: the network unchanged, no training step; ``probe``: its ``method`` and
+    ``shrink``) and its sigma recalibrated on ``val`` as every fine-tune's is; saved in ``folder``/final (reused when
+    it exists) with linear_probe.json."""
     from spectrafm_hf.checkpoint_folder import redact_local_details
     from spectrafm_hf.pipeline import SpectraFMPipeline
 
@@ -175,7 +176,8 @@ def linear_probe_spectrafm(start, few, val, labels, folder: Path) -> Path:
         return final
     t = time.time()
     pipe = SpectraFMPipeline.from_pretrained(start, device="cpu")
-    probed = pipe.fit_linear_probe(spectra_of(few), {n: column_values(few, n) for n in labels}, labels, seed=0)
+    probed = pipe.fit_linear_probe(spectra_of(few), {n: column_values(few, n) for n in labels}, labels, seed=0,
+                                   **probe)
     try:
         scale = probed.calibrate_uncertainties(spectra_of(val), {n: column_values(val, n) for n in labels}, labels,
                                                seed=0)
@@ -183,7 +185,7 @@ def linear_probe_spectrafm(start, few, val, labels, folder: Path) -> Path:
         scale = None
         log(f"WARNING: no uncertainty recalibration ({err})")
     probed.save_pretrained(final)
-    probes = {n: {k: probed.processor.linear_probes[n][k] for k in ("inputs", "alpha", "sigma", "n_fit")}
+    probes = {n: {k: probed.processor.linear_probes[n][k] for k in ("method", "inputs", "alpha", "sigma", "n_fit")}
               for n in labels}
     record = {"start": redact_local_details(str(start)), "probes": probes, "uncertainty_scale": scale,
               "validation_stars": len(val), "seconds": round(time.time() - t, 1)}
@@ -201,12 +203,42 @@ def validation_nll(runner, name: str, final, val, label: str = "FE_H") -> float:
     return float(np.mean(0.5 * z**2 + np.log(sigma) + 0.5 * np.log(2 * np.pi)))
 
 
-def nll_selection(nll: dict) -> dict:
-    """For the summary: each SpectraFM model's validation [Fe/H] NLL (mean over the draws) and the rule it serves."""
-    return {"rule": "fine-tuning recipes are chosen on their own validation loss (helper labels included); the "
-                    "chosen fine-tune and the linear probe, which has no training loss, on the validation [Fe/H] "
-                    "NLL: the lower is the recommended recipe (row spectrafm)",
-            "validation_fe_h_nll": {m: float(np.mean(v)) for m, v in nll.items()}}
+def extrapolation_sets(few, val, check: dict, label: str = "FE_H"):
+    """A few-shot draw's extrapolation check (`spectrafm_hf.training.run.extrapolation_split`, ``check``: its
+    ``quantile`` and ``min_stars``): (cut, the few-shot stars at or above it, the validation stars at or above it,
+    those below it)."""
+    from spectrafm_hf.training.run import extrapolation_split
+
+    cut, kept, scored = extrapolation_split(column_values(few, label), column_values(val, label),
+                                            float(check.get("quantile", 0.3)), int(check.get("min_stars", 5)))
+    return (cut, *(ds.select(np.flatnonzero(m)) for ds, m in ((few, kept), (val, ~scored), (val, scored))))
+
+
+def below_cut_rmse(runner, name: str, final, scored, label: str = "FE_H") -> float:
+    """RMSE of ``label`` on the validation stars below the cut (``scored``) of a recipe fitted above it (predictions
+    cached as ``<name>_validation_below_cut``)."""
+    pred = runner.cached(f"{name}_validation_below_cut", lambda: predict_spectrafm(final, scored, [label]))
+    return float(np.sqrt(np.mean((pred[f"{label}_pred"].to_numpy() - column_values(scored, label)) ** 2)))
+
+
+def nll_selection(nll: dict, extrapolation: dict | None = None, check: dict | None = None) -> dict:
+    """For the summary: each SpectraFM model's validation [Fe/H] NLL (mean over the draws) and the rule it serves;
+    with an extrapolation check (``check``), each model's [Fe/H] RMSE on the validation stars below the cut when
+    fitted above it (mean over the draws), the rule that then chooses the recommended recipe."""
+    out = {"rule": "fine-tuning recipes are chosen on their own validation loss (helper labels included); the "
+                   "chosen fine-tune and the linear probe, which has no training loss, on the validation [Fe/H] "
+                   "NLL: the lower is the recommended recipe (row spectrafm)",
+           "validation_fe_h_nll": {m: float(np.mean(v)) for m, v in nll.items()}}
+    if check and extrapolation:
+        q = float(check.get("quantile", 0.3))
+        rmse = {m: float(np.mean(v)) for m, v in extrapolation["rmse"].items()}
+        out = {"rule": f"extrapolation check: every recipe fitted again on the few-shot stars at or above the "
+                       f"{q:g} quantile of their [Fe/H] (the cut) and scored by its [Fe/H] RMSE on the metal-rich "
+                       f"validation stars below the cut; the lowest (mean of the draws) is the recommended recipe "
+                       f"(row spectrafm). No star below [Fe/H] = -1 is read",
+               "extrapolation_fe_h_rmse": rmse, "lowest_extrapolation_rmse": min(rmse, key=rmse.get),
+               "cut_feh": extrapolation["cut_feh"], "validation_nll_rule": out}
+    return out
 
 
 def predict_spectrafm(folder, ds, labels, known_names=(), device="cpu") -> pd.DataFrame:
@@ -428,30 +460,44 @@ def xp_fewshot(cfg, runner: Runner, train, val, test):
         pick = np.sort(np.random.default_rng(0).choice(len(pool), min(len(pool), rows_wanted or len(pool)), False))
         pool.select(pick).remove_columns([c for c in hidden if c in pool.column_names]).save_to_disk(
             str(rehearsal_dir))
-    rows, nll = [], {}
+    rows, nll, extrapolation = [], {}, {}
+    check = e.get("extrapolation_check")  # {quantile: q}: every recipe fitted again above the q-quantile ...
     for draw in e.get("draws", [77]):
         few = select_stars(train, rich, int(e["n_stars"]), int(draw))
         if (column_values(few, "FE_H") <= min_feh).any():
             raise AssertionError("a few-shot training star is metal-poor")
+        if check:  # ... of the draw's [Fe/H] and scored on the validation stars below it
+            cut, few_kept, val_kept, val_scored = extrapolation_sets(few, val_rich, check)
+            extrapolation.setdefault("cut_feh", {})[str(draw)] = round(cut, 4)
         variants = {"spectrafm_no_pretraining": (None, {}), **{m: (pretrained, r) for m, r in recipes.items()}}
         for model, (start, recipe) in variants.items():
-            run_dir = runner.out / "xp_fewshot" / fewshot_run_name(cfg, model, draw)
             extra = {**fine, **recipe}
             if start is not None:
                 extra.update(model_name_or_path=str(start), config_overrides={})
             if extra.get("rehearsal"):
                 extra["rehearsal"] = {"data_dir": str(rehearsal_dir), **extra["rehearsal"]}
-            if recipe.get("linear_probe"):  # no training: a ridge line from the frozen pretrained model
-                final = linear_probe_spectrafm(start, fm_data(cfg, few), fm_data(cfg, val_rich), ["FE_H"], run_dir)
-            else:
-                final = train_or_reuse(spectrafm_values(cfg, run_dir, e["steps"], ["FE_H"], **extra),
-                                       splits=(fm_data(cfg, few), fm_data(cfg, val_rich), None),
-                                       log=lambda m: log(f"xp_fewshot: {m}"))
+
+            def fit(run_name, fit_stars, val_stars):
+                run_dir = runner.out / "xp_fewshot" / run_name
+                if recipe.get("linear_probe"):  # no training: a line from the frozen pretrained model
+                    probe = {k: recipe[k] for k in ("method", "shrink") if k in recipe}
+                    return linear_probe_spectrafm(start, fm_data(cfg, fit_stars), fm_data(cfg, val_stars), ["FE_H"],
+                                                  run_dir, **probe)
+                return train_or_reuse(spectrafm_values(cfg, run_dir, e["steps"], ["FE_H"], **extra),
+                                      splits=(fm_data(cfg, fit_stars), fm_data(cfg, val_stars), None),
+                                      log=lambda m: log(f"xp_fewshot: {m}"))
+
+            final = fit(fewshot_run_name(cfg, model, draw), few, val_rich)
             name = f"xp_fewshot_{fewshot_run_name(cfg, model, draw)}"
             pred = runner.cached(name, lambda: predict_spectrafm(final, fm_data(cfg, test), ["FE_H"]))
             rows += metrics_rows("xp_fewshot", model, pred, truth, ["FE_H"], draw=draw)
             if start is not None:
                 nll.setdefault(model, []).append(validation_nll(runner, name, final, fm_data(cfg, val_rich)))
+            if start is not None and check:
+                run_name = fewshot_run_name(cfg, model, draw) + f"_extrapolation_q{check.get('quantile', 0.3):g}"
+                score = below_cut_rmse(runner, f"xp_fewshot_{run_name}", fit(run_name, few_kept, val_kept),
+                                       fm_data(cfg, val_scored))
+                extrapolation.setdefault("rmse", {}).setdefault(model, []).append(score)
         X, Y = flux_matrix(few), frame(few, ["FE_H"])[["FE_H"]].to_numpy()
         for kind, params in (e.get("baselines") or {}).items():
             pred = runner.cached(f"xp_fewshot_{kind}_draw{draw}",
@@ -459,7 +505,7 @@ def xp_fewshot(cfg, runner: Runner, train, val, test):
             rows += metrics_rows("xp_fewshot", "scratch_nn" if kind == "mlp" else kind, pred, truth, ["FE_H"],
                                  draw=draw)
     if nll:
-        runner.selection["xp_fewshot"] = nll_selection(nll)
+        runner.selection["xp_fewshot"] = nll_selection(nll, extrapolation, check)
     return rows
 
 

@@ -9,7 +9,7 @@ import pytest
 
 from conftest import TINY, fake_apogee_spectrum
 from spectrafm_hf import SpectraFMPipeline, SpectraFMProcessor
-from spectrafm_hf.linear_probe import apply_probe, fit_ridge_loo
+from spectrafm_hf.linear_probe import apply_probe, fit_generative_probe, fit_ridge_loo
 
 
 def brute_force_loo(x, y, alpha):
@@ -55,6 +55,64 @@ def test_bad_probe_input_is_refused_by_name(rng):
         apply_probe(fit_ridge_loo(rng.normal(size=(10, 3)), rng.normal(size=10)), np.zeros((2, 4)))
     with pytest.raises(ValueError, match=r"linear_probes\['FE_H'\] lacks"):
         SpectraFMProcessor(label_names=["TEFF"], linear_probes={"FE_H": {"weights": [1.0]}})
+
+
+def features_of(y, covariates, rng, p=12, noise=0.5):
+    """Features made the generative way: each linear in the target and two covariates, plus noise."""
+    slopes, mixing = rng.normal(size=p), rng.normal(size=(2, p))
+    emb = 0.3 + np.outer(y, slopes) + covariates @ mixing + rng.normal(0, noise, (len(y), p))
+    return np.column_stack([emb, covariates])
+
+
+def test_the_generative_probe_reads_stars_beyond_its_fitting_range_where_ridge_pulls_them_in(rng):
+    """Fitted on targets in [-1, 0.5], read on [-2.5, -1]: the ridge line is pulled towards the fitting mean
+    (regression dilution), the generative read-out is not; within the range both read the target."""
+    seed = int(rng.integers(1 << 30))
+    gen = np.random.default_rng(seed)
+    y = np.concatenate([gen.uniform(-1, 0.5, 100), gen.uniform(-2.5, -1, 400)])
+    cov = gen.normal(size=(500, 2))
+    x = features_of(y, cov, np.random.default_rng(seed + 1))
+    fit, far = slice(0, 100), slice(100, None)
+    ridge = fit_ridge_loo(x[fit], y[fit])
+    generative = fit_generative_probe(x[fit], y[fit], covariates=[12, 13], shrink=0.2)
+    assert generative["method"] == "generative" and generative["alpha"] == 0.2 and generative["n_fit"] == 100
+    bias = {name: float(np.mean(apply_probe(probe, x[far]) - y[far]))
+            for name, probe in (("ridge", ridge), ("generative", generative))}
+    assert bias["ridge"] > 0.15 and abs(bias["generative"]) < bias["ridge"] / 3, bias
+    inside = apply_probe(generative, x[fit]) - y[fit]
+    assert np.sqrt(np.mean(inside**2)) < generative["sigma"] < 0.5  # leave-one-out error is above the in-sample one
+
+
+def test_the_generative_probe_is_the_least_squares_inversion_of_its_model(rng):
+    """Its stored line equals solving the fitted feature model for the target by GLS, computed here directly on
+    unstandardised features with a diagonal covariance (shrink 1), and rescaling features changes nothing."""
+    y, cov = rng.uniform(-1, 0.5, 80), rng.normal(size=(80, 2))
+    x = features_of(y, cov, rng)
+    probe = fit_generative_probe(x, y, covariates=[12, 13], shrink=1.0)
+    design = np.column_stack([np.ones(80), y, cov])
+    coef, *_ = np.linalg.lstsq(design, x[:, :12], rcond=None)
+    var = (x[:, :12] - design @ coef).var(0, ddof=1)
+    residual = x[:, :12] - coef[0] - cov @ coef[2:]
+    direct = residual @ (coef[1] / var) / np.sum(coef[1] ** 2 / var)
+    np.testing.assert_allclose(apply_probe(probe, x), direct, atol=1e-9)
+    scaled = x * np.linspace(0.1, 30, 14)
+    again = fit_generative_probe(scaled, y, covariates=[12, 13], shrink=1.0)
+    np.testing.assert_allclose(apply_probe(again, scaled), direct, atol=1e-9)
+
+
+def test_bad_generative_probe_input_is_refused_by_name(rng):
+    x, y = rng.normal(size=(20, 4)), rng.normal(size=20)
+    with pytest.raises(ValueError, match="shrink must be within"):
+        fit_generative_probe(x, y, [3], shrink=1.5)
+    with pytest.raises(ValueError, match="covariates must be column indices"):
+        fit_generative_probe(x, y, [4])
+    with pytest.raises(ValueError, match="labels that vary"):
+        fit_generative_probe(x, np.ones(20), [3])
+    with pytest.raises(ValueError, match="needs >= 6 labelled rows"):  # three covariates: 3 + 3 coefficients
+        fit_generative_probe(x[:5], y[:5], [1, 2, 3])
+    with pytest.raises(ValueError, match="method must be 'ridge' or 'generative'"):
+        SpectraFMProcessor(label_names=["TEFF"], linear_probes={"NEW": {
+            **fit_ridge_loo(x, y), "inputs": [], "method": "cannon"}})
 
 
 def spectra_and_truth(pipe, rng, n=40):
@@ -148,8 +206,38 @@ def test_the_predict_command_reads_a_probed_label_from_spectrum_files(rng, tmp_p
     table = pd.read_csv(out)
     assert {"TEFF", "NEW", "NEW_err"} <= set(table.columns) and table["NEW"].notna().all()
     assert main(["info", str(tmp_path / "probed")]) == 0
-    assert "NEW      linear probe on the embedding + TEFF, LOGG" in capsys.readouterr().out
+    assert "NEW      ridge linear probe on the embedding + TEFF, LOGG" in capsys.readouterr().out
     first = sorted(fixtures.iterdir())[0]
     alone = SpectraFMPipeline.from_pretrained(tmp_path / "probed", device="cpu").predict(read(first), "NEW")
     mine = table[table["source"] == str(first)]["NEW"].to_numpy()
     np.testing.assert_allclose(mine, alone["NEW"].to_numpy(), rtol=1e-5)
+
+
+def test_a_generative_probe_is_fitted_saved_and_applied_like_a_ridge_probe(rng, tmp_path):
+    """`fit_linear_probe(method="generative")`: the network's Teff and logg are its covariates, the stored line is
+    applied by predict, survives save and load, and the model card and `spectrafm info` say which probe it is."""
+    from spectrafm_hf.cards import render_model_card
+    from spectrafm_hf.cli import main
+
+    pipe = SpectraFMPipeline.from_pretrained(TINY, device="cpu")
+    spectra, _, truth = spectra_and_truth(pipe, rng)
+    probed = pipe.fit_linear_probe(spectra[:30], {"NEW": truth[:30]}, ["NEW"], method="generative", shrink=0.5)
+    probe = probed.processor.linear_probes["NEW"]
+    assert probe["method"] == "generative" and probe["alpha"] == 0.5 and probe["inputs"] == pipe.label_names
+    hidden = pipe.model.config.hidden_size
+    x = np.column_stack([pipe.embed(spectra), pipe.predict(spectra, labels=pipe.label_names)[pipe.label_names]])
+    teff_logg = [hidden + pipe.label_names.index("TEFF"), hidden + pipe.label_names.index("LOGG")]
+    direct = fit_generative_probe(x[:30], truth[:30], teff_logg, shrink=0.5)
+    assert probe["weights"] == pytest.approx(direct["weights"], rel=1e-6, abs=1e-9)
+    table = probed.predict(spectra, labels="NEW")
+    np.testing.assert_allclose(table["NEW"], apply_probe(direct, x), rtol=1e-6, atol=1e-9)
+    ridge = pipe.fit_linear_probe(spectra[:30], {"NEW": truth[:30]}, ["NEW"]).processor.linear_probes["NEW"]
+    assert ridge["method"] == "ridge" and ridge["weights"] != pytest.approx(probe["weights"])
+    probed.save_pretrained(tmp_path / "probed")
+    again = SpectraFMPipeline.from_pretrained(tmp_path / "probed", device="cpu")
+    assert again.processor.linear_probes["NEW"]["method"] == "generative"
+    np.testing.assert_allclose(again.predict(spectra, labels="NEW")["NEW"], table["NEW"], rtol=1e-6)
+    assert "generative (GLS) read-out of the mean encoder output" in render_model_card(tmp_path / "probed").text
+    assert main(["info", str(tmp_path / "probed")]) == 0
+    with pytest.raises(ValueError, match="method must be 'ridge' or 'generative'"):
+        pipe.fit_linear_probe(spectra[:30], {"NEW": truth[:30]}, ["NEW"], method="cannon")

@@ -58,10 +58,10 @@ def test_tiny_preset_writes_every_model_split_and_draw(tiny):
     assert set(table.experiment) == {"miles_fewshot"} and set(table.label) == {"FE_H"}
     assert set(table.model) == {"spectrafm", "spectrafm_no_pretraining", "scratch_nn", "ridge",
                                 "spectrafm_synthetic_only", "spectrafm_paper_recipe", "spectrafm_affine",
-                                "spectrafm_linear_probe"}
+                                "spectrafm_linear_probe", "spectrafm_generative_probe"}
     assert set(table.split) == {"all", "feh_lt_-1", "feh_ge_-1", "giants", "dwarfs"}
     assert set(table.draw) == {77, 78}
-    assert len(table) == 7 * 5 * 2 + 5  # the paper-recipe ablation runs on draw 77 only
+    assert len(table) == 8 * 5 * 2 + 5  # the paper-recipe ablation runs on draw 77 only
     summary = json.loads((tiny / "results" / "miles_summary.json").read_text())
     assert {"fe_h", "result", "data", "figure", "goal"} <= set(summary)
     assert summary["fe_h"]["spectrafm"]["feh_lt_-1"]["draws"] == 2
@@ -90,7 +90,7 @@ def test_tiny_preset_writes_every_model_split_and_draw(tiny):
     assert set(sel["TEFF LOGG FE_H"]) == {"spectrafm"} and set(sel["FE_H"]) == {"spectrafm_paper_recipe"}
     # the linear probe (no training loss) is compared with them on the validation [Fe/H] NLL
     nll = summary["recipe_selection"]["validation_fe_h_nll"]
-    assert set(nll) == {"spectrafm", "spectrafm_paper_recipe", "spectrafm_linear_probe"}
+    assert set(nll) == {"spectrafm", "spectrafm_paper_recipe", "spectrafm_linear_probe", "spectrafm_generative_probe"}
     probe = json.loads((tiny / "spectrafm_linear_probe_draw78" / "linear_probe.json").read_text())
     assert probe["probes"]["FE_H"]["n_fit"] == 8 and probe["probes"]["FE_H"]["inputs"] == ["TEFF", "LOGG", "FE_H"]
     fresh = info["spectrafm_no_pretraining"]

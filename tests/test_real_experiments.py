@@ -63,7 +63,8 @@ def test_tiny_preset_writes_every_experiment_model_label_and_split(tiny):
     assert models == {"xp_full": {"spectrafm", "mlp", "gbt", "ridge"},
                       "xp_fewshot": {"spectrafm_no_pretraining", "spectrafm", "spectrafm_decoder_l2sp",
                                      "spectrafm_no_l2sp", "spectrafm_lora", "spectrafm_all_weights",
-                                     "spectrafm_helpers_only", "scratch_nn", "ridge"},
+                                     "spectrafm_helpers_only", "spectrafm_generative_probe", "scratch_nn",
+                                     "ridge"},
                       "xp_multimodal": {"spectrafm", "spectrafm_photometry"}}
     assert set(table.split) == {"all", "feh_lt_-1", "feh_ge_-1", "giants", "dwarfs"}
     full = table[table.experiment == "xp_full"]
@@ -144,10 +145,29 @@ def test_fewshot_recommended_recipe_is_a_linear_probe_of_the_untouched_pretraine
         record = json.loads((folder / "linear_probe.json").read_text())
         assert record["probes"]["FE_H"]["n_fit"] == 20 and record["probes"]["FE_H"]["inputs"] == ["TEFF", "LOGG"]
     selection = json.loads((out / "results" / "summary.json").read_text())["recipe_selection"]["xp_fewshot"]
-    assert set(selection["validation_fe_h_nll"]) == {"spectrafm", "spectrafm_decoder_l2sp", "spectrafm_no_l2sp",
-                                                     "spectrafm_lora", "spectrafm_all_weights",
-                                                     "spectrafm_helpers_only"}
-    assert all(np.isfinite(v) for v in selection["validation_fe_h_nll"].values())
+    models = {"spectrafm", "spectrafm_decoder_l2sp", "spectrafm_no_l2sp", "spectrafm_lora", "spectrafm_all_weights",
+              "spectrafm_helpers_only", "spectrafm_generative_probe"}
+    nll = selection["validation_nll_rule"]["validation_fe_h_nll"]
+    assert set(nll) == models and all(np.isfinite(v) for v in nll.values())
+    # the extrapolation check: every recipe fitted again above the draw's cut, scored below it
+    rmse = selection["extrapolation_fe_h_rmse"]
+    assert set(rmse) == models and all(v > 0 for v in rmse.values())
+    assert selection["lowest_extrapolation_rmse"] == min(rmse, key=rmse.get)
+    generative = json.loads((runs / "spectrafm_generative_probe_draw77_masked_flux" / "linear_probe.json").read_text())
+    assert generative["probes"]["FE_H"]["method"] == "generative" and generative["probes"]["FE_H"]["n_fit"] == 20
+    for draw in (77, 78):
+        cut = selection["cut_feh"][str(draw)]
+        for model in ("spectrafm", "spectrafm_helpers_only"):
+            folder = runs / f"{model}_draw{draw}_masked_flux_extrapolation_q0.3"
+            if model == "spectrafm":  # the probe refitted on the 14 stars at or above the cut (30 % of 20 below)
+                n_fit = json.loads((folder / "linear_probe.json").read_text())["probes"]["FE_H"]["n_fit"]
+            else:
+                n_fit = json.loads((folder / "final" / "training_info.json").read_text())["data"]["train"]
+            assert n_fit == 14, (model, draw, n_fit)
+        below = pd.read_csv(out / "predictions" /
+                            f"xp_fewshot_spectrafm_draw{draw}_masked_flux_extrapolation_q0.3_validation_below_cut.csv")
+        val = json.loads((runs / f"spectrafm_draw{draw}_masked_flux" / "linear_probe.json").read_text())
+        assert 3 <= len(below) < val["validation_stars"] and np.isfinite(cut)
 
 
 def test_each_experiment_reads_its_own_pixels(tiny):
@@ -249,7 +269,8 @@ def test_jobs_run_the_preset_in_worker_processes_to_the_same_digits(tiny, tmp_pa
         "xp_full_all_baselines", "xp_fewshot"}  # xp_multimodal continues the every-star model: its worker makes it next
     assert all(u["exit_code"] == 0 for u in jobs["units"].values())
     # every unit trained in a worker: the assembling pass found each run and prediction cached
-    assert "training (" not in buffer.getvalue() and buffer.getvalue().count("exists, skipped") == 18
+    # 18 runs and the 10 fine-tunes of the extrapolation check
+    assert "training (" not in buffer.getvalue() and buffer.getvalue().count("exists, skipped") == 28
 
 
 def test_a_failed_job_names_itself_and_writes_no_table(tmp_path):

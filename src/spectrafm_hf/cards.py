@@ -183,7 +183,8 @@ def _architecture_table(config: dict, pre: dict, n_params: int | None) -> str:
         rows.append(("Extra scalar inputs", ", ".join(f"`{n}`" for n in config["scalar_input_names"])))
     for name, probe in (pre.get("linear_probes") or {}).items():
         reads = ", ".join(["the mean encoder output", *(f"its `{n}`" for n in probe.get("inputs", []))])
-        rows.append((f"`{name}`: linear probe", f"ridge on {reads} (the network unchanged), fitted on "
+        how = "generative (GLS) read-out of" if probe.get("method") == "generative" else "ridge on"
+        rows.append((f"`{name}`: linear probe", f"{how} {reads} (the network unchanged), fitted on "
                                                 f"{probe.get('n_fit', '?')} spectra; sigma {probe.get('sigma', 0):.3g} "
                                                 "(leave-one-out)"))
     cov = pre.get("wavelength_coverage")

@@ -9,6 +9,13 @@ extrapolates where a fine-tuned decoder saturates (issue 14: on Gaia XP the fine
 The ridge penalty is chosen by leave-one-out error on the fitting stars themselves (closed form, no validation
 split needed) and the 1-sigma uncertainty of a prediction is the root-mean-square leave-one-out residual.
 `SpectraFMPipeline.fit_linear_probe` fits one; the processor stores it (``linear_probes``) and `predict` applies it.
+
+A ridge line is discriminative: fitted on stars of one range it pulls stars outside it towards their mean (regression
+dilution: on Gaia XP, stars below [Fe/H] = -2 read -0.8 from a probe fitted on stars above -1). `fit_generative_probe`
+is the other way round, as The Cannon does for spectra: each feature linear in the target and in covariates (the
+network's own Teff and logg), inverted for the target by generalised least squares. Its answer is again a straight
+line in the same features, so it is stored and applied as a ridge probe is; it is not pulled towards the fitting
+stars' mean, at the price of variance.
 """
 
 from __future__ import annotations
@@ -67,3 +74,61 @@ def apply_probe(probe: dict, features) -> np.ndarray:
         raise ValueError(f"this probe reads {w.size} features per spectrum, got an array of shape {x.shape}")
     z = (x - np.asarray(probe["feature_mean"], np.float64)) / np.asarray(probe["feature_scale"], np.float64)
     return z @ w + float(probe["bias"])
+
+
+def fit_generative_probe(features, target, covariates, shrink: float = 0.2, min_rows: int = 5) -> dict:
+    """The generative read-out of ``target`` (n,): every column of ``features`` (n, p) not in ``covariates`` (column
+    indices) is modelled as ``a + b * target + c . covariates + noise``, least squares on these rows after
+    standardising them; a spectrum's target is then the generalised-least-squares solution of that model, with the
+    residual covariance shrunk towards its diagonal by ``shrink`` (1: diagonal; needed when the rows are few). The
+    solution is linear in the features, so the probe has `fit_ridge_loo`'s fields (``alpha`` holds ``shrink``,
+    ``method`` is ``"generative"``) and `apply_probe` reads it; ``sigma`` is the root-mean-square leave-one-out
+    residual, as for a ridge probe. Rows with a NaN are skipped."""
+    x = np.asarray(features, np.float64)
+    y = np.asarray(target, np.float64)
+    if x.ndim != 2 or y.shape != (x.shape[0],):
+        raise ValueError(f"features must be (n, p) and target (n,), got {x.shape} and {y.shape}")
+    if not 0.0 <= float(shrink) <= 1.0:
+        raise ValueError(f"shrink must be within [0, 1], got {shrink}")
+    cov_cols = sorted({int(c) for c in covariates})
+    if any(not 0 <= c < x.shape[1] for c in cov_cols):
+        raise ValueError(f"covariates must be column indices of the {x.shape[1]} features, got {list(covariates)}")
+    modelled = [c for c in range(x.shape[1]) if c not in cov_cols]
+    ok = np.isfinite(x).all(1) & np.isfinite(y)
+    x, y = x[ok], y[ok]
+    n = len(y)
+    if n < max(min_rows, len(cov_cols) + 3):
+        raise ValueError(f"a generative probe needs >= {max(min_rows, len(cov_cols) + 3)} labelled rows with finite "
+                         f"features, got {n}")
+    if not np.std(y) > 0:
+        raise ValueError("a generative probe needs labels that vary; every labelled row has the same value")
+    mean = x.mean(0)
+    scale = x.std(0)
+    scale = np.where(scale > 0, scale, 1.0)
+    z = (x - mean) / scale
+
+    def weights_bias(rows):
+        design = np.column_stack([np.ones(len(rows)), y[rows], z[np.ix_(rows, cov_cols)]])
+        coef, *_ = np.linalg.lstsq(design, z[np.ix_(rows, modelled)], rcond=None)
+        residual = z[np.ix_(rows, modelled)] - design @ coef
+        cov = np.atleast_2d(np.cov(residual.T))
+        cov = (1.0 - shrink) * cov + shrink * np.diag(np.diag(cov))
+        slope = coef[1]
+        v = np.linalg.pinv(cov) @ slope
+        information = float(slope @ v)
+        if not information > 0:
+            raise ValueError("a generative probe needs features that change with the target; none does here")
+        v /= information  # target = (z_modelled - a - c . z_covariates) . v
+        w = np.zeros(x.shape[1])
+        w[modelled] = v
+        w[cov_cols] = -(coef[2:] @ v)
+        return w, -float(coef[0] @ v)
+
+    w, bias = weights_bias(np.arange(n))
+    loo = []
+    for i in range(n):  # n small refits: the covariance, not a closed form, needs every one
+        wi, bi = weights_bias(np.delete(np.arange(n), i))
+        loo.append(y[i] - (z[i] @ wi + bi))
+    return {"weights": w.tolist(), "bias": bias, "feature_mean": mean.tolist(), "feature_scale": scale.tolist(),
+            "alpha": float(shrink), "sigma": float(np.sqrt(np.mean(np.square(loo)))), "n_fit": int(n),
+            "method": "generative"}

@@ -668,19 +668,28 @@ class SpectraFMPipeline:
             raise
 
     def fit_linear_probe(self, spectra: Sequence[Spectrum], labels, label_names: Sequence[str] | None = None,
-                         inputs="auto", alphas=None, seed: int = 0, n_repeats: int = 1) -> "SpectraFMPipeline":
+                         inputs="auto", alphas=None, seed: int = 0, n_repeats: int = 1, method: str = "ridge",
+                         shrink: float = 0.2, covariates: Sequence[str] = ("TEFF", "LOGG")) -> "SpectraFMPipeline":
         """Read labels as a straight line from the frozen model (`spectrafm_hf.linear_probe`): per label, a ridge
         regression on each spectrum's embedding and the network's predictions of ``inputs`` (``"auto"``: every label
         the network predicts), fitted on labelled spectra (never the test set). The ridge penalty (one of ``alphas``,
         default `linear_probe.DEFAULT_ALPHAS`) is chosen by leave-one-out error on these spectra, and ``_err`` is their
         root-mean-square leave-one-out residual (`calibrate_uncertainties` can rescale it on validation spectra).
 
+        ``method="generative"`` fits the same features the other way round (`linear_probe.fit_generative_probe`):
+        each feature linear in the label and in the network's answers for ``covariates`` (those among ``inputs``),
+        inverted by generalised least squares with the residual covariance shrunk towards its diagonal by ``shrink``.
+        It is not pulled towards the fitting stars' mean, so it reads stars beyond their range (metal-poor stars from
+        metal-rich ones) with less bias, at the price of more scatter within it.
+
         Returns a new pipeline sharing the network (this one is unchanged) whose `predict` returns the probed labels;
         a label the network predicts is replaced by its probe, one it does not predict is added (``label_names``).
         ``labels`` are read as in `fit`. The network is never trained, so nothing the pretraining learned is lost, and
         the line extrapolates where a fine-tuned decoder saturates (docs/real_spectra.md: the few-shot experiments)."""
-        from .linear_probe import fit_ridge_loo
+        from .linear_probe import fit_generative_probe, fit_ridge_loo
 
+        if method not in ("ridge", "generative"):
+            raise ValueError(f"fit_linear_probe: method must be 'ridge' or 'generative', got {method!r}")
         spectra = _as_list(spectra)
         names, values, _ = self._label_arrays(labels, label_names, None, len(spectra))
         if isinstance(inputs, str):
@@ -701,8 +710,12 @@ class SpectraFMPipeline:
         new.processor.linear_probes = kept  # (a failure above discards `new`; this pipeline is never touched)
         features = np.concatenate(parts)
         hidden_size = features.shape[1] - len(run)
+        covariate_columns = [hidden_size + run.index(c) for c in covariates if c in run]
         for k, name in enumerate(names):
-            probe = fit_ridge_loo(features, values[:, k], **({} if alphas is None else {"alphas": alphas}))
+            if method == "generative":
+                probe = fit_generative_probe(features, values[:, k], covariate_columns, shrink)
+            else:
+                probe = fit_ridge_loo(features, values[:, k], **({} if alphas is None else {"alphas": alphas}))
             new.processor.linear_probes[name] = check_probe(name, {**probe, "inputs": run}, hidden_size)
             new.processor.label_affine.pop(name, None)  # corrections of the network's answer do not apply
             new.processor.uncertainty_scale.pop(name, None)

@@ -189,6 +189,9 @@ def check_probe(name: str, probe: dict, hidden_size: int | None = None) -> dict:
     for key in ("bias", "alpha", "sigma"):
         out[key] = float(probe[key])
     out["n_fit"] = int(probe["n_fit"])
+    out["method"] = str(probe.get("method", "ridge"))  # how the line was fitted; both are applied alike
+    if out["method"] not in ("ridge", "generative"):
+        raise ValueError(f"linear_probes[{name!r}]: method must be 'ridge' or 'generative', got {out['method']!r}")
     p = len(out["weights"])
     numbers = np.array(out["weights"] + out["feature_mean"] + out["feature_scale"] + [out["bias"], out["sigma"]])
     if len(out["feature_mean"]) != p or len(out["feature_scale"]) != p or not np.isfinite(numbers).all():

@@ -314,6 +314,27 @@ def select_stars(dataset, selection: dict, max_stars: int | None, seed: int):
     return dataset.select(idx) if idx.size != len(dataset) else dataset
 
 
+def extrapolation_split(fit_values, validation_values, quantile: float = 0.3, min_stars: int = 5):
+    """The extrapolation check of a few-shot recipe (issue 14): ``(cut, fit_kept, validation_scored)``, ``cut`` the
+    ``quantile`` of ``fit_values`` and the two boolean masks: the fitting rows at or above it and the validation rows
+    below it. A recipe fitted again on the kept rows and scored on those validation rows is judged on stars outside
+    the range it was fitted on — as metal-poor test stars lie outside the range of metal-rich fitting stars — so a
+    rule can see how it extrapolates from labels of one range alone (metal-rich validation alone rewards the read-out
+    most pulled towards the fitting stars' mean; benchmarks/extrapolation_selection.py)."""
+    fit = np.asarray(fit_values, np.float64)
+    val = np.asarray(validation_values, np.float64)
+    if not 0.0 < float(quantile) < 1.0:
+        raise ValueError(f"quantile must be strictly between 0 and 1, got {quantile}")
+    if not (np.isfinite(fit).all() and np.isfinite(val).all()):
+        raise ValueError("extrapolation_split needs finite values; drop the unlabelled rows first")
+    cut = float(np.quantile(fit, quantile))
+    kept, scored = fit >= cut, val < cut
+    if kept.sum() < min_stars or scored.sum() < min_stars:
+        raise ValueError(f"extrapolation_split: {kept.sum()} fitting rows at or above the cut {cut:.3g} and "
+                         f"{scored.sum()} validation rows below it; at least {min_stars} of each are needed")
+    return cut, kept, scored
+
+
 def add_rehearsal(train, rehearsal: dict, cache_dir=None):
     """``train`` with rows of another set of the package's schema appended (see ``DataArguments.rehearsal``):
     ``rows`` of them (default ``fraction / (1 - fraction)`` times as many as ``train``; at most all of that set),

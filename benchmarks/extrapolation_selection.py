@@ -1,0 +1,138 @@
+#!/usr/bin/env python
+"""Can a selection rule see extrapolation from metal-rich labels alone? (issue 14, few-shot) — on the paper's test.
+
+Every few-shot recipe is chosen on metal-rich validation stars, which rewards the read-out that interpolates best —
+and on Gaia XP and MILES that is the ridge line which is pulled furthest towards the fitting stars' mean below -1
+(docs/real_spectra.md; benchmarks/fewshot_generative_probe.py). The rule tried here, set before it was run on any data
+set: *extrapolation validation*. Each candidate is fitted once more on only the fitting stars at or above the 30th
+percentile of their [Fe/H] (the cut) and scored by its [Fe/H] RMSE on the validation stars below the cut — stars
+outside the range it was fitted on, as the metal-poor test stars lie outside the range of all 100. No metal-poor
+([Fe/H] < -1) star is read by either rule.
+
+It is tried first here, on the paper's experiment (the default model `spectrafm-base`, the reproduction's 100 stars
+with [Fe/H] > -1 in the [Fe/H] window, its 500 validation and 2,000 test stars; `benchmarks/pipe_fit_recipe.py`),
+where the generative read-out has never been scored, with every candidate of that benchmark (its four `pipe.fit`
+rows and the ridge probe, `pipe.fit_linear_probe`) and the generative read-out of the probe's features at the three
+covariance shrinkages of benchmarks/fewshot_generative_probe.py. Both rules' choices are written with every
+candidate's test RMSE by metallicity.
+
+    OMP_NUM_THREADS=1 python benchmarks/extrapolation_selection.py      # ~20 min on one core
+
+Writes benchmarks/results/extrapolation_selection.json.
+"""
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from spectrafm_hf.training.presets import read_yaml
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "scripts"))
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+from fewshot_generative_probe import generative_fit, generative_predict  # noqa: E402
+from pipe_fit_recipe import CANDIDATES  # noqa: E402
+
+CUT_QUANTILE = 0.3   # the fitting stars below this quantile of their [Fe/H] are left out of the extrapolation fit
+SHRINKS = (1.0, 0.5, 0.2)
+
+
+def rmse(p, t) -> float:
+    return round(float(np.sqrt(np.mean((np.asarray(p) - np.asarray(t)) ** 2))), 4)
+
+
+def nll(mean, truth, sigma) -> float:
+    return round(float(np.mean(0.5 * ((mean - truth) / sigma) ** 2 + np.log(sigma) + 0.5 * np.log(2 * np.pi))), 4)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", default=str(REPO / "scripts/configs/reproduce_cpu.yaml"))
+    parser.add_argument("--model", default="spectrafm-base")
+    parser.add_argument("--out", default=str(REPO / "benchmarks/results/extrapolation_selection.json"))
+    parser.add_argument("--work_dir", default=str(REPO / "runs/extrapolation_selection"))
+    args = parser.parse_args(argv)
+
+    import reproduce_paper as rp
+    from spectrafm_hf import SpectraFMPipeline
+    from spectrafm_hf.data import row_to_spectrum
+    from spectrafm_hf.training.run import DataArguments, _window
+
+    cfg = read_yaml(Path(args.config).read_text())
+    cfg["dataset_cache_dir"] = str(REPO / cfg["dataset_cache_dir"])
+    _, few, val, test, frames = rp.prepare_data(cfg, Path(args.work_dir))
+    lo, hi = _window(DataArguments(pixel_range=list(cfg["fe_pixel_range"])))
+    spectra = {name: [row_to_spectrum(r).crop(lo, hi) for r in ds.with_format("numpy")]
+               for name, ds in (("few", few), ("validation", val), ("test", test))}
+    feh = {"few": frames["train_stage3"]["FE_H"].to_numpy(np.float64),
+           "validation": frames["validation"]["FE_H"].to_numpy(np.float64),
+           "test": frames["test"]["FE_H"].to_numpy(np.float64)}
+    cut = float(np.quantile(feh["few"], CUT_QUANTILE))
+    inner = feh["few"] >= cut                # the extrapolation fit's stars
+    band = feh["validation"] < cut           # the validation stars it is scored on (all >= -1)
+    poor = feh["test"] < -1.0
+    start = SpectraFMPipeline.from_pretrained(args.model, device="cpu")
+    network_labels = list(start.model.config.label_names)
+
+    def row(predict) -> dict:
+        """predict(split) -> (mean, sigma) of a read-out fitted on all fitting stars: both rules' validation scores
+        (the extrapolation score is added by the caller) and the test RMSE by metallicity."""
+        (pv, sv), (pt, _) = predict("validation"), predict("test")
+        return {"validation_rmse": rmse(pv, feh["validation"]), "validation_nll": nll(pv, feh["validation"], sv),
+                "test_rmse_all": rmse(pt, feh["test"]), "test_rmse_feh_lt_-1": rmse(pt[poor], feh["test"][poor]),
+                "test_rmse_feh_ge_-1": rmse(pt[~poor], feh["test"][~poor]),
+                "test_mean_prediction_feh_lt_-1": round(float(pt[poor].mean()), 3)}
+
+    def pipe_predict(pipe):
+        def predict(split):
+            p = pipe.predict(spectra[split], labels=["FE_H"], seed=0)
+            return p["FE_H"].to_numpy(np.float64), p["FE_H_err"].to_numpy(np.float64)
+        return predict
+
+    label_frame = frames["train_stage3"][["FE_H"]]
+    rows = {}
+    for name, kwargs in list(CANDIDATES.items()) + [("linear_probe", None)]:
+        t = time.time()
+        fit = (lambda s, y: start.fit_linear_probe(s, y, ["FE_H"])) if kwargs is None else (
+            lambda s, y, kw=kwargs: start.fit(s, y, **kw))
+        rows[name] = row(pipe_predict(fit(spectra["few"], label_frame)))
+        sub = fit([s for s, k in zip(spectra["few"], inner) if k], label_frame[inner])
+        pv, _ = pipe_predict(sub)("validation")
+        rows[name]["extrapolation_rmse"] = rmse(pv[band], feh["validation"][band])
+        rows[name]["seconds"] = round(time.time() - t, 1)
+        print(json.dumps({name: rows[name]}), flush=True)
+
+    # the generative read-out of the probe's own features (embedding + the network's answers; Teff, logg covariates)
+    others = [n for n in network_labels if n not in ("TEFF", "LOGG")]
+    features = {}
+    for split in spectra:
+        answers = start.predict(spectra[split], labels=network_labels, seed=0)
+        features[split] = (np.column_stack([start.embed(spectra[split], seed=0), answers[others].to_numpy(np.float64)]),
+                           answers[["TEFF", "LOGG"]].to_numpy(np.float64))
+    for shrink in SHRINKS:
+        x, covariates = features["few"]
+        model = generative_fit(x, feh["few"], covariates, shrink)
+        rows[f"generative_shrink_{shrink:g}"] = row(lambda split, m=model: generative_predict(m, *features[split]))
+        sub = generative_fit(x[inner], feh["few"][inner], covariates[inner], shrink)
+        pv, _ = generative_predict(sub, *features["validation"])
+        rows[f"generative_shrink_{shrink:g}"]["extrapolation_rmse"] = rmse(pv[band], feh["validation"][band])
+        print(json.dumps({f"generative_shrink_{shrink:g}": rows[f"generative_shrink_{shrink:g}"]}), flush=True)
+
+    out = {"command": "python benchmarks/extrapolation_selection.py", "model": args.model, "window_A": [lo, hi],
+           "n_fit_stars": len(few), "cut_quantile": CUT_QUANTILE, "cut_feh": round(cut, 4),
+           "n_extrapolation_fit_stars": int(inner.sum()), "n_validation": len(val),
+           "n_validation_below_cut": int(band.sum()), "n_test": len(test), "n_test_feh_lt_-1": int(poor.sum()),
+           "chosen_by_validation_nll": min(rows, key=lambda n: rows[n]["validation_nll"]),
+           "chosen_by_extrapolation_rmse": min(rows, key=lambda n: rows[n]["extrapolation_rmse"]),
+           "best_on_test_feh_lt_-1": min(rows, key=lambda n: rows[n]["test_rmse_feh_lt_-1"]), "rows": rows}
+    Path(args.out).write_text(json.dumps(out, indent=1) + "\n")
+    print(json.dumps({k: v for k, v in out.items() if k != "rows"}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
