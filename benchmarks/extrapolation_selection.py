@@ -50,6 +50,12 @@ def nll(mean, truth, sigma) -> float:
     return round(float(np.mean(0.5 * ((mean - truth) / sigma) ** 2 + np.log(sigma) + 0.5 * np.log(2 * np.pi))), 4)
 
 
+def rank_correlation(a, b) -> float:
+    """Spearman's rank correlation of two equally long sequences without ties."""
+    ra, rb = (np.argsort(np.argsort(np.asarray(v, np.float64))) for v in (a, b))
+    return round(float(np.corrcoef(ra, rb)[0, 1]), 3)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default=str(REPO / "scripts/configs/reproduce_cpu.yaml"))
@@ -129,7 +135,12 @@ def main(argv=None):
            "n_validation_below_cut": int(band.sum()), "n_test": len(test), "n_test_feh_lt_-1": int(poor.sum()),
            "chosen_by_validation_nll": min(rows, key=lambda n: rows[n]["validation_nll"]),
            "chosen_by_extrapolation_rmse": min(rows, key=lambda n: rows[n]["extrapolation_rmse"]),
-           "best_on_test_feh_lt_-1": min(rows, key=lambda n: rows[n]["test_rmse_feh_lt_-1"]), "rows": rows}
+           "best_on_test_feh_lt_-1": min(rows, key=lambda n: rows[n]["test_rmse_feh_lt_-1"]),
+           # how closely each rule's score orders the candidates as their metal-poor test RMSE does
+           "rank_correlation_with_test_feh_lt_-1": {
+               rule: rank_correlation([r[key] for r in rows.values()], [r["test_rmse_feh_lt_-1"] for r in rows.values()])
+               for rule, key in (("validation_nll", "validation_nll"), ("extrapolation_rmse", "extrapolation_rmse"))},
+           "rows": rows}
     Path(args.out).write_text(json.dumps(out, indent=1) + "\n")
     print(json.dumps({k: v for k, v in out.items() if k != "rows"}, indent=1))
 

@@ -21,7 +21,7 @@ same features. The test split is scored after that, for the record.
     OMP_NUM_THREADS=1 python benchmarks/fewshot_generative_probe.py [--experiment xp|miles] [--config PRESET]
         [--model PRETRAINED_FOLDER] [--out JSON]
 
-Defaults per experiment: the CPU preset, its pretraining's run folder (runs/real_xp_cpu_v8/xp_fewshot/
+Defaults per experiment: the CPU preset, its pretraining's run folder (runs/real_xp_cpu_v9/xp_fewshot/
 pretrain_teff_logg_masked_flux/final; runs/miles_fewshot_cpu_ft2000/pretrain_synthetic/final) and
 benchmarks/results/{xp,miles}_fewshot_generative_probe.json. Needs that pretraining (the preset, or its
 xp_fewshot experiment); ~1-5 min on one core.
@@ -101,7 +101,7 @@ def fewshot_sets(experiment: str, config: str):
 
 
 DEFAULTS = {"xp": ("scripts/configs/real_xp_cpu.yaml",
-                   "runs/real_xp_cpu_v8/xp_fewshot/pretrain_teff_logg_masked_flux/final",
+                   "runs/real_xp_cpu_v9/xp_fewshot/pretrain_teff_logg_masked_flux/final",
                    "benchmarks/results/xp_fewshot_generative_probe.json"),
             "miles": ("scripts/configs/miles_fewshot_cpu.yaml",
                       "runs/miles_fewshot_cpu_ft2000/pretrain_synthetic/final",

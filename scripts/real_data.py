@@ -235,7 +235,7 @@ def nll_selection(nll: dict, extrapolation: dict | None = None, check: dict | No
         out = {"rule": f"extrapolation check: every recipe fitted again on the few-shot stars at or above the "
                        f"{q:g} quantile of their [Fe/H] (the cut) and scored by its [Fe/H] RMSE on the metal-rich "
                        f"validation stars below the cut; the lowest (mean of the draws) is the recommended recipe "
-                       f"(row spectrafm). No star below [Fe/H] = -1 is read",
+                       f"(row spectrafm). No star of the metal-poor test population is read",
                "extrapolation_fe_h_rmse": rmse, "lowest_extrapolation_rmse": min(rmse, key=rmse.get),
                "cut_feh": extrapolation["cut_feh"], "validation_nll_rule": out}
     return out

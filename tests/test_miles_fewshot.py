@@ -89,8 +89,18 @@ def test_tiny_preset_writes_every_model_split_and_draw(tiny):
     sel = summary["recipe_selection"]["validation_loss_by_labels"]  # recipes compared on validation loss
     assert set(sel["TEFF LOGG FE_H"]) == {"spectrafm"} and set(sel["FE_H"]) == {"spectrafm_paper_recipe"}
     # the linear probe (no training loss) is compared with them on the validation [Fe/H] NLL
-    nll = summary["recipe_selection"]["validation_fe_h_nll"]
-    assert set(nll) == {"spectrafm", "spectrafm_paper_recipe", "spectrafm_linear_probe", "spectrafm_generative_probe"}
+    models = {"spectrafm", "spectrafm_paper_recipe", "spectrafm_linear_probe", "spectrafm_generative_probe"}
+    nll = summary["recipe_selection"]["validation_nll_rule"]["validation_fe_h_nll"]
+    assert set(nll) == models
+    # the extrapolation check (the rule of the recommended recipe): every recipe refitted above the draw's cut
+    rmse = summary["recipe_selection"]["extrapolation_fe_h_rmse"]
+    assert set(rmse) == models and summary["recipe_selection"]["lowest_extrapolation_rmse"] == min(rmse, key=rmse.get)
+    assert set(summary["recipe_selection"]["cut_feh"]) == {"77", "78"}
+    for draw in (77, 78):  # the 0.3 quantile of 8 stars lies between the 3rd and the 4th: 5 stars at or above it
+        refit = json.loads((tiny / f"spectrafm_linear_probe_draw{draw}_extrapolation_q0.3" / "linear_probe.json")
+                           .read_text())
+        assert refit["probes"]["FE_H"]["n_fit"] == 5
+        assert (tiny / f"spectrafm_draw{draw}_extrapolation_q0.3" / "final" / "config.json").is_file()
     probe = json.loads((tiny / "spectrafm_linear_probe_draw78" / "linear_probe.json").read_text())
     assert probe["probes"]["FE_H"]["n_fit"] == 8 and probe["probes"]["FE_H"]["inputs"] == ["TEFF", "LOGG", "FE_H"]
     fresh = info["spectrafm_no_pretraining"]
