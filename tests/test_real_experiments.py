@@ -63,8 +63,7 @@ def test_tiny_preset_writes_every_experiment_model_label_and_split(tiny):
     assert models == {"xp_full": {"spectrafm", "mlp", "gbt", "ridge"},
                       "xp_fewshot": {"spectrafm_no_pretraining", "spectrafm", "spectrafm_decoder_l2sp",
                                      "spectrafm_no_l2sp", "spectrafm_lora", "spectrafm_all_weights",
-                                     "spectrafm_helpers_only", "spectrafm_generative_probe", "scratch_nn",
-                                     "ridge"},
+                                     "spectrafm_helpers_only", "spectrafm_ridge_probe", "scratch_nn", "ridge"},
                       "xp_multimodal": {"spectrafm", "spectrafm_photometry"}}
     assert set(table.split) == {"all", "feh_lt_-1", "feh_ge_-1", "giants", "dwarfs"}
     full = table[table.experiment == "xp_full"]
@@ -130,8 +129,9 @@ def test_fewshot_recipe_keeps_the_pretrained_encoder(tiny):
 
 
 def test_fewshot_recommended_recipe_is_a_linear_probe_of_the_untouched_pretrained_model(tiny):
-    """Row spectrafm of xp_fewshot (recipe v8): the pretrained network, every weight unchanged, with a linear probe of
-    [Fe/H] fitted on the draw's 20 stars; every pretrained model's validation [Fe/H] NLL is in the summary."""
+    """Row spectrafm of xp_fewshot (recipe v9): the pretrained network, every weight unchanged, with a generative
+    linear probe of [Fe/H] fitted on the draw's 20 stars; every pretrained model's extrapolation check and validation
+    [Fe/H] NLL are in the summary."""
     from spectrafm_hf import SpectraFMModel, SpectraFMPipeline
 
     out, _ = tiny
@@ -144,17 +144,18 @@ def test_fewshot_recommended_recipe_is_a_linear_probe_of_the_untouched_pretraine
         assert pipe.label_names == ["TEFF", "LOGG", "FE_H"] and list(pipe.processor.linear_probes) == ["FE_H"]
         record = json.loads((folder / "linear_probe.json").read_text())
         assert record["probes"]["FE_H"]["n_fit"] == 20 and record["probes"]["FE_H"]["inputs"] == ["TEFF", "LOGG"]
+        assert record["probes"]["FE_H"]["method"] == "generative" and record["probes"]["FE_H"]["alpha"] == 0.2
+        ridge = json.loads((runs / f"spectrafm_ridge_probe_draw{draw}_masked_flux" / "linear_probe.json").read_text())
+        assert ridge["probes"]["FE_H"]["method"] == "ridge" and ridge["probes"]["FE_H"]["n_fit"] == 20
     selection = json.loads((out / "results" / "summary.json").read_text())["recipe_selection"]["xp_fewshot"]
     models = {"spectrafm", "spectrafm_decoder_l2sp", "spectrafm_no_l2sp", "spectrafm_lora", "spectrafm_all_weights",
-              "spectrafm_helpers_only", "spectrafm_generative_probe"}
+              "spectrafm_helpers_only", "spectrafm_ridge_probe"}
     nll = selection["validation_nll_rule"]["validation_fe_h_nll"]
     assert set(nll) == models and all(np.isfinite(v) for v in nll.values())
     # the extrapolation check: every recipe fitted again above the draw's cut, scored below it
     rmse = selection["extrapolation_fe_h_rmse"]
     assert set(rmse) == models and all(v > 0 for v in rmse.values())
     assert selection["lowest_extrapolation_rmse"] == min(rmse, key=rmse.get)
-    generative = json.loads((runs / "spectrafm_generative_probe_draw77_masked_flux" / "linear_probe.json").read_text())
-    assert generative["probes"]["FE_H"]["method"] == "generative" and generative["probes"]["FE_H"]["n_fit"] == 20
     for draw in (77, 78):
         cut = selection["cut_feh"][str(draw)]
         for model in ("spectrafm", "spectrafm_helpers_only"):
