@@ -12,13 +12,18 @@ outside the range it was fitted on, as the metal-poor test stars lie outside the
 It is tried first here, on the paper's experiment (the default model `spectrafm-base`, the reproduction's 100 stars
 with [Fe/H] > -1 in the [Fe/H] window, its 500 validation and 2,000 test stars; `benchmarks/pipe_fit_recipe.py`),
 where the generative read-out has never been scored, with every candidate of that benchmark (its four `pipe.fit`
-rows and the ridge probe, `pipe.fit_linear_probe`) and the generative read-out of the probe's features at the three
-covariance shrinkages of benchmarks/fewshot_generative_probe.py. Both rules' choices are written with every
+rows and the ridge probe, `pipe.fit_linear_probe`) and the generative read-out of the same features
+(`pipe.fit_linear_probe(method="generative")`) at the three covariance shrinkages of
+benchmarks/fewshot_generative_probe.py. Both rules' choices are written with every
 candidate's test RMSE by metallicity.
 
     OMP_NUM_THREADS=1 python benchmarks/extrapolation_selection.py      # ~20 min on one core
+    python benchmarks/extrapolation_selection.py --presets              # a second: the real-data presets' tables
 
-Writes benchmarks/results/extrapolation_selection.json.
+Writes benchmarks/results/extrapolation_selection.json. ``--presets`` reads what the two real-data presets committed
+(both rules' scores in their summaries' ``recipe_selection``, the test rows in real_data.csv / real_data_miles.csv)
+and writes benchmarks/results/extrapolation_selection_presets.json: per few-shot experiment, each rule's choice, the
+candidates' metal-poor test RMSE and how closely each rule's scores order them.
 """
 
 import argparse
@@ -29,14 +34,11 @@ from pathlib import Path
 
 import numpy as np
 
-from spectrafm_hf.training.presets import read_yaml
-
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "scripts"))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from fewshot_generative_probe import generative_fit, generative_predict  # noqa: E402
-from pipe_fit_recipe import CANDIDATES  # noqa: E402
+from pipe_fit_recipe import CANDIDATES, paper_fewshot_data  # noqa: E402
 
 CUT_QUANTILE = 0.3   # the fitting stars below this quantile of their [Fe/H] are left out of the extrapolation fit
 SHRINKS = (1.0, 0.5, 0.2)
@@ -56,34 +58,59 @@ def rank_correlation(a, b) -> float:
     return round(float(np.corrcoef(ra, rb)[0, 1]), 3)
 
 
+def preset_agreement(results: Path) -> dict:
+    """Both rules against the metal-poor test RMSE, from the real-data presets' committed summaries and tables."""
+    import pandas as pd
+
+    sources = {"xp_fewshot": ("real_data/summary.json", "real_data.csv", lambda s: s["recipe_selection"]["xp_fewshot"]),
+               "miles_fewshot": ("real_data/miles_summary.json", "real_data_miles.csv", lambda s: s["recipe_selection"])}
+    out = {}
+    for experiment, (summary, table, selection) in sources.items():
+        chosen = selection(json.loads((results / summary).read_text()))
+        rows = pd.read_csv(results / table)
+        rows = rows[(rows.experiment == experiment) & (rows.label == "FE_H") & (rows.split == "feh_lt_-1")]
+        poor = rows.groupby("model").rmse.mean()
+        scores = {"extrapolation_rmse": chosen["extrapolation_fe_h_rmse"],
+                  "validation_nll": chosen["validation_nll_rule"]["validation_fe_h_nll"]}
+        models = list(scores["extrapolation_rmse"])
+        out[experiment] = {
+            "chosen_by": {rule: min(models, key=v.get) for rule, v in scores.items()},
+            "best_on_test_feh_lt_-1": min(models, key=poor.get),
+            "test_rmse_feh_lt_-1": {m: round(float(poor[m]), 4) for m in models},
+            "scratch_nn_test_rmse_feh_lt_-1": round(float(poor["scratch_nn"]), 4),
+            "rank_correlation_with_test_feh_lt_-1": {rule: rank_correlation([v[m] for m in models],
+                                                                            [poor[m] for m in models])
+                                                     for rule, v in scores.items()}}
+    return out
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default=str(REPO / "scripts/configs/reproduce_cpu.yaml"))
     parser.add_argument("--model", default="spectrafm-base")
     parser.add_argument("--out", default=str(REPO / "benchmarks/results/extrapolation_selection.json"))
     parser.add_argument("--work_dir", default=str(REPO / "runs/extrapolation_selection"))
+    parser.add_argument("--presets", action="store_true", help="only read the real-data presets' committed tables")
     args = parser.parse_args(argv)
+    if args.presets:
+        out = REPO / "benchmarks/results/extrapolation_selection_presets.json"
+        result = {"command": "python benchmarks/extrapolation_selection.py --presets",
+                  **preset_agreement(REPO / "benchmarks/results")}
+        out.write_text(json.dumps(result, indent=1) + "\n")
+        print(json.dumps(result, indent=1))
+        return
 
-    import reproduce_paper as rp
     from spectrafm_hf import SpectraFMPipeline
-    from spectrafm_hf.data import row_to_spectrum
-    from spectrafm_hf.training.run import DataArguments, _window
+    from spectrafm_hf.training.run import extrapolation_split
 
-    cfg = read_yaml(Path(args.config).read_text())
-    cfg["dataset_cache_dir"] = str(REPO / cfg["dataset_cache_dir"])
-    _, few, val, test, frames = rp.prepare_data(cfg, Path(args.work_dir))
-    lo, hi = _window(DataArguments(pixel_range=list(cfg["fe_pixel_range"])))
-    spectra = {name: [row_to_spectrum(r).crop(lo, hi) for r in ds.with_format("numpy")]
-               for name, ds in (("few", few), ("validation", val), ("test", test))}
+    (few, val, test), frames, (lo, hi), spectra = paper_fewshot_data(args.config, args.work_dir)
     feh = {"few": frames["train_stage3"]["FE_H"].to_numpy(np.float64),
            "validation": frames["validation"]["FE_H"].to_numpy(np.float64),
            "test": frames["test"]["FE_H"].to_numpy(np.float64)}
-    cut = float(np.quantile(feh["few"], CUT_QUANTILE))
-    inner = feh["few"] >= cut                # the extrapolation fit's stars
-    band = feh["validation"] < cut           # the validation stars it is scored on (all >= -1)
+    # inner: the extrapolation fit's stars; band: the validation stars it is scored on (all >= -1)
+    cut, inner, band = extrapolation_split(feh["few"], feh["validation"], CUT_QUANTILE)
     poor = feh["test"] < -1.0
     start = SpectraFMPipeline.from_pretrained(args.model, device="cpu")
-    network_labels = list(start.model.config.label_names)
 
     def row(predict) -> dict:
         """predict(split) -> (mean, sigma) of a read-out fitted on all fitting stars: both rules' validation scores
@@ -101,33 +128,21 @@ def main(argv=None):
         return predict
 
     label_frame = frames["train_stage3"][["FE_H"]]
+    candidates = [(name, "fit", kwargs) for name, kwargs in CANDIDATES.items()] + [("linear_probe", "probe", {})] + [
+        (f"generative_shrink_{shrink:g}", "probe", {"method": "generative", "shrink": shrink}) for shrink in SHRINKS]
     rows = {}
-    for name, kwargs in list(CANDIDATES.items()) + [("linear_probe", None)]:
+    for name, kind, kwargs in candidates:
         t = time.time()
-        fit = (lambda s, y: start.fit_linear_probe(s, y, ["FE_H"])) if kwargs is None else (
-            lambda s, y, kw=kwargs: start.fit(s, y, **kw))
+
+        def fit(s, y, kind=kind, kwargs=kwargs):
+            return start.fit(s, y, **kwargs) if kind == "fit" else start.fit_linear_probe(s, y, ["FE_H"], **kwargs)
+
         rows[name] = row(pipe_predict(fit(spectra["few"], label_frame)))
         sub = fit([s for s, k in zip(spectra["few"], inner) if k], label_frame[inner])
         pv, _ = pipe_predict(sub)("validation")
         rows[name]["extrapolation_rmse"] = rmse(pv[band], feh["validation"][band])
         rows[name]["seconds"] = round(time.time() - t, 1)
         print(json.dumps({name: rows[name]}), flush=True)
-
-    # the generative read-out of the probe's own features (embedding + the network's answers; Teff, logg covariates)
-    others = [n for n in network_labels if n not in ("TEFF", "LOGG")]
-    features = {}
-    for split in spectra:
-        answers = start.predict(spectra[split], labels=network_labels, seed=0)
-        features[split] = (np.column_stack([start.embed(spectra[split], seed=0), answers[others].to_numpy(np.float64)]),
-                           answers[["TEFF", "LOGG"]].to_numpy(np.float64))
-    for shrink in SHRINKS:
-        x, covariates = features["few"]
-        model = generative_fit(x, feh["few"], covariates, shrink)
-        rows[f"generative_shrink_{shrink:g}"] = row(lambda split, m=model: generative_predict(m, *features[split]))
-        sub = generative_fit(x[inner], feh["few"][inner], covariates[inner], shrink)
-        pv, _ = generative_predict(sub, *features["validation"])
-        rows[f"generative_shrink_{shrink:g}"]["extrapolation_rmse"] = rmse(pv[band], feh["validation"][band])
-        print(json.dumps({f"generative_shrink_{shrink:g}": rows[f"generative_shrink_{shrink:g}"]}), flush=True)
 
     out = {"command": "python benchmarks/extrapolation_selection.py", "model": args.model, "window_A": [lo, hi],
            "n_fit_stars": len(few), "cut_quantile": CUT_QUANTILE, "cut_feh": round(cut, 4),

@@ -43,23 +43,20 @@ sys.path.insert(0, str(REPO / "scripts"))
 import real_data  # noqa: E402
 
 
-def generative_fit(x, feh, teff_logg, shrink: float):
-    """Per-feature least squares x = a + b feh + c teff + d logg; returns (coefficients, precision matrix of the
-    residuals, their covariance shrunk towards its diagonal by ``shrink``)."""
-    design = np.column_stack([np.ones(len(feh)), feh, teff_logg])
-    coef, *_ = np.linalg.lstsq(design, x, rcond=None)
-    cov = np.cov((x - design @ coef).T)
-    cov = (1.0 - shrink) * cov + shrink * np.diag(np.diag(cov))
-    return coef, np.linalg.pinv(cov)
+def generative_read_out(x, feh, teff_logg, shrink: float) -> dict:
+    """The library's generative probe (`spectrafm_hf.linear_probe.fit_generative_probe`) of ``x`` with the network's
+    Teff and logg (``teff_logg``) as covariates; apply it with `generative_predict`."""
+    from spectrafm_hf.linear_probe import fit_generative_probe
+
+    features = np.column_stack([x, teff_logg])
+    return fit_generative_probe(features, feh, covariates=range(x.shape[1], features.shape[1]), shrink=shrink)
 
 
-def generative_predict(model, x, teff_logg):
-    """[Fe/H] and its 1-sigma from the GLS inversion of the fitted model."""
-    coef, precision = model
-    residual = x - (coef[0] + teff_logg @ coef[2:])
-    b = coef[1]
-    information = float(b @ precision @ b)
-    return residual @ precision @ b / information, np.full(len(x), 1.0 / np.sqrt(information))
+def generative_predict(probe, x, teff_logg):
+    """[Fe/H] and its 1-sigma (the probe's leave-one-out sigma; rescaled on validation by `scores`)."""
+    from spectrafm_hf.linear_probe import apply_probe
+
+    return apply_probe(probe, np.column_stack([x, teff_logg])), np.full(len(x), probe["sigma"])
 
 
 def scores(pred, truth, val_pred, val_sigma, val_truth) -> dict:
@@ -159,7 +156,7 @@ def main(argv=None) -> int:
                                      np.full(len(yv), probe["sigma"]), yv)}
         (x_fit, covariates_fit), xv, xt = generative_x(ff), generative_x(fv), generative_x(ft)
         for shrink in a.shrink:
-            model = generative_fit(x_fit, yf, covariates_fit, shrink)
+            model = generative_read_out(x_fit, yf, covariates_fit, shrink)
             pv, sv = generative_predict(model, *xv)
             pt, _ = generative_predict(model, *xt)
             row[f"generative_shrink_{shrink:g}"] = scores(pt, yt, pv, sv, yv)

@@ -38,6 +38,22 @@ CANDIDATES = {
 PROBES = {"linear_probe": {}}
 
 
+def paper_fewshot_data(config: str, work_dir: str):
+    """The reproduction's few-shot data (scripts/reproduce_paper.py): (few, validation, test) Datasets, their label
+    frames, the [Fe/H] window (lo, hi) and the three sets' spectra cropped to it ({"few", "validation", "test"})."""
+    import reproduce_paper as rp
+    from spectrafm_hf.data import row_to_spectrum
+    from spectrafm_hf.training.run import DataArguments, _window
+
+    cfg = read_yaml(Path(config).read_text())
+    cfg["dataset_cache_dir"] = str(REPO / cfg["dataset_cache_dir"])
+    _, few, val, test, frames = rp.prepare_data(cfg, Path(work_dir))
+    lo, hi = _window(DataArguments(pixel_range=list(cfg["fe_pixel_range"])))
+    spectra = {name: [row_to_spectrum(r).crop(lo, hi) for r in ds.with_format("numpy")]
+               for name, ds in (("few", few), ("validation", val), ("test", test))}
+    return (few, val, test), frames, (lo, hi), spectra
+
+
 def nll(mean, truth, sigma) -> float:
     return float(np.mean(0.5 * ((mean - truth) / sigma) ** 2 + np.log(sigma) + 0.5 * np.log(2 * np.pi)))
 
@@ -54,16 +70,9 @@ def main(argv=None):
 
     import reproduce_paper as rp
     from spectrafm_hf import SpectraFMPipeline
-    from spectrafm_hf.data import row_to_spectrum
     from spectrafm_hf.training.metrics import label_metrics
-    from spectrafm_hf.training.run import DataArguments, _window
 
-    cfg = read_yaml(Path(args.config).read_text())
-    cfg["dataset_cache_dir"] = str(REPO / cfg["dataset_cache_dir"])
-    _, few, val, test, frames = rp.prepare_data(cfg, Path(args.work_dir))
-    lo, hi = _window(DataArguments(pixel_range=list(cfg["fe_pixel_range"])))
-    window = {name: [row_to_spectrum(r).crop(lo, hi) for r in ds.with_format("numpy")]
-              for name, ds in (("few", few), ("validation", val), ("test", test))}
+    (few, val, test), frames, (lo, hi), window = paper_fewshot_data(args.config, args.work_dir)
     truth = {name: frames[key]["FE_H"].to_numpy() for name, key in (("validation", "validation"), ("test", "test"))}
     splits = rp.split_masks(frames["test"]["FE_H"], frames["test"]["LOGG"])
     start = SpectraFMPipeline.from_pretrained(args.model, device="cpu")

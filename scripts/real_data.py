@@ -594,8 +594,12 @@ def figures(cfg, runner: Runner, table: pd.DataFrame, test, results: Path, full_
 
     if draws and all(pred_file(m, draws[0]).is_file() for m in models):  # rows kept from an earlier run may have none
         draw = draws[0]
-        fig, axes = plt.subplots(1, len(models), figsize=(4.2 * len(models), 4.2), squeeze=False)
-        for ax, model in zip(axes[0], models):
+        ncols = min(4, len(models))  # a grid: a dozen recipes side by side are unreadable
+        nrows = -(-len(models) // ncols)
+        fig, axes = plt.subplots(nrows, ncols, figsize=(4.2 * ncols, 4.2 * nrows), squeeze=False)
+        for ax in axes.flat[len(models):]:
+            ax.axis("off")
+        for ax, model in zip(axes.flat, models):
             pred = pd.read_csv(pred_file(model, draw))
             ax.axvspan(-2.6, -1.0, color="0.93", zorder=0)
             plots.plot_predicted_vs_true(truth["FE_H"], pred["FE_H_pred"], pred["FE_H_sigma"], None, ax=ax,

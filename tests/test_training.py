@@ -557,3 +557,20 @@ def test_grow_token_table_adds_labels_and_inputs_and_keeps_what_was_learnt():
                        input_values=torch.cat([g, torch.randn(3, 1)], 1), input_ids=torch.tensor([[3, 4]] * 3)).mean
     assert torch.allclose(before, after, atol=1e-6)
     assert not torch.allclose(after, with_k)  # the new input is read
+
+
+def test_extrapolation_split_keeps_the_upper_fitting_stars_and_scores_the_validation_stars_below_them():
+    from spectrafm_hf.training.run import extrapolation_split
+
+    fit = np.linspace(-1.0, 0.5, 100)
+    val = np.linspace(-0.95, 0.45, 50)
+    cut, kept, scored = extrapolation_split(fit, val, 0.3)
+    assert cut == pytest.approx(np.quantile(fit, 0.3))
+    assert kept.sum() == 70 and (fit[kept] >= cut).all() and (fit[~kept] < cut).all()
+    assert (val[scored] < cut).all() and (val[~scored] >= cut).all() and 10 < scored.sum() < 20
+    with pytest.raises(ValueError, match="strictly between 0 and 1"):
+        extrapolation_split(fit, val, 1.0)
+    with pytest.raises(ValueError, match="finite values"):
+        extrapolation_split(np.append(fit, np.nan), val)
+    with pytest.raises(ValueError, match="2 validation rows below it; at least 5"):
+        extrapolation_split(fit, np.array([-0.9, -0.8, 0.1, 0.2, 0.3, 0.4]), 0.3)
