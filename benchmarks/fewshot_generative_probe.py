@@ -22,7 +22,7 @@ same features. The test split is scored after that, for the record.
         [--model PRETRAINED_FOLDER] [--out JSON]
 
 Defaults per experiment: the CPU preset, its pretraining's run folder (runs/real_xp_cpu_v9/xp_fewshot/
-pretrain_teff_logg_masked_flux/final; runs/miles_fewshot_cpu_ft2000/pretrain_synthetic/final) and
+pretrain_teff_logg_masked_flux/final; runs/miles_fewshot_cpu_v4/pretrain_synthetic/final) and
 benchmarks/results/{xp,miles}_fewshot_generative_probe.json. Needs that pretraining (the preset, or its
 xp_fewshot experiment); ~1-5 min on one core.
 """
@@ -101,7 +101,7 @@ DEFAULTS = {"xp": ("scripts/configs/real_xp_cpu.yaml",
                    "runs/real_xp_cpu_v9/xp_fewshot/pretrain_teff_logg_masked_flux/final",
                    "benchmarks/results/xp_fewshot_generative_probe.json"),
             "miles": ("scripts/configs/miles_fewshot_cpu.yaml",
-                      "runs/miles_fewshot_cpu_ft2000/pretrain_synthetic/final",
+                      "runs/miles_fewshot_cpu_v4/pretrain_synthetic/final",
                       "benchmarks/results/miles_fewshot_generative_probe.json")}
 
 
