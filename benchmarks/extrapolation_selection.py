@@ -70,8 +70,8 @@ def preset_agreement(results: Path) -> dict:
         rows = pd.read_csv(results / table)
         rows = rows[(rows.experiment == experiment) & (rows.label == "FE_H") & (rows.split == "feh_lt_-1")]
         poor = rows.groupby("model").rmse.mean()
-        scores = {"extrapolation_rmse": chosen["extrapolation_fe_h_rmse"],
-                  "validation_nll": chosen["validation_nll_rule"]["validation_fe_h_nll"]}
+        scores = {"extrapolation_rmse": chosen["extrapolation_fe_h_rmse"],  # both of [Fe/H]
+                  "validation_fe_h_nll": chosen["validation_nll_rule"]["validation_fe_h_nll"]}
         models = list(scores["extrapolation_rmse"])
         out[experiment] = {
             "chosen_by": {rule: min(models, key=v.get) for rule, v in scores.items()},
