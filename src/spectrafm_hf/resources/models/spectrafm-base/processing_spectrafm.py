@@ -177,8 +177,9 @@ def _mad_std(x, axis=None):
 
 
 def check_probe(name: str, probe: dict, hidden_size: int | None = None) -> dict:
-    """A stored linear probe (`spectrafm_hf.linear_probe`), checked: every field present and finite, the lengths consistent (``inputs``: the model labels
-    whose predictions follow the ``hidden_size`` embedding values among the features)."""
+    """A stored linear probe (`spectrafm_hf.linear_probe`), checked: every field present and finite, the lengths
+    consistent (``inputs``: the model labels whose predictions follow the ``hidden_size`` embedding values among the
+    features), ``method`` ``"ridge"`` (the default, for probes saved before it was recorded) or ``"generative"``."""
     keys = ("inputs", "weights", "bias", "feature_mean", "feature_scale", "alpha", "sigma", "n_fit")
     missing = [k for k in keys if k not in probe]
     if missing:
@@ -189,6 +190,9 @@ def check_probe(name: str, probe: dict, hidden_size: int | None = None) -> dict:
     for key in ("bias", "alpha", "sigma"):
         out[key] = float(probe[key])
     out["n_fit"] = int(probe["n_fit"])
+    out["method"] = str(probe.get("method", "ridge"))  # how the line was fitted; both are applied alike
+    if out["method"] not in ("ridge", "generative"):
+        raise ValueError(f"linear_probes[{name!r}]: method must be 'ridge' or 'generative', got {out['method']!r}")
     p = len(out["weights"])
     numbers = np.array(out["weights"] + out["feature_mean"] + out["feature_scale"] + [out["bias"], out["sigma"]])
     if len(out["feature_mean"]) != p or len(out["feature_scale"]) != p or not np.isfinite(numbers).all():
@@ -266,6 +270,8 @@ class SpectraFMProcessor(FeatureExtractionMixin):
             features, the embedding and its predictions of the labels named in ``inputs`` (`spectrafm_hf.linear_probe`,
             `SpectraFMPipeline.fit_linear_probe`); `SpectraFMPipeline.predict` returns them as labels, with ``_err``
             the probe's leave-one-out scatter. A probe of a label the model predicts replaces the model's answer.
+            ``method`` says how the line was fitted (``"ridge"``, or ``"generative"``: the features modelled as
+            linear in the label and inverted); both are applied alike.
 
     Example:
         >>> import numpy as np
