@@ -231,7 +231,7 @@ def run(cfg):
             if start is not None:
                 nll.setdefault(model, []).append(rd.validation_nll(runner, f"{model}_draw{draw}", final, val))
             if start is not None and check:
-                run_name = f"{model}_draw{draw}_extrapolation_q{check.get('quantile', 0.3):g}"
+                run_name = rd.extrapolation_run_name(f"{model}_draw{draw}", check)
                 score = rd.below_cut_rmse(runner, run_name, fit(run_name, few_kept, val_kept), val_scored)
                 extrapolation.setdefault("rmse", {}).setdefault(model, []).append(score)
         if pretrained is not None and e.get("label_affine"):  # the network unchanged, [Fe/H] scale refitted

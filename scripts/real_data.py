@@ -214,6 +214,11 @@ def extrapolation_sets(few, val, check: dict, label: str = "FE_H"):
     return (cut, *(ds.select(np.flatnonzero(m)) for ds, m in ((few, kept), (val, ~scored), (val, scored))))
 
 
+def extrapolation_run_name(name: str, check: dict) -> str:
+    """The run folder of ``name``'s extrapolation refit: the quantile in the name, so a changed one is never reused."""
+    return f"{name}_extrapolation_q{float(check.get('quantile', 0.3)):g}"
+
+
 def below_cut_rmse(runner, name: str, final, scored, label: str = "FE_H") -> float:
     """RMSE of ``label`` on the validation stars below the cut (``scored``) of a recipe fitted above it (predictions
     cached as ``<name>_validation_below_cut``)."""
@@ -494,7 +499,7 @@ def xp_fewshot(cfg, runner: Runner, train, val, test):
             if start is not None:
                 nll.setdefault(model, []).append(validation_nll(runner, name, final, fm_data(cfg, val_rich)))
             if start is not None and check:
-                run_name = fewshot_run_name(cfg, model, draw) + f"_extrapolation_q{check.get('quantile', 0.3):g}"
+                run_name = extrapolation_run_name(fewshot_run_name(cfg, model, draw), check)
                 score = below_cut_rmse(runner, f"xp_fewshot_{run_name}", fit(run_name, few_kept, val_kept),
                                        fm_data(cfg, val_scored))
                 extrapolation.setdefault("rmse", {}).setdefault(model, []).append(score)

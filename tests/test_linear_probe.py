@@ -100,6 +100,26 @@ def test_the_generative_probe_is_the_least_squares_inversion_of_its_model(rng):
     np.testing.assert_allclose(apply_probe(again, scaled), direct, atol=1e-9)
 
 
+def test_the_generative_probe_sigma_is_leave_one_out_then_folds(rng, monkeypatch):
+    """sigma is the root-mean-square residual of refits without each row; beyond MAX_REFITS rows, of MAX_REFITS
+    interleaved folds (so thousands of stars cost MAX_REFITS refits). A refit standardises on its own rows, which
+    changes nothing: the read-out does not depend on how the features are scaled."""
+    import spectrafm_hf.linear_probe as lp
+
+    y, cov = rng.uniform(-1, 0.5, 24), rng.normal(size=(24, 2))
+    x = features_of(y, cov, rng)
+
+    def held_out_sigma(folds):
+        res = [y[k] - apply_probe(fit_generative_probe(x[folds != f], y[folds != f], [12, 13]), x[k:k + 1])[0]
+               for f in np.unique(folds) for k in np.flatnonzero(folds == f)]
+        return float(np.sqrt(np.mean(np.square(res))))
+
+    assert fit_generative_probe(x, y, [12, 13])["sigma"] == pytest.approx(held_out_sigma(np.arange(24)), rel=1e-9)
+    monkeypatch.setattr(lp, "MAX_REFITS", 5)
+    assert fit_generative_probe(x, y, [12, 13])["sigma"] == pytest.approx(held_out_sigma(np.arange(24) % 5),
+                                                                         rel=1e-9)
+
+
 def test_bad_generative_probe_input_is_refused_by_name(rng):
     x, y = rng.normal(size=(20, 4)), rng.normal(size=20)
     with pytest.raises(ValueError, match="shrink must be within"):

@@ -24,6 +24,26 @@ import numpy as np
 
 # ridge penalties tried, on standardised features (the penalty of a feature of unit variance)
 DEFAULT_ALPHAS = tuple(float(a) for a in np.logspace(-3, 4, 29))
+MAX_REFITS = 100  # a generative probe's sigma: leave-one-out up to this many rows, this many folds beyond
+
+
+def _standardised_rows(features, target, min_rows: int, what: str):
+    """(target, standardised features, feature mean, feature scale) of the rows with finite values, checked: shapes,
+    at least ``min_rows`` rows, a target that varies. A constant feature keeps scale 1 (its weight is then 0)."""
+    x = np.asarray(features, np.float64)
+    y = np.asarray(target, np.float64)
+    if x.ndim != 2 or y.shape != (x.shape[0],):
+        raise ValueError(f"features must be (n, p) and target (n,), got {x.shape} and {y.shape}")
+    ok = np.isfinite(x).all(1) & np.isfinite(y)
+    x, y = x[ok], y[ok]
+    if len(y) < min_rows:
+        raise ValueError(f"{what} needs >= {min_rows} labelled rows with finite features, got {len(y)}")
+    if not np.std(y) > 0:
+        raise ValueError(f"{what} needs labels that vary; every labelled row has the same value")
+    mean = x.mean(0)
+    scale = x.std(0)
+    scale = np.where(scale > 0, scale, 1.0)
+    return y, (x - mean) / scale, mean, scale
 
 
 def fit_ridge_loo(features, target, alphas=DEFAULT_ALPHAS, min_rows: int = 5) -> dict:
@@ -31,24 +51,11 @@ def fit_ridge_loo(features, target, alphas=DEFAULT_ALPHAS, min_rows: int = 5) ->
     lowest mean squared leave-one-out residual. Returns the probe as plain numbers: ``weights`` (p,), ``bias``,
     ``feature_mean``, ``feature_scale``, ``alpha``, ``sigma`` (root-mean-square leave-one-out residual), ``n_fit``.
     Rows with a NaN are skipped."""
-    x = np.asarray(features, np.float64)
-    y = np.asarray(target, np.float64)
-    if x.ndim != 2 or y.shape != (x.shape[0],):
-        raise ValueError(f"features must be (n, p) and target (n,), got {x.shape} and {y.shape}")
-    ok = np.isfinite(x).all(1) & np.isfinite(y)
-    x, y = x[ok], y[ok]
-    n = len(y)
-    if n < min_rows:
-        raise ValueError(f"a linear probe needs >= {min_rows} labelled rows with finite features, got {n}")
-    if not np.std(y) > 0:
-        raise ValueError("a linear probe needs labels that vary; every labelled row has the same value")
+    y, z, mean, scale = _standardised_rows(features, target, min_rows, "a linear probe")
     alphas = np.asarray(alphas, np.float64).ravel()
     if not alphas.size or not (np.isfinite(alphas) & (alphas > 0)).all():
         raise ValueError(f"alphas must be positive finite numbers, got {alphas}")
-    mean = x.mean(0)
-    scale = x.std(0)
-    scale = np.where(scale > 0, scale, 1.0)  # a constant feature stays constant (its weight is 0)
-    z = (x - mean) / scale
+    n = len(y)
     y_mean = y.mean()
     u, s, vt = np.linalg.svd(z, full_matrices=False)
     uy = u.T @ (y - y_mean)
@@ -83,29 +90,15 @@ def fit_generative_probe(features, target, covariates, shrink: float = 0.2, min_
     residual covariance shrunk towards its diagonal by ``shrink`` (1: diagonal; needed when the rows are few). The
     solution is linear in the features, so the probe has `fit_ridge_loo`'s fields (``alpha`` holds ``shrink``,
     ``method`` is ``"generative"``) and `apply_probe` reads it; ``sigma`` is the root-mean-square leave-one-out
-    residual, as for a ridge probe. Rows with a NaN are skipped."""
-    x = np.asarray(features, np.float64)
-    y = np.asarray(target, np.float64)
-    if x.ndim != 2 or y.shape != (x.shape[0],):
-        raise ValueError(f"features must be (n, p) and target (n,), got {x.shape} and {y.shape}")
+    residual, as for a ridge probe (``MAX_REFITS`` folds beyond that many rows). Rows with a NaN are skipped."""
     if not 0.0 <= float(shrink) <= 1.0:
         raise ValueError(f"shrink must be within [0, 1], got {shrink}")
     cov_cols = sorted({int(c) for c in covariates})
-    if any(not 0 <= c < x.shape[1] for c in cov_cols):
-        raise ValueError(f"covariates must be column indices of the {x.shape[1]} features, got {list(covariates)}")
-    modelled = [c for c in range(x.shape[1]) if c not in cov_cols]
-    ok = np.isfinite(x).all(1) & np.isfinite(y)
-    x, y = x[ok], y[ok]
-    n = len(y)
-    if n < max(min_rows, len(cov_cols) + 3):
-        raise ValueError(f"a generative probe needs >= {max(min_rows, len(cov_cols) + 3)} labelled rows with finite "
-                         f"features, got {n}")
-    if not np.std(y) > 0:
-        raise ValueError("a generative probe needs labels that vary; every labelled row has the same value")
-    mean = x.mean(0)
-    scale = x.std(0)
-    scale = np.where(scale > 0, scale, 1.0)
-    z = (x - mean) / scale
+    y, z, mean, scale = _standardised_rows(features, target, max(min_rows, len(cov_cols) + 3), "a generative probe")
+    n, n_features = z.shape
+    if any(not 0 <= c < n_features for c in cov_cols):
+        raise ValueError(f"covariates must be column indices of the {n_features} features, got {list(covariates)}")
+    modelled = [c for c in range(n_features) if c not in cov_cols]
 
     def weights_bias(rows):
         design = np.column_stack([np.ones(len(rows)), y[rows], z[np.ix_(rows, cov_cols)]])
@@ -119,16 +112,19 @@ def fit_generative_probe(features, target, covariates, shrink: float = 0.2, min_
         if not information > 0:
             raise ValueError("a generative probe needs features that change with the target; none does here")
         v /= information  # target = (z_modelled - a - c . z_covariates) . v
-        w = np.zeros(x.shape[1])
+        w = np.zeros(n_features)
         w[modelled] = v
         w[cov_cols] = -(coef[2:] @ v)
         return w, -float(coef[0] @ v)
 
     w, bias = weights_bias(np.arange(n))
-    loo = []
-    for i in range(n):  # n small refits: the covariance, not a closed form, needs every one
-        wi, bi = weights_bias(np.delete(np.arange(n), i))
-        loo.append(y[i] - (z[i] @ wi + bi))
+    # held-out residuals from refits (the covariance has no closed form): leave-one-out up to MAX_REFITS rows, beyond
+    # that MAX_REFITS interleaved folds, so thousands of stars cost 100 refits, not thousands
+    folds = np.arange(n) % min(n, MAX_REFITS)
+    held_out = np.empty(n)
+    for k in range(folds.max() + 1):
+        wk, bk = weights_bias(np.flatnonzero(folds != k))
+        held_out[folds == k] = y[folds == k] - (z[folds == k] @ wk + bk)
     return {"weights": w.tolist(), "bias": bias, "feature_mean": mean.tolist(), "feature_scale": scale.tolist(),
-            "alpha": float(shrink), "sigma": float(np.sqrt(np.mean(np.square(loo)))), "n_fit": int(n),
+            "alpha": float(shrink), "sigma": float(np.sqrt(np.mean(held_out**2))), "n_fit": int(n),
             "method": "generative"}
