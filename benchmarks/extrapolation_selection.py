@@ -19,11 +19,15 @@ candidate's test RMSE by metallicity.
 
     OMP_NUM_THREADS=1 python benchmarks/extrapolation_selection.py      # ~20 min on one core
     python benchmarks/extrapolation_selection.py --presets              # a second: the real-data presets' tables
+    OMP_NUM_THREADS=1 python benchmarks/extrapolation_selection.py --quantiles 0.2 0.3 0.5 \
+        --out benchmarks/results/extrapolation_selection_quantiles.json  # ~45 min: other cuts, and their mean
 
 Writes benchmarks/results/extrapolation_selection.json. ``--presets`` reads what the two real-data presets committed
 (both rules' scores in their summaries' ``recipe_selection``, the test rows in real_data.csv / real_data_miles.csv)
 and writes benchmarks/results/extrapolation_selection_presets.json: per few-shot experiment, each rule's choice, the
-candidates' metal-poor test RMSE and how closely each rule's scores order them.
+candidates' metal-poor test RMSE and how closely each rule's scores order them. ``--quantiles`` refits every
+candidate at each cut; ``extrapolation_rmse`` is then the first cut's score, ``extrapolation_rmse_by_quantile`` has
+each, and the rank correlations are given for each cut and for the mean of the cuts' scores.
 """
 
 import argparse
@@ -91,6 +95,8 @@ def main(argv=None):
     parser.add_argument("--out", default=str(REPO / "benchmarks/results/extrapolation_selection.json"))
     parser.add_argument("--work_dir", default=str(REPO / "runs/extrapolation_selection"))
     parser.add_argument("--presets", action="store_true", help="only read the real-data presets' committed tables")
+    parser.add_argument("--quantiles", type=float, nargs="+", default=[CUT_QUANTILE],
+                        help="the cuts' quantiles of the fitting stars' [Fe/H] (the first is the rule's score)")
     args = parser.parse_args(argv)
     if args.presets:
         out = REPO / "benchmarks/results/extrapolation_selection_presets.json"
@@ -107,8 +113,8 @@ def main(argv=None):
     feh = {"few": frames["train_stage3"]["FE_H"].to_numpy(np.float64),
            "validation": frames["validation"]["FE_H"].to_numpy(np.float64),
            "test": frames["test"]["FE_H"].to_numpy(np.float64)}
-    # inner: the extrapolation fit's stars; band: the validation stars it is scored on (all >= -1)
-    cut, inner, band = extrapolation_split(feh["few"], feh["validation"], CUT_QUANTILE)
+    # per cut: (cut, inner: the extrapolation fit's stars, band: the validation stars it is scored on, all >= -1)
+    cuts = {q: extrapolation_split(feh["few"], feh["validation"], q) for q in args.quantiles}
     poor = feh["test"] < -1.0
     start = SpectraFMPipeline.from_pretrained(args.model, device="cpu")
 
@@ -138,14 +144,26 @@ def main(argv=None):
             return start.fit(s, y, **kwargs) if kind == "fit" else start.fit_linear_probe(s, y, ["FE_H"], **kwargs)
 
         rows[name] = row(pipe_predict(fit(spectra["few"], label_frame)))
-        sub = fit([s for s, k in zip(spectra["few"], inner) if k], label_frame[inner])
-        pv, _ = pipe_predict(sub)("validation")
-        rows[name]["extrapolation_rmse"] = rmse(pv[band], feh["validation"][band])
+        by_quantile = {}
+        for q, (_, inner, band) in cuts.items():
+            sub = fit([s for s, k in zip(spectra["few"], inner) if k], label_frame[inner])
+            pv, _ = pipe_predict(sub)("validation")
+            by_quantile[f"{q:g}"] = rmse(pv[band], feh["validation"][band])
+        rows[name]["extrapolation_rmse"] = next(iter(by_quantile.values()))
+        if len(cuts) > 1:
+            rows[name]["extrapolation_rmse_by_quantile"] = by_quantile
+            rows[name]["extrapolation_rmse_mean_of_cuts"] = round(float(np.mean(list(by_quantile.values()))), 4)
         rows[name]["seconds"] = round(time.time() - t, 1)
         print(json.dumps({name: rows[name]}), flush=True)
 
-    out = {"command": "python benchmarks/extrapolation_selection.py", "model": args.model, "window_A": [lo, hi],
-           "n_fit_stars": len(few), "cut_quantile": CUT_QUANTILE, "cut_feh": round(cut, 4),
+    first, inner, band = next(iter(cuts.values()))
+    rules = [("validation_nll", "validation_nll"), ("extrapolation_rmse", "extrapolation_rmse")]
+    if len(cuts) > 1:
+        rules.append(("extrapolation_rmse_mean_of_cuts", "extrapolation_rmse_mean_of_cuts"))
+    out = {"command": " ".join(["python benchmarks/extrapolation_selection.py", *(sys.argv[1:] if argv is None else
+                                                                                   argv)]),
+           "model": args.model, "window_A": [lo, hi],
+           "n_fit_stars": len(few), "cut_quantile": args.quantiles[0], "cut_feh": round(first, 4),
            "n_extrapolation_fit_stars": int(inner.sum()), "n_validation": len(val),
            "n_validation_below_cut": int(band.sum()), "n_test": len(test), "n_test_feh_lt_-1": int(poor.sum()),
            "chosen_by_validation_nll": min(rows, key=lambda n: rows[n]["validation_nll"]),
@@ -154,8 +172,19 @@ def main(argv=None):
            # how closely each rule's score orders the candidates as their metal-poor test RMSE does
            "rank_correlation_with_test_feh_lt_-1": {
                rule: rank_correlation([r[key] for r in rows.values()], [r["test_rmse_feh_lt_-1"] for r in rows.values()])
-               for rule, key in (("validation_nll", "validation_nll"), ("extrapolation_rmse", "extrapolation_rmse"))},
+               for rule, key in rules},
            "rows": rows}
+    if len(cuts) > 1:
+        test_poor = [r["test_rmse_feh_lt_-1"] for r in rows.values()]
+        out["cuts"] = {}
+        for q, (c, i, b) in cuts.items():
+            score = {n: r["extrapolation_rmse_by_quantile"][f"{q:g}"] for n, r in rows.items()}
+            out["cuts"][f"{q:g}"] = {"cut_feh": round(c, 4), "n_extrapolation_fit_stars": int(i.sum()),
+                                     "n_validation_below_cut": int(b.sum()), "chosen": min(score, key=score.get),
+                                     "rank_correlation_with_test_feh_lt_-1": rank_correlation(list(score.values()),
+                                                                                              test_poor)}
+        out["chosen_by_extrapolation_rmse_mean_of_cuts"] = min(
+            rows, key=lambda n: rows[n]["extrapolation_rmse_mean_of_cuts"])
     Path(args.out).write_text(json.dumps(out, indent=1) + "\n")
     print(json.dumps({k: v for k, v in out.items() if k != "rows"}, indent=1))
 

@@ -19,7 +19,16 @@ Chosen as every recipe is: on the metal-rich VALIDATION stars (RMSE and the Gaus
 same features. The test split is scored after that, for the record.
 
     OMP_NUM_THREADS=1 python benchmarks/fewshot_generative_probe.py [--experiment xp|miles] [--config PRESET]
-        [--model PRETRAINED_FOLDER] [--out JSON]
+        [--model PRETRAINED_FOLDER] [--embedding_components K ...] [--out JSON]
+
+``--embedding_components K ...`` gives the generative read-out fewer features to invert (fewer residual covariances to
+estimate from 100 stars): 0 reads only the network's answers (its [Fe/H], with Teff and logg as covariates: a
+straight line fitted label-to-answer and inverted; rows ``generative_answers_shrink_<s>``, where shrink cannot
+matter), K > 0 the first K principal components of the embedding (fitted on the fitting stars) beside them (rows
+``generative_pca<K>_shrink_<s>``); -1 (default) the whole embedding, as `fit_linear_probe` does (rows
+``generative_shrink_<s>``). Every row also has the extrapolation check's score
+(`spectrafm_hf.training.run.extrapolation_split`, quantile 0.3: refitted on the fitting stars at or above the cut,
+RMSE on the validation stars below it), the rule the presets choose by.
 
 Defaults per experiment: the CPU preset, its pretraining's run folder (runs/real_xp_cpu_v9/xp_fewshot/
 pretrain_teff_logg_masked_flux/final; runs/miles_fewshot_cpu_v4/pretrain_synthetic/final) and
@@ -76,6 +85,12 @@ def scores(pred, truth, val_pred, val_sigma, val_truth) -> dict:
             "test_all_rmse": rmse(pred, truth), "test_metal_poor_mean_prediction": round(float(pred[poor].mean()), 3)}
 
 
+def principal_axes(embedding, k: int):
+    """(mean, the first ``k`` principal axes as columns) of the rows of ``embedding``."""
+    mean = embedding.mean(axis=0)
+    return mean, np.linalg.svd(embedding - mean, full_matrices=False)[2][:k].T
+
+
 def fewshot_sets(experiment: str, config: str):
     """{"val": metal-rich validation Dataset, draw: (few-shot Dataset, test Dataset)} and a function turning a
     Dataset into the pipeline's spectra, as the preset's few-shot experiment builds them."""
@@ -112,6 +127,9 @@ def main(argv=None) -> int:
     ap.add_argument("--config", help="the preset (default: the experiment's CPU preset)")
     ap.add_argument("--model", help="the pretrained model (default: the preset's run folder)")
     ap.add_argument("--shrink", type=float, nargs="+", default=[1.0, 0.5, 0.2])
+    ap.add_argument("--embedding_components", type=int, nargs="+", default=[-1],
+                    help="the generative read-out's embedding: -1 all of it, 0 none (the answers alone), K > 0 its "
+                         "first K principal components on the fitting stars (one set of rows each)")
     ap.add_argument("--out", help="the result JSON (default: benchmarks/results/<experiment>_fewshot_generative_probe"
                                   ".json)")
     a = ap.parse_args(argv)
@@ -120,6 +138,7 @@ def main(argv=None) -> int:
         REPO / default_out)
     from spectrafm_hf.linear_probe import apply_probe, fit_ridge_loo
     from spectrafm_hf.pipeline import SpectraFMPipeline
+    from spectrafm_hf.training.run import extrapolation_split
 
     if not (Path(model_dir) / "config.json").is_file():
         raise SystemExit(f"{model_dir}: no pretrained model; run the experiment's preset first")
@@ -128,6 +147,9 @@ def main(argv=None) -> int:
     pipe = SpectraFMPipeline.from_pretrained(model_dir, device="cpu")
     labels = list(pipe.model.config.label_names)
     others = [n for n in labels if n not in ("TEFF", "LOGG")]
+    if 0 in a.embedding_components and not others:
+        raise SystemExit(f"--embedding_components 0 reads only the network's answers besides Teff and logg; this one "
+                         f"predicts {labels} (Gaia XP's pretraining has no [Fe/H]): nothing to read")
 
     read = {}
 
@@ -140,26 +162,43 @@ def main(argv=None) -> int:
     def ridge_x(f):
         return np.column_stack([f[0], f[1][labels].to_numpy(np.float64)])
 
-    def generative_x(f):  # (features linear in the labels, the network's Teff and logg as covariates)
-        return np.column_stack([f[0], f[1][others].to_numpy(np.float64)]), f[1][["TEFF", "LOGG"]].to_numpy(np.float64)
+    def generative_x(f, axes=None):  # (features linear in the labels, the network's Teff and logg as covariates)
+        embedding = f[0] if axes is None else (f[0] - axes[0]) @ axes[1]
+        return (np.column_stack([embedding, f[1][others].to_numpy(np.float64)]),
+                f[1][["TEFF", "LOGG"]].to_numpy(np.float64))
+
+    def subset(f, rows):
+        return f[0][rows], f[1].iloc[np.flatnonzero(rows)]
+
+    def generative_fit(f, y, shrink, k):  # the read-out and the axes its features are read on
+        axes = None if k < 0 else principal_axes(f[0], k)
+        x, covariates = generative_x(f, axes)
+        return generative_read_out(x, y, covariates, shrink), axes
 
     feh = lambda ds: np.asarray(ds["FE_H"], np.float64)  # noqa: E731
     fv, yv = features(sets["val"]), feh(sets["val"])
     result = {"experiment": a.experiment, "model": model_dir, "network_labels": labels, "n_validation_metal_rich":
-              len(yv), "draws": {}}
+              len(yv), "embedding_components": a.embedding_components, "draws": {}}
     for draw in (k for k in sets if not isinstance(k, str)):
         few, test = sets[draw]
         ff, ft, yf, yt = features(few), features(test), feh(few), feh(test)
+        _, kept, below = extrapolation_split(yf, yv, 0.3)
         probe = fit_ridge_loo(ridge_x(ff), yf)
         row = {"n_test": len(yt), "n_test_metal_poor": int((yt < -1).sum()),
                "ridge_probe": scores(apply_probe(probe, ridge_x(ft)), yt, apply_probe(probe, ridge_x(fv)),
                                      np.full(len(yv), probe["sigma"]), yv)}
-        (x_fit, covariates_fit), xv, xt = generative_x(ff), generative_x(fv), generative_x(ft)
-        for shrink in a.shrink:
-            model = generative_read_out(x_fit, yf, covariates_fit, shrink)
-            pv, sv = generative_predict(model, *xv)
-            pt, _ = generative_predict(model, *xt)
-            row[f"generative_shrink_{shrink:g}"] = scores(pt, yt, pv, sv, yv)
+        refit = fit_ridge_loo(ridge_x(subset(ff, kept)), yf[kept])
+        row["ridge_probe"]["extrapolation_rmse"] = round(float(np.sqrt(np.mean(
+            (apply_probe(refit, ridge_x(subset(fv, below))) - yv[below]) ** 2))), 4)
+        for k, shrink in ((k, shrink) for k in a.embedding_components for shrink in a.shrink):
+            name = f"generative_{'' if k < 0 else 'answers_' if k == 0 else f'pca{k}_'}shrink_{shrink:g}"
+            model, axes = generative_fit(ff, yf, shrink, k)
+            pv, sv = generative_predict(model, *generative_x(fv, axes))
+            pt, _ = generative_predict(model, *generative_x(ft, axes))
+            row[name] = scores(pt, yt, pv, sv, yv)
+            model, axes = generative_fit(subset(ff, kept), yf[kept], shrink, k)
+            pv, _ = generative_predict(model, *generative_x(subset(fv, below), axes))
+            row[name]["extrapolation_rmse"] = round(float(np.sqrt(np.mean((pv - yv[below]) ** 2))), 4)
         result["draws"][str(draw)] = row
         print(draw, json.dumps(row), flush=True)
     first = next(iter(result["draws"].values()))
