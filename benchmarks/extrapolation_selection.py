@@ -46,6 +46,10 @@ from pipe_fit_recipe import CANDIDATES, paper_fewshot_data  # noqa: E402
 
 CUT_QUANTILE = 0.3   # the fitting stars below this quantile of their [Fe/H] are left out of the extrapolation fit
 SHRINKS = (1.0, 0.5, 0.2)
+# per few-shot experiment of the real-data presets: (summary, table under benchmarks/results, its recipe_selection)
+PRESET_SOURCES = {
+    "xp_fewshot": ("real_data/summary.json", "real_data.csv", lambda s: s["recipe_selection"]["xp_fewshot"]),
+    "miles_fewshot": ("real_data/miles_summary.json", "real_data_miles.csv", lambda s: s["recipe_selection"])}
 
 
 def rmse(p, t) -> float:
@@ -66,10 +70,8 @@ def preset_agreement(results: Path) -> dict:
     """Both rules against the metal-poor test RMSE, from the real-data presets' committed summaries and tables."""
     import pandas as pd
 
-    sources = {"xp_fewshot": ("real_data/summary.json", "real_data.csv", lambda s: s["recipe_selection"]["xp_fewshot"]),
-               "miles_fewshot": ("real_data/miles_summary.json", "real_data_miles.csv", lambda s: s["recipe_selection"])}
     out = {}
-    for experiment, (summary, table, selection) in sources.items():
+    for experiment, (summary, table, selection) in PRESET_SOURCES.items():
         chosen = selection(json.loads((results / summary).read_text()))
         rows = pd.read_csv(results / table)
         rows = rows[(rows.experiment == experiment) & (rows.label == "FE_H") & (rows.split == "feh_lt_-1")]
@@ -88,6 +90,38 @@ def preset_agreement(results: Path) -> dict:
     return out
 
 
+def preset_quantiles(results: Path, summaries) -> dict:
+    """The check at other cuts on the real-data presets: ``summaries`` are (experiment, quantile, summary path) of
+    preset runs made with ``--set <section>.extrapolation_check.quantile=Q``, beside the committed summary's 0.3.
+    Per experiment and cut, the check's choice and the rank correlation of its scores with the committed metal-poor
+    test RMSE; then the same for the mean of the cuts' scores. Only candidates scored at every cut are compared."""
+    import pandas as pd
+
+    out = {}
+    for experiment, (summary, table, selection) in PRESET_SOURCES.items():
+        runs = {CUT_QUANTILE: selection(json.loads((results / summary).read_text()))}
+        runs.update({float(q): selection(json.loads(Path(path).read_text()))
+                     for e, q, path in summaries if e == experiment})
+        if len(runs) < 2:
+            continue
+        rows = pd.read_csv(results / table)
+        rows = rows[(rows.experiment == experiment) & (rows.label == "FE_H") & (rows.split == "feh_lt_-1")]
+        poor = rows.groupby("model").rmse.mean()
+        models = [m for m in runs[CUT_QUANTILE]["extrapolation_fe_h_rmse"]
+                  if m in poor and all(m in r["extrapolation_fe_h_rmse"] for r in runs.values())]
+        scores = {f"{q:g}": {m: r["extrapolation_fe_h_rmse"][m] for m in models} for q, r in sorted(runs.items())}
+        scores["mean_of_cuts"] = {m: float(np.mean([v[m] for v in scores.values()])) for m in models}
+        out[experiment] = {
+            "test_rmse_feh_lt_-1": {m: round(float(poor[m]), 4) for m in models},
+            "best_on_test_feh_lt_-1": min(models, key=poor.get),
+            "cuts": {**{f"{q:g}": {"cut_feh": r["cut_feh"]} for q, r in sorted(runs.items())}},
+            "by_rule": {rule: {"chosen": min(v, key=v.get), "scores": {m: round(x, 4) for m, x in v.items()},
+                               "rank_correlation_with_test_feh_lt_-1": rank_correlation(
+                                   [v[m] for m in models], [poor[m] for m in models])}
+                        for rule, v in scores.items()}}
+    return out
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default=str(REPO / "scripts/configs/reproduce_cpu.yaml"))
@@ -97,7 +131,18 @@ def main(argv=None):
     parser.add_argument("--presets", action="store_true", help="only read the real-data presets' committed tables")
     parser.add_argument("--quantiles", type=float, nargs="+", default=[CUT_QUANTILE],
                         help="the cuts' quantiles of the fitting stars' [Fe/H] (the first is the rule's score)")
+    parser.add_argument("--summary", action="append", default=[], metavar="EXPERIMENT:QUANTILE:PATH",
+                        help="with --presets: a preset run's summary JSON at another cut (xp_fewshot or "
+                             "miles_fewshot); writes extrapolation_selection_presets_quantiles.json")
     args = parser.parse_args(argv)
+    if args.presets and args.summary:
+        out = REPO / "benchmarks/results/extrapolation_selection_presets_quantiles.json"
+        result = {"command": " ".join(["python benchmarks/extrapolation_selection.py --presets",
+                                       *(f"--summary {s}" for s in args.summary)]),
+                  **preset_quantiles(REPO / "benchmarks/results", [s.split(":", 2) for s in args.summary])}
+        out.write_text(json.dumps(result, indent=1) + "\n")
+        print(json.dumps(result, indent=1))
+        return
     if args.presets:
         out = REPO / "benchmarks/results/extrapolation_selection_presets.json"
         result = {"command": "python benchmarks/extrapolation_selection.py --presets",
