@@ -114,7 +114,7 @@ def preset_quantiles(results: Path, summaries) -> dict:
         out[experiment] = {
             "test_rmse_feh_lt_-1": {m: round(float(poor[m]), 4) for m in models},
             "best_on_test_feh_lt_-1": min(models, key=poor.get),
-            "cuts": {**{f"{q:g}": {"cut_feh": r["cut_feh"]} for q, r in sorted(runs.items())}},
+            "cuts": {f"{q:g}": {"cut_feh": r["cut_feh"]} for q, r in sorted(runs.items())},
             "by_rule": {rule: {"chosen": min(v, key=v.get), "scores": {m: round(x, 4) for m, x in v.items()},
                                "rank_correlation_with_test_feh_lt_-1": rank_correlation(
                                    [v[m] for m in models], [poor[m] for m in models])}
