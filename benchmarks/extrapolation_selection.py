@@ -19,8 +19,8 @@ candidate's test RMSE by metallicity.
 
     OMP_NUM_THREADS=1 python benchmarks/extrapolation_selection.py      # ~20 min on one core
     python benchmarks/extrapolation_selection.py --presets              # a second: the real-data presets' tables
-    OMP_NUM_THREADS=1 python benchmarks/extrapolation_selection.py --quantiles 0.2 0.3 0.5 \
-        --out benchmarks/results/extrapolation_selection_quantiles.json  # ~45 min: other cuts, and their mean
+    OMP_NUM_THREADS=1 python benchmarks/extrapolation_selection.py --quantiles 0.3 0.2 0.5 \
+        --out benchmarks/results/extrapolation_selection_quantiles.json  # ~30 CPU-min: other cuts, their mean
 
 Writes benchmarks/results/extrapolation_selection.json. ``--presets`` reads what the two real-data presets committed
 (both rules' scores in their summaries' ``recipe_selection``, the test rows in real_data.csv / real_data_miles.csv)
@@ -66,16 +66,21 @@ def rank_correlation(a, b) -> float:
     return round(float(np.corrcoef(ra, rb)[0, 1]), 3)
 
 
-def preset_agreement(results: Path) -> dict:
-    """Both rules against the metal-poor test RMSE, from the real-data presets' committed summaries and tables."""
+def metal_poor_test_rmse(results: Path, table: str, experiment: str):
+    """Each model's [Fe/H] RMSE on the metal-poor test stars (mean of the draws) in a committed results table."""
     import pandas as pd
 
+    rows = pd.read_csv(results / table)
+    rows = rows[(rows.experiment == experiment) & (rows.label == "FE_H") & (rows.split == "feh_lt_-1")]
+    return rows.groupby("model").rmse.mean()
+
+
+def preset_agreement(results: Path) -> dict:
+    """Both rules against the metal-poor test RMSE, from the real-data presets' committed summaries and tables."""
     out = {}
     for experiment, (summary, table, selection) in PRESET_SOURCES.items():
         chosen = selection(json.loads((results / summary).read_text()))
-        rows = pd.read_csv(results / table)
-        rows = rows[(rows.experiment == experiment) & (rows.label == "FE_H") & (rows.split == "feh_lt_-1")]
-        poor = rows.groupby("model").rmse.mean()
+        poor = metal_poor_test_rmse(results, table, experiment)
         scores = {"extrapolation_rmse": chosen["extrapolation_fe_h_rmse"],  # both of [Fe/H]
                   "validation_fe_h_nll": chosen["validation_nll_rule"]["validation_fe_h_nll"]}
         models = list(scores["extrapolation_rmse"])
@@ -95,8 +100,6 @@ def preset_quantiles(results: Path, summaries) -> dict:
     preset runs made with ``--set <section>.extrapolation_check.quantile=Q``, beside the committed summary's 0.3.
     Per experiment and cut, the check's choice and the rank correlation of its scores with the committed metal-poor
     test RMSE; then the same for the mean of the cuts' scores. Only candidates scored at every cut are compared."""
-    import pandas as pd
-
     out = {}
     for experiment, (summary, table, selection) in PRESET_SOURCES.items():
         runs = {CUT_QUANTILE: selection(json.loads((results / summary).read_text()))}
@@ -104,9 +107,7 @@ def preset_quantiles(results: Path, summaries) -> dict:
                      for e, q, path in summaries if e == experiment})
         if len(runs) < 2:
             continue
-        rows = pd.read_csv(results / table)
-        rows = rows[(rows.experiment == experiment) & (rows.label == "FE_H") & (rows.split == "feh_lt_-1")]
-        poor = rows.groupby("model").rmse.mean()
+        poor = metal_poor_test_rmse(results, table, experiment)
         models = [m for m in runs[CUT_QUANTILE]["extrapolation_fe_h_rmse"]
                   if m in poor and all(m in r["extrapolation_fe_h_rmse"] for r in runs.values())]
         scores = {f"{q:g}": {m: r["extrapolation_fe_h_rmse"][m] for m in models} for q, r in sorted(runs.items())}
@@ -202,9 +203,7 @@ def main(argv=None):
         print(json.dumps({name: rows[name]}), flush=True)
 
     first, inner, band = next(iter(cuts.values()))
-    rules = [("validation_nll", "validation_nll"), ("extrapolation_rmse", "extrapolation_rmse")]
-    if len(cuts) > 1:
-        rules.append(("extrapolation_rmse_mean_of_cuts", "extrapolation_rmse_mean_of_cuts"))
+    rules = ["validation_nll", "extrapolation_rmse"] + (["extrapolation_rmse_mean_of_cuts"] if len(cuts) > 1 else [])
     out = {"command": " ".join(["python benchmarks/extrapolation_selection.py", *(sys.argv[1:] if argv is None else
                                                                                    argv)]),
            "model": args.model, "window_A": [lo, hi],
@@ -216,8 +215,8 @@ def main(argv=None):
            "best_on_test_feh_lt_-1": min(rows, key=lambda n: rows[n]["test_rmse_feh_lt_-1"]),
            # how closely each rule's score orders the candidates as their metal-poor test RMSE does
            "rank_correlation_with_test_feh_lt_-1": {
-               rule: rank_correlation([r[key] for r in rows.values()], [r["test_rmse_feh_lt_-1"] for r in rows.values()])
-               for rule, key in rules},
+               rule: rank_correlation([r[rule] for r in rows.values()], [r["test_rmse_feh_lt_-1"] for r in rows.values()])
+               for rule in rules},
            "rows": rows}
     if len(cuts) > 1:
         test_poor = [r["test_rmse_feh_lt_-1"] for r in rows.values()]

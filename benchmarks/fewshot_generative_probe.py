@@ -68,6 +68,10 @@ def generative_predict(probe, x, teff_logg):
     return apply_probe(probe, np.column_stack([x, teff_logg])), np.full(len(x), probe["sigma"])
 
 
+def rmse(pred, truth) -> float:
+    return round(float(np.sqrt(np.mean((pred - truth) ** 2))), 4)
+
+
 def scores(pred, truth, val_pred, val_sigma, val_truth) -> dict:
     """Validation RMSE / calibrated NLL (sigma scaled by the package's conformal 68 % rule on validation) and the
     test RMSE by metallicity, the mean prediction of the metal-poor test stars."""
@@ -77,7 +81,6 @@ def scores(pred, truth, val_pred, val_sigma, val_truth) -> dict:
     s = val_sigma * scale
     z = (val_pred - val_truth) / s
     poor = truth < -1.0
-    rmse = lambda p, t: round(float(np.sqrt(np.mean((p - t) ** 2))), 4)  # noqa: E731
     return {"validation_rmse": rmse(val_pred, val_truth),
             "validation_nll": round(float(np.mean(0.5 * z**2 + np.log(s) + 0.5 * np.log(2 * np.pi))), 4),
             "test_metal_poor_rmse": rmse(pred[poor], truth[poor]),
@@ -188,8 +191,7 @@ def main(argv=None) -> int:
                "ridge_probe": scores(apply_probe(probe, ridge_x(ft)), yt, apply_probe(probe, ridge_x(fv)),
                                      np.full(len(yv), probe["sigma"]), yv)}
         refit = fit_ridge_loo(ridge_x(subset(ff, kept)), yf[kept])
-        row["ridge_probe"]["extrapolation_rmse"] = round(float(np.sqrt(np.mean(
-            (apply_probe(refit, ridge_x(subset(fv, below))) - yv[below]) ** 2))), 4)
+        row["ridge_probe"]["extrapolation_rmse"] = rmse(apply_probe(refit, ridge_x(subset(fv, below))), yv[below])
         for k, shrink in ((k, shrink) for k in a.embedding_components for shrink in a.shrink):
             name = f"generative_{'' if k < 0 else 'answers_' if k == 0 else f'pca{k}_'}shrink_{shrink:g}"
             model, axes = generative_fit(ff, yf, shrink, k)
@@ -198,7 +200,7 @@ def main(argv=None) -> int:
             row[name] = scores(pt, yt, pv, sv, yv)
             model, axes = generative_fit(subset(ff, kept), yf[kept], shrink, k)
             pv, _ = generative_predict(model, *generative_x(subset(fv, below), axes))
-            row[name]["extrapolation_rmse"] = round(float(np.sqrt(np.mean((pv - yv[below]) ** 2))), 4)
+            row[name]["extrapolation_rmse"] = rmse(pv, yv[below])
         result["draws"][str(draw)] = row
         print(draw, json.dumps(row), flush=True)
     first = next(iter(result["draws"].values()))
