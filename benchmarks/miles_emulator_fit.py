@@ -19,7 +19,19 @@ metal-rich giants of the TRAIN split (the pool the few-shot stars are drawn from
     python benchmarks/miles_emulator_fit.py [--config scripts/configs/miles_fewshot_cpu.yaml]
         [--out benchmarks/results/miles_emulator_fit.json]
 
-Needs the converted emulator (scripts/convert_bossbrain.py) and MILES (pip sdss-mangadap); ~10 min on one core.
+``--corrections none mean linear depth_scale`` asks instead whether the emulator can be corrected from the real stars a
+few-shot user has: for each draw of the preset, the draw's 100 metal-rich stars (its giants, at their MILES labels)
+fit a per-pixel correction of the emulated flux, and the metal-poor giants and the metal-rich cool giants outside
+the draw and the validation split are fitted again (Teff, logg, [M/H] free) with the corrected emulator:
+
+- ``mean``: the mean residual MILES - emulator, added to every emulated spectrum;
+- ``linear``: the residual linear in Teff, logg and [Fe/H] (ridge), evaluated at the fitted labels;
+- ``depth_scale``: line depths scaled per pixel, 1 - k * (1 - flux), k by least squares on the residuals.
+
+    python benchmarks/miles_emulator_fit.py --corrections none mean linear depth_scale   # ~12 min on one core
+        # -> benchmarks/results/miles_emulator_correction.json
+
+Needs the converted emulator (scripts/convert_bossbrain.py) and MILES (pip sdss-mangadap); ~25 min on one core.
 """
 
 from __future__ import annotations
@@ -74,25 +86,94 @@ class GiantFitter:
                       model_fwhm=self.model_fwhm, snr=None)
         return pseudo_continuum_normalize(deg, **self.normalize)[0][0]
 
-    def fit(self, flux, good, teff0, logg0, free):
+    def fit(self, flux, good, teff0, logg0, free, correct=None):
         """Best-fit parameters (Teff/1000, logg, [M/H], extras...) and the reduced chi^2; starts at the star's own
-        Teff and logg and [M/H] = -0.5 (never at its [Fe/H])."""
+        Teff and logg and [M/H] = -0.5 (never at its [Fe/H]). ``correct(model_flux, p)``: a correction of the
+        emulated flux (`corrections`)."""
         lo = [3.5, 0.0, -2.5] + [-0.5] * ("alpha" in free) + [-0.6, -0.6] * ("cn" in free)
         hi = [6.0, 3.5, 0.5] + [0.6] * ("alpha" in free) + [0.6, 0.6] * ("cn" in free)
         p0 = [teff0 / 1000.0, logg0, -0.5] + [0.1] * ("alpha" in free) + [0.0, 0.0] * ("cn" in free)
         p0 = np.clip(p0, np.add(lo, 1e-3), np.subtract(hi, 1e-3))
-        r = least_squares(lambda p: (self.spectrum(p, free) - flux)[good] / FLUX_ERROR, p0, bounds=(lo, hi),
+        correct = correct or (lambda model, p: model)
+        r = least_squares(lambda p: (correct(self.spectrum(p, free), p) - flux)[good] / FLUX_ERROR, p0,
+                          bounds=(lo, hi),
                           diff_step=1e-3, max_nfev=60)
         return r.x, float(np.mean(r.fun ** 2))
+
+
+def corrections(fitter, flux, good, teff, logg, feh, stars) -> dict:
+    """Per-pixel corrections of the emulated flux fitted on ``stars`` at their MILES labels: {name: correct(model, p)}
+    with p = (Teff/1000, logg, [M/H], ...) the labels being fitted."""
+    model = np.array([fitter.spectrum(np.array([teff[i] / 1000.0, logg[i], feh[i]]), ()) for i in stars])
+    use = good[stars] & np.isfinite(flux[stars])
+    resid = np.where(use, flux[stars] - model, 0.0)
+    n = np.maximum(use.sum(0), 1)
+    mean = resid.sum(0) / n
+    x = np.stack([np.ones(stars.size), teff[stars] / 1000.0 - 4.5, logg[stars] - 2.0, feh[stars]], 1)
+    coef = np.linalg.solve(x.T @ x + 1e-2 * np.eye(4), x.T @ resid)   # ridge: a few tens of giants, 4 terms
+    depth_model, depth_real = np.where(use, 1.0 - model, 0.0), np.where(use, 1.0 - flux[stars], 0.0)
+    k = (depth_model * depth_real).sum(0) / np.maximum((depth_model ** 2).sum(0), 1e-6)
+    return {"none": lambda m, p: m,
+            "mean": lambda m, p: m + mean,
+            "linear": lambda m, p: m + np.array([1.0, p[0] - 4.5, p[1] - 2.0, p[2]]) @ coef,
+            "depth_scale": lambda m, p: 1.0 - k * (1.0 - m)}
+
+
+def correction_study(cfg, names, arrays, flux, good, keep) -> dict:
+    """`--corrections`: per draw, corrections fitted on its few-shot giants, scored on the giants it never saw."""
+    teff, logg, feh = (np.asarray(arrays.labels[n], float) for n in ("TEFF", "LOGG", "FE_H"))
+    split_of = np.empty(len(arrays), object)
+    for name, idx in arrays.splits.items():
+        split_of[idx] = name
+    e = cfg["fewshot"]
+    min_feh = float(e.get("min_feh", -1.0))
+    pool = np.flatnonzero(keep & (split_of == "train") & (feh > min_feh))   # as miles_fewshot.miles_sets draws
+    giants = np.flatnonzero(keep & (logg <= 3.5) & (split_of != "validation"))
+    fitter = GiantFitter(cfg, arrays.wavelength)
+    out = {"draws": {}}
+    for draw in e["draws"]:
+        few = np.sort(np.random.default_rng(int(draw)).choice(pool, min(int(e["n_stars"]), pool.size), replace=False))
+        unseen = np.setdiff1d(giants, few)
+        groups = {"metal_poor_cool_giants": unseen[(feh[unseen] <= min_feh) & (teff[unseen] <= 5000.0)],
+                  "metal_poor_warm_giants": unseen[(feh[unseen] <= min_feh) & (teff[unseen] > 5000.0)],
+                  # every 4th (~60): enough for a bias, a quarter of the fitting time
+                  "metal_rich_cool_giants": unseen[(feh[unseen] > min_feh) & (teff[unseen] <= 5000.0)][::4]}
+        fitted_on = few[logg[few] <= 3.5]
+        correct = corrections(fitter, flux, good, teff, logg, feh, fitted_on)
+        row = {"n_giants_fitted_on": int(fitted_on.size), **{f"n_{g}": int(m.size) for g, m in groups.items()}}
+        for name in names:
+            t = time.time()
+            row[name] = {}
+            for g, stars in groups.items():
+                resid = np.array([fitter.fit(flux[i], good[i] & np.isfinite(flux[i]), teff[i], logg[i], (),
+                                             correct[name])[0][2] for i in stars]) - feh[stars]
+                row[name][g] = {"mh_bias": float(resid.mean()), "mh_rmse": float(np.sqrt((resid ** 2).mean()))}
+            row[name]["seconds"] = round(time.time() - t, 1)
+            print(draw, name, json.dumps(row[name]), flush=True)
+        out["draws"][str(draw)] = row
+    out["mean_of_draws"] = {name: {g: {k: float(np.mean([out["draws"][str(d)][name][g][k] for d in e["draws"]]))
+                                       for k in ("mh_bias", "mh_rmse")} for g in groups} for name in names}
+    return out
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--config", default=str(ROOT / "scripts/configs/miles_fewshot_cpu.yaml"))
-    ap.add_argument("--out", default=str(ROOT / "benchmarks/results/miles_emulator_fit.json"))
+    ap.add_argument("--out", help="default benchmarks/results/miles_emulator_fit.json, with --corrections "
+                                  "benchmarks/results/miles_emulator_correction.json")
+    ap.add_argument("--corrections", nargs="+", choices=["none", "mean", "linear", "depth_scale"],
+                    help="score emulator corrections fitted on each draw's few-shot stars instead (docstring)")
     a = ap.parse_args(argv)
     cfg = read_yaml(Path(a.config).read_text())
     arrays, flux, good, keep = miles_fewshot.miles_tables(cfg)
+    a.out = a.out or str(ROOT / "benchmarks/results" / ("miles_emulator_correction.json" if a.corrections
+                                                         else "miles_emulator_fit.json"))
+    if a.corrections:
+        out = {"command": "python benchmarks/miles_emulator_fit.py --corrections " + " ".join(a.corrections),
+               "flux_error": FLUX_ERROR, **correction_study(cfg, a.corrections, arrays, flux, good, keep)}
+        Path(a.out).write_text(json.dumps(out, indent=1) + "\n")
+        print("wrote", a.out)
+        return 0
     teff, logg, feh = (np.asarray(arrays.labels[n], float) for n in ("TEFF", "LOGG", "FE_H"))
     giants = np.flatnonzero(keep & (logg <= 3.5))
     in_train = np.isin(giants, arrays.splits["train"])
