@@ -163,11 +163,14 @@ def test_a_probe_adds_a_label_and_keeps_the_network_and_the_old_pipeline(rng, tm
     assert len(stored["NEW"]["weights"]) == pipe.model.config.hidden_size + len(pipe.label_names)
     again = SpectraFMPipeline.from_pretrained(tmp_path / "probed", device="cpu")
     np.testing.assert_allclose(again.predict(spectra, labels="NEW")["NEW"], table["NEW"], rtol=1e-6)
-    # features are read in predict's chunks: a probe fitted chunk by chunk is the same probe
+    # features are read in predict's chunks: a probe fitted chunk by chunk is the same probe (to float32 rounding:
+    # on some CPUs a batch of 7 sums in another order than one of 30, and the ridge solve carries that through)
     pipe.chunk_size = 7
     chunked = pipe.fit_linear_probe(spectra[:30], {"NEW": truth[:30]}, ["NEW"])
-    assert chunked.processor.linear_probes["NEW"]["weights"] == pytest.approx(
-        probed.processor.linear_probes["NEW"]["weights"], rel=1e-6)
+    weights = np.asarray(probed.processor.linear_probes["NEW"]["weights"])
+    np.testing.assert_allclose(chunked.processor.linear_probes["NEW"]["weights"], weights,
+                               atol=1e-4 * np.abs(weights).max())
+    np.testing.assert_allclose(chunked.predict(spectra, labels="NEW")["NEW"], table["NEW"], atol=1e-4)
     # the model card names the probed label and what the probe reads (folder and pipeline alike)
     from spectrafm_hf.cards import render_model_card
 
@@ -245,9 +248,12 @@ def test_a_generative_probe_is_fitted_saved_and_applied_like_a_ridge_probe(rng, 
     probe = probed.processor.linear_probes["NEW"]
     assert probe["method"] == "generative" and probe["alpha"] == 0.5 and probe["inputs"] == pipe.label_names
     hidden = pipe.model.config.hidden_size
-    x = np.column_stack([pipe.embed(spectra), pipe.predict(spectra, labels=pipe.label_names)[pipe.label_names]])
+    def features(s):  # in one batch per call, as the probe read them (another batch size rounds differently)
+        return np.column_stack([pipe.embed(s), pipe.predict(s, labels=pipe.label_names)[pipe.label_names]])
+
+    x = features(spectra)
     teff_logg = [hidden + pipe.label_names.index("TEFF"), hidden + pipe.label_names.index("LOGG")]
-    direct = fit_generative_probe(x[:30], truth[:30], teff_logg, shrink=0.5)
+    direct = fit_generative_probe(features(spectra[:30]), truth[:30], teff_logg, shrink=0.5)
     assert probe["weights"] == pytest.approx(direct["weights"], rel=1e-6, abs=1e-9)
     table = probed.predict(spectra, labels="NEW")
     np.testing.assert_allclose(table["NEW"], apply_probe(direct, x), rtol=1e-6, atol=1e-9)
