@@ -122,17 +122,14 @@ def corrections(fitter, flux, good, teff, logg, feh, stars) -> dict:
 def correction_study(cfg, names, arrays, flux, good, keep) -> dict:
     """`--corrections`: per draw, corrections fitted on its few-shot giants, scored on the giants it never saw."""
     teff, logg, feh = (np.asarray(arrays.labels[n], float) for n in ("TEFF", "LOGG", "FE_H"))
-    split_of = np.empty(len(arrays), object)
-    for name, idx in arrays.splits.items():
-        split_of[idx] = name
     e = cfg["fewshot"]
     min_feh = float(e.get("min_feh", -1.0))
-    pool = np.flatnonzero(keep & (split_of == "train") & (feh > min_feh))   # as miles_fewshot.miles_sets draws
-    giants = np.flatnonzero(keep & (logg <= 3.5) & (split_of != "validation"))
+    idx = miles_fewshot.fewshot_indices(cfg, arrays, keep, e["draws"])   # the preset's own draws
+    giants = idx["testable"][logg[idx["testable"]] <= 3.5]
     fitter = GiantFitter(cfg, arrays.wavelength)
     out = {"draws": {}}
     for draw in e["draws"]:
-        few = np.sort(np.random.default_rng(int(draw)).choice(pool, min(int(e["n_stars"]), pool.size), replace=False))
+        few = idx["few"][draw]
         unseen = np.setdiff1d(giants, few)
         groups = {"metal_poor_cool_giants": unseen[(feh[unseen] <= min_feh) & (teff[unseen] <= 5000.0)],
                   "metal_poor_warm_giants": unseen[(feh[unseen] <= min_feh) & (teff[unseen] > 5000.0)],

@@ -101,9 +101,9 @@ def to_dataset(a, flux, good, index):
     return datasets.Dataset(table, info=datasets.DatasetInfo(features=features(LABELS)))
 
 
-def miles_sets(cfg, draw_seeds):
-    """{"val": validation-split stars with [Fe/H] > min_feh, draw: (few-shot train, test)} as Datasets."""
-    a, flux, good, keep = miles_tables(cfg)
+def fewshot_indices(cfg, a, keep, draw_seeds) -> dict:
+    """MILES row indices: {"train_pool", "val" (validation stars with [Fe/H] > min_feh), "testable" (every in-domain
+    star outside the validation split), "few": {draw: the draw's few-shot stars}}."""
     e = cfg["fewshot"]
     min_feh = float(e.get("min_feh", -1.0))
     feh = a.labels["FE_H"]
@@ -111,15 +111,25 @@ def miles_sets(cfg, draw_seeds):
     for name, idx in a.splits.items():
         split_of[idx] = name
     train_pool = np.flatnonzero(keep & (split_of == "train") & (feh > min_feh))
-    val = np.flatnonzero(keep & (split_of == "validation") & (feh > min_feh))
-    testable = np.flatnonzero(keep & (split_of != "validation"))
+    n = int(e["n_stars"])
+    few = {draw: np.sort(np.random.default_rng(int(draw)).choice(train_pool, min(n, train_pool.size), replace=False))
+           for draw in draw_seeds}
+    return {"train_pool": train_pool, "val": np.flatnonzero(keep & (split_of == "validation") & (feh > min_feh)),
+            "testable": np.flatnonzero(keep & (split_of != "validation")), "few": few}
+
+
+def miles_sets(cfg, draw_seeds):
+    """{"val": validation-split stars with [Fe/H] > min_feh, draw: (few-shot train, test)} as Datasets."""
+    a, flux, good, keep = miles_tables(cfg)
+    min_feh = float(cfg["fewshot"].get("min_feh", -1.0))
+    feh = a.labels["FE_H"]
+    idx = fewshot_indices(cfg, a, keep, draw_seeds)
+    train_pool, val, testable = idx["train_pool"], idx["val"], idx["testable"]
     out = {"val": to_dataset(a, flux, good, val), "wavelength": a.wavelength,
            "counts": {"in_domain": int(keep.sum()), "train_pool_feh_gt_min": int(train_pool.size),
                       "validation_feh_gt_min": int(val.size)}}
-    n = int(e["n_stars"])
     for draw in draw_seeds:
-        rng = np.random.default_rng(int(draw))
-        few = np.sort(rng.choice(train_pool, min(n, train_pool.size), replace=False))
+        few = idx["few"][draw]
         test = np.setdiff1d(testable, few)
         if (feh[few] <= min_feh).any() or (feh[val] <= min_feh).any():
             raise AssertionError("a few-shot training or validation star is metal-poor")
