@@ -2,7 +2,7 @@
 """The paper's few-shot transfer experiment on a REAL instrument: MILES (optical, R ~ 2000, flux-calibrated).
 
     python scripts/convert_bossbrain.py                                   # once: the optical emulator (PyPI)
-    python scripts/miles_fewshot.py scripts/configs/miles_fewshot_cpu.yaml    # CPU preset (~25 CPU-minutes)
+    python scripts/miles_fewshot.py scripts/configs/miles_fewshot_cpu.yaml    # CPU preset (~2.2 CPU-hours)
     python scripts/miles_fewshot.py scripts/configs/miles_fewshot_tiny.yaml   # toy scale, committed 40-star subset
     ... [--output_dir DIR] [--results_dir DIR] [--results_csv FILE] [--data_dir MILES_DATA]
 
@@ -21,6 +21,9 @@
    whole test split; the validation split is never tested), reported for ``all``, ``feh_lt_-1``, ``feh_ge_-1``,
    ``giants`` (logg < 3.5) and ``dwarfs`` (logg >= 3.5, outside the emulator's logg range).
 
+``dataset.wavelength_range: [lo, hi]`` (vacuum Angstrom) reads only those MILES pixels, and the synthetic spectra
+are made on the same cut grid; both are normalised over the range itself.
+
 Hygiene: checkpoints, MLP epochs and ridge alphas are chosen on the MILES *validation* split's stars with
 [Fe/H] > -1 only; no test star and no metal-poor MILES star is seen before the final evaluation (the pretraining
 sees only synthetic spectra, selected on a synthetic validation set). Both MILES and synthetic spectra are
@@ -34,6 +37,7 @@ and prediction is reused when it exists; delete it to redo it).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib.util
 import json
 import sys
@@ -74,6 +78,15 @@ def miles_tables(cfg):
 
     d = cfg["dataset"]
     a = load_miles_arrays(d.get("data_dir"))
+    if d.get("wavelength_range"):  # the pixels read, before normalising: MILES and synthetic spectra alike
+        lo, hi = (float(v) for v in d["wavelength_range"])
+        cols = (a.wavelength >= lo) & (a.wavelength <= hi)
+        if not cols.any():
+            raise ValueError(f"dataset.wavelength_range {[lo, hi]} holds no MILES pixel (the grid spans "
+                             f"{a.wavelength[0]:.0f}-{a.wavelength[-1]:.0f} A, vacuum)")
+        a = dataclasses.replace(a, wavelength=a.wavelength[cols], flux=a.flux[:, cols],
+                                mask=None if a.mask is None else a.mask[:, cols],
+                                ivar=None if a.ivar is None else a.ivar[:, cols])
     good = a.mask if a.mask is not None else np.ones(a.flux.shape, bool)
     good = good & (a.flux != 0)
     flux, _ = pseudo_continuum_normalize(a.flux, good, **(cfg.get("normalize") or {}))
@@ -139,6 +152,13 @@ def miles_sets(cfg, draw_seeds):
     return out
 
 
+def synthetic_spec(cfg) -> dict:
+    """What the cached synthetic spectra were made from (the wavelength range only when one is set, so caches made
+    before it stay valid)."""
+    window = (cfg.get("dataset") or {}).get("wavelength_range")
+    return {**cfg["synthetic"], **({"wavelength_range": list(window)} if window else {})}
+
+
 def synthetic_sets(cfg, wavelength, cache: Path | None = None):
     """(train, validation) synthetic Datasets; saved under ``cache`` (``save_to_disk``) and reused from there."""
     import datasets
@@ -147,7 +167,7 @@ def synthetic_sets(cfg, wavelength, cache: Path | None = None):
 
     if cache is not None and (cache / "validation" / "dataset_info.json").is_file():
         spec = json.loads((cache / "synthetic.json").read_text())
-        if spec == cfg["synthetic"]:
+        if spec == synthetic_spec(cfg):
             log(f"synthetic: reusing {cache}")
             return datasets.load_from_disk(str(cache / "train")), datasets.load_from_disk(str(cache / "validation"))
     s = dict(cfg["synthetic"])
@@ -163,7 +183,7 @@ def synthetic_sets(cfg, wavelength, cache: Path | None = None):
     if cache is not None:
         train.save_to_disk(str(cache / "train"))
         val.save_to_disk(str(cache / "validation"))
-        (cache / "synthetic.json").write_text(json.dumps(cfg["synthetic"]))
+        (cache / "synthetic.json").write_text(json.dumps(synthetic_spec(cfg)))
     return train, val
 
 

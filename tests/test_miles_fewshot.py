@@ -135,6 +135,30 @@ def test_fewshot_sets_keep_metal_poor_and_test_stars_out_of_selection(miles):
         assert f.shape == (4300,) and 0.8 < np.median(f) < 1.1  # MILES is pseudo-continuum normalised
 
 
+def test_wavelength_range_cuts_miles_and_synthetic_pixels_alike(miles):
+    import yaml
+
+    script = _script()
+    cfg = yaml.safe_load((REPO / "scripts" / "configs" / "miles_fewshot_tiny.yaml").read_text())
+    cfg["dataset"]["data_dir"] = str(MILES_DIR)
+    whole = script.synthetic_spec(cfg)
+    assert whole == cfg["synthetic"]  # caches made without a range stay valid
+    cfg["dataset"]["wavelength_range"] = [4000, 5800]
+    a, flux, good, keep = script.miles_tables(cfg)
+    cols = (miles.wavelength >= 4000) & (miles.wavelength <= 5800)
+    np.testing.assert_array_equal(a.wavelength, miles.wavelength[cols])
+    assert flux.shape == (len(miles), cols.sum()) == good.shape
+    # normalised over the range itself, as the synthetic spectra made on that grid are
+    ok = miles.mask[:, cols] & (miles.flux[:, cols] != 0)
+    expected, _ = pseudo_continuum_normalize(miles.flux[:, cols], ok, **cfg["normalize"])
+    np.testing.assert_allclose(np.where(good, flux, 0), np.where(good, expected, 0))
+    assert np.array_equal(script.miles_sets(cfg, [77])["wavelength"], a.wavelength)
+    assert script.synthetic_spec(cfg) == {**whole, "wavelength_range": [4000, 5800]}  # a new range: new spectra
+    cfg["dataset"]["wavelength_range"] = [8000, 9000]
+    with pytest.raises(ValueError, match="holds no MILES pixel"):
+        script.miles_tables(cfg)
+
+
 # ------------------------------------------------------------------------------------------------ the generator
 def test_evaluator_matches_the_mlp_formula_and_switches_networks_by_teff():
     em = random_optical_emulator(hidden=8, seed=3)
