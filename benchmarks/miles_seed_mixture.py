@@ -5,9 +5,13 @@ Each ``--runs`` folder is a `scripts/miles_fewshot.py` output_dir of the same pr
 ``training_defaults.seed`` (pretraining and fine-tune both change; the synthetic spectra and the draws do not). Per
 draw, the row's test predictions of every seed are scored alone and as an equal-weight mixture
 (`real_data.seed_mixture`: mean of the means, sigma^2 = mean of the sigma^2 + variance of the means), and so are the
-extrapolation check's refits on the validation stars below the cut (the preset's recipe rule). The scratch NN's
-metal-poor RMSE, for the ratio, is read from ``--scratch`` (the preset's committed table).
+extrapolation check's refits on the validation stars below the cut (the preset's recipe rule); the pretrained model
+before fine-tuning (``spectrafm_synthetic_only``) is scored per seed beside them. The scratch NN's metal-poor RMSE,
+for the ratio, is read from ``--scratch`` (the preset's committed table).
 
+    python scripts/miles_fewshot.py scripts/configs/miles_fewshot_cpu.yaml --output_dir runs/seed1 \\
+        --results_dir runs/seed1/results --results_csv runs/seed1/results/miles.csv --set training_defaults.seed=1 \\
+        --set 'fewshot.ablations={}' --set fewshot.label_affine=false --set 'fewshot.baselines={}'   # ~42 min, one core
     python benchmarks/miles_seed_mixture.py --runs runs/miles_fewshot_cpu_v4 runs/seed1 runs/seed2 \\
         --out benchmarks/results/miles_seed_mixture.json
 """
@@ -66,8 +70,11 @@ def main(argv=None) -> int:
                 raise ValueError(f"{len(p)} predictions for {len(truth)} test stars of draw {draw}")
         check_rmse = [float(np.sqrt(np.mean((p.FE_H_pred.to_numpy() - below) ** 2))) for p in refits]
         mixed_check = rd.seed_mixture(refits, ["FE_H"]).FE_H_pred.to_numpy()
+        synthetic_only = [pd.read_csv(Path(r) / "predictions" / f"spectrafm_synthetic_only_draw{draw}.csv")
+                          for r in a.runs]  # the pretraining alone, before fine-tuning
         out["draws"][str(draw)] = {
             "seeds": [score(p, truth) for p in preds],
+            "synthetic_only_seeds": [score(p, truth) for p in synthetic_only],
             "mixture": score(rd.seed_mixture(preds, ["FE_H"]), truth),
             "check_seeds": [round(c, 4) for c in check_rmse],
             "check_mixture": round(float(np.sqrt(np.mean((mixed_check - below) ** 2))), 4)}
@@ -82,6 +89,8 @@ def main(argv=None) -> int:
     mixed_poor = draw_mean(lambda r: r["mixture"]["feh_lt_-1"]["rmse"])
     out["mean_of_draws"] = {
         "metal_poor_rmse_seeds": poor, "metal_poor_rmse_mixture": mixed_poor,
+        "synthetic_only_metal_poor_rmse_seeds": [
+            draw_mean(lambda r, s=s: r["synthetic_only_seeds"][s]["feh_lt_-1"]["rmse"]) for s in seeds],
         "whole_set_rmse_mixture": draw_mean(lambda r: r["mixture"]["all"]["rmse"]),
         "metal_rich_coverage68_mixture": draw_mean(lambda r: r["mixture"]["feh_ge_-1"]["coverage68"], 3),
         "check_seeds": [draw_mean(lambda r, s=s: r["check_seeds"][s]) for s in seeds],
