@@ -19,7 +19,7 @@ diagnostic, never used by the rule.
 residuals help? It reads the metal-poor giants with the residuals' covariance (all, or their first 8 / 32 principal
 components) added to the pixel noise, the linear picture of augmenting synthetic spectra with those residuals.
 
-    python benchmarks/miles_emulator_windows.py [--residual_covariance]   # ~3 min on one core
+    python benchmarks/miles_emulator_windows.py [--residual_covariance]   # ~45 s on one core
         # -> benchmarks/results/miles_emulator_windows.json
 
 Needs the converted emulator (scripts/convert_bossbrain.py) and MILES (pip sdss-mangadap).
@@ -127,7 +127,8 @@ def main(argv=None) -> int:
 
     def diagnostic(window, basis=None):
         off = np.array([lin.feh_offset(i, window, basis) for i in poor])
-        return {"bias": float(off.mean()), "bias_cool": float(off[cool].mean()), "rms": float(np.sqrt((off ** 2).mean()))}
+        return {"bias": float(off.mean()), "bias_cool": float(off[cool].mean()),
+                "rms": float(np.sqrt((off ** 2).mean()))}
 
     reads = {"whole": np.ones(wl.size, bool), "kept": (wl >= lo) & (wl < hi), **windows}
     out["metal_poor_giants_diagnostic"] = {"n": int(poor.size), "n_cool": int(cool.sum()),

@@ -7,7 +7,8 @@ draw, the row's test predictions of every seed are scored alone and as an equal-
 (`real_data.seed_mixture`: mean of the means, sigma^2 = mean of the sigma^2 + variance of the means), and so are the
 extrapolation check's refits on the validation stars below the cut (the preset's recipe rule); the pretrained model
 before fine-tuning (``spectrafm_synthetic_only``) is scored per seed beside them. The scratch NN's metal-poor RMSE,
-for the ratio, is read from ``--scratch`` (the preset's committed table).
+for the ratio, is read from ``--scratch`` (the preset's committed table). One folder scores one run alone (a ``--set``
+variant of the preset, say).
 
     python scripts/miles_fewshot.py scripts/configs/miles_fewshot_cpu.yaml --output_dir runs/seed1 \\
         --results_dir runs/seed1/results --results_csv runs/seed1/results/miles.csv --set training_defaults.seed=1 \\
