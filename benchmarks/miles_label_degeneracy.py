@@ -11,7 +11,10 @@ with and without Teff and logg held at MILES's values (``benchmarks/miles_emulat
 and ``mh_at_miles_teff_logg``) give the view with no network in between. Last, how close to degenerate the shift
 is: for each metal-poor cool giant (in the emulator's label box), the RMS of emulated flux at its MILES labels moved
 by that fit's mean Teff, logg and [M/H] shift minus the flux at its labels, against each shift alone and against the
-RMS of MILES minus the emulator at its labels.
+RMS of MILES minus the emulator at its labels. And whether the few-shot stars themselves hold a Teff that would stop
+the move: per draw, a ridge (`RidgeBaseline`, penalty by leave-one-out) fitted on the draw's 100 stars reads Teff and
+logg of its test giants from their normalised flux, or from the shape of their flux-calibrated continuum alone (the
+log of the pseudo-continuum, mean over 8 equal wavelength bands, less its mean over the bands).
 
     python benchmarks/miles_label_degeneracy.py --runs <the MILES preset's output_dir>   # ~2.5 min on one core
     # -> benchmarks/results/miles_label_degeneracy.json
@@ -80,6 +83,41 @@ def emulator_degeneracy(cfg, shift: dict) -> dict:
     return {"n": int(stars.size), "shift": shift, "median_rms": {k: float(np.median(v)) for k, v in rms.items()}}
 
 
+def teff_from_the_few(cfg, draws) -> dict:
+    """Per draw: Teff and logg read by ridges fitted on the draw's 100 stars (normalised flux; continuum shape),
+    their bias and RMSE on the draw's metal-poor and metal-rich cool test giants."""
+    from spectrafm_hf.baselines import RidgeBaseline
+    from spectrafm_hf.synth.optical import pseudo_continuum_normalize
+
+    a, flux, good, keep = miles_fewshot.miles_tables(cfg)
+    raw_good = (a.mask if a.mask is not None else np.ones(a.flux.shape, bool)) & (a.flux != 0)
+    continuum = pseudo_continuum_normalize(a.flux, raw_good, **(cfg.get("normalize") or {}))[1]
+    edges = np.linspace(a.wavelength[0], a.wavelength[-1], 9)
+    bands = np.stack([np.log(continuum[:, (a.wavelength >= lo) & (a.wavelength <= hi)]).mean(1)
+                      for lo, hi in zip(edges[:-1], edges[1:])], 1)
+    inputs = {"normalised_flux": np.where(good, flux, np.nan), "continuum_shape": bands - bands.mean(1, keepdims=True)}
+    teff, logg, feh = (np.asarray(a.labels[n], float) for n in LABELS)
+    idx = miles_fewshot.fewshot_indices(cfg, a, keep, draws)
+    out = {}
+    for d in draws:
+        few = idx["few"][d]
+        test = np.setdiff1d(idx["testable"], few)
+        cool_giants = (logg[test] < 3.5) & (teff[test] <= 5000)
+        sets = {"metal_poor_cool_giants": test[cool_giants & (feh[test] < -1)],
+                "metal_rich_cool_giants": test[cool_giants & (feh[test] >= -1)]}
+        out[str(d)] = {}
+        for name, x in inputs.items():
+            row = {}
+            for label, y in (("TEFF", teff), ("LOGG", logg)):
+                ridge = RidgeBaseline().fit(x[few], y[few])
+                for g, stars in sets.items():
+                    err = ridge.predict(x[stars])[0] - y[stars]
+                    row[f"{g}_{label}_bias"] = float(err.mean())
+                    row[f"{g}_{label}_rmse"] = float(np.sqrt(np.mean(err ** 2)))
+            out[str(d)][name] = row
+    return out
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--config", default=str(REPO / "scripts/configs/miles_fewshot_cpu.yaml"))
@@ -104,7 +142,8 @@ def main(argv=None) -> int:
     mean = {m: {g: {k: float(np.mean([per_draw[str(d)][m][g][k] for d in draws]))
                     for k in per_draw[str(draws[0])][m][g]} for g in per_draw[str(draws[0])][m]} for m in models}
     result = {"command": "python benchmarks/miles_label_degeneracy.py --runs <the MILES preset's output_dir>",
-              "runs": runs.name, "mean_of_draws": mean, "draws": per_draw}
+              "runs": runs.name, "mean_of_draws": mean, "draws": per_draw,
+              "teff_logg_from_the_100_stars": teff_from_the_few(cfg, draws)}
     emulator = REPO / "benchmarks/results/miles_emulator_fit.json"
     if emulator.is_file():  # the same giants fitted by the emulator itself, Teff and logg free or held
         fits = json.loads(emulator.read_text())["fits"]
