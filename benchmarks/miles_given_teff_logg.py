@@ -1,0 +1,101 @@
+#!/usr/bin/env python
+"""What SpectraFM reads of metal-poor MILES stars when their Teff and logg are given (issue 14; a user's case, not the
+few-shot goal).
+
+`benchmarks/miles_label_degeneracy.py` finds that every model reads metal-poor cool giants too hot, too high in logg
+and too metal-rich. It also finds that the emulator, held at MILES's Teff and logg, reads their [M/H] without bias. A
+user with a Teff and logg from elsewhere (photometry, asteroseismology, a parallax) can hand them to the model as
+input tokens (``SpectraFMPipeline.predict(known=...)``). This benchmark trains the MILES preset's models that way and
+reads the test stars with and without their MILES Teff and logg given:
+
+- the preset's pretraining (its synthetic spectra, steps and rate), with ``input_label_names: [TEFF, LOGG]``: each
+  training spectrum's Teff and logg are also input tokens, each with probability ``--input_prob``;
+- per draw, the preset's recommended fine-tune (row ``spectrafm``: the paper's freezing, helper labels, rehearsal) of
+  that model on the draw's 100 stars, with the same inputs.
+
+The scores are [Fe/H] bias and RMSE on each draw's test stars: whole set, metal-poor ([Fe/H] < -1), and metal-poor
+cool giants (logg < 3.5, Teff <= 5000 K), warm giants and dwarfs. Given labels are test information, so these rows
+are not the few-shot goal's (spectrum only). They show what a Teff from outside the spectrum is worth.
+
+    python benchmarks/miles_given_teff_logg.py --output_dir runs/miles_given_teff_logg   # ~40 min on one core
+    # -> benchmarks/results/miles_given_teff_logg.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "scripts"))
+
+import miles_fewshot  # noqa: E402
+import real_data  # noqa: E402
+
+GIVEN = ["TEFF", "LOGG"]
+
+
+def scores(pred, truth) -> dict:
+    """[Fe/H] bias and RMSE per group of test stars."""
+    err = pred.FE_H_pred.to_numpy() - truth.FE_H.to_numpy()
+    poor, giant, cool = (truth.FE_H < -1).to_numpy(), (truth.LOGG < 3.5).to_numpy(), (truth.TEFF <= 5000).to_numpy()
+    groups = {"all": np.ones(err.size, bool), "feh_lt_-1": poor, "metal_poor_cool_giants": poor & giant & cool,
+              "metal_poor_warm_giants": poor & giant & ~cool, "metal_poor_dwarfs": poor & ~giant}
+    return {g: {"n": int(m.sum()), "bias": float(err[m].mean()), "rmse": float(np.sqrt(np.mean(err[m] ** 2)))}
+            for g, m in groups.items()}
+
+
+def main(argv=None) -> int:
+    from spectrafm_hf.training.run import train_or_reuse
+
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--config", default=str(REPO / "scripts/configs/miles_fewshot_cpu.yaml"))
+    p.add_argument("--output_dir", default="runs/miles_given_teff_logg")
+    p.add_argument("--input_prob", type=float, default=0.5, help="probability a training row's Teff / logg is given")
+    p.add_argument("--out", default=str(REPO / "benchmarks/results/miles_given_teff_logg.json"))
+    a = p.parse_args(argv)
+    t0 = time.time()
+    cfg = real_data.load_preset(a.config, [])
+    out = Path(a.output_dir)
+    e = cfg["fewshot"]
+    draws = [int(d) for d in e["draws"]]
+    sets = miles_fewshot.miles_sets(cfg, draws)
+    syn_train, syn_val = miles_fewshot.synthetic_sets(cfg, sets["wavelength"], out / "synthetic")
+    inputs = {"input_label_names": GIVEN, "input_label_prob": a.input_prob}
+    pre = dict(cfg["pretrain"])
+    pretrained = train_or_reuse(real_data.spectrafm_values(cfg, out / "pretrain_synthetic", pre.pop("steps"),
+                                                           miles_fewshot.LABELS, **pre, **inputs),
+                                splits=(syn_train, syn_val, None), log=lambda m: print(f"pretrain: {m}", flush=True))
+    recipe = {**(e.get("finetune") or {}), **(e.get("finetune_pretrained") or {})}
+    labels = recipe.pop("labels", ["FE_H"])
+    steps = recipe.pop("steps", e["steps"])  # a recipe may carry its own budget
+    recipe["rehearsal"] = {"data_dir": str(out / "synthetic" / "train"), **recipe["rehearsal"]}
+    result = {"command": f"python benchmarks/miles_given_teff_logg.py --input_prob {a.input_prob}",
+              "config": Path(a.config).name, "given": GIVEN, "input_prob": a.input_prob, "draws": {}}
+    for d in draws:
+        few, test = sets[d]
+        truth = real_data.frame(test, ["FE_H", "TEFF", "LOGG"])
+        final = train_or_reuse(real_data.spectrafm_values(cfg, out / f"spectrafm_draw{d}", steps, labels,
+                                                          **recipe, model_name_or_path=str(pretrained),
+                                                          config_overrides={}, **inputs),
+                               splits=(few, sets["val"], None), log=lambda m: print(f"draw {d}: {m}", flush=True))
+        result["draws"][str(d)] = {
+            f"{name}_{'given' if known else 'spectrum_only'}": scores(
+                real_data.predict_spectrafm(model, test, ["FE_H"], known_names=known), truth)
+            for name, model in (("synthetic_only", pretrained), ("spectrafm", final)) for known in ((), GIVEN)}
+    rows = result["draws"][str(draws[0])]
+    result["mean_of_draws"] = {r: {g: {k: float(np.mean([result["draws"][str(d)][r][g][k] for d in draws]))
+                                       for k in ("bias", "rmse")} for g in rows[r]} for r in rows}
+    result["seconds"] = round(time.time() - t0)
+    Path(a.out).write_text(json.dumps(result, indent=1) + "\n")
+    print(json.dumps(result["mean_of_draws"], indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
