@@ -71,18 +71,14 @@ def main(argv=None) -> int:
     pretrained = train_or_reuse(real_data.spectrafm_values(cfg, out / "pretrain_synthetic", pre.pop("steps"),
                                                            miles_fewshot.LABELS, **pre, **inputs),
                                 splits=(syn_train, syn_val, None), log=lambda m: print(f"pretrain: {m}", flush=True))
-    recipe = {**(e.get("finetune") or {}), **(e.get("finetune_pretrained") or {})}
-    labels = recipe.pop("labels", ["FE_H"])
-    steps = recipe.pop("steps", e["steps"])  # a recipe may carry its own budget
-    recipe["rehearsal"] = {"data_dir": str(out / "synthetic" / "train"), **recipe["rehearsal"]}
+    recipe, labels, steps = miles_fewshot.finetune_fields(e, e.get("finetune_pretrained") or {}, pretrained, out)
     result = {"command": f"python benchmarks/miles_given_teff_logg.py --input_prob {a.input_prob}",
               "config": Path(a.config).name, "given": GIVEN, "input_prob": a.input_prob, "draws": {}}
     for d in draws:
         few, test = sets[d]
         truth = real_data.frame(test, ["FE_H", "TEFF", "LOGG"])
         final = train_or_reuse(real_data.spectrafm_values(cfg, out / f"spectrafm_draw{d}", steps, labels,
-                                                          **recipe, model_name_or_path=str(pretrained),
-                                                          config_overrides={}, **inputs),
+                                                          **recipe, **inputs),
                                splits=(few, sets["val"], None), log=lambda m: print(f"draw {d}: {m}", flush=True))
         result["draws"][str(d)] = {
             f"{name}_{'given' if known else 'spectrum_only'}": scores(

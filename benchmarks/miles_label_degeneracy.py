@@ -60,12 +60,12 @@ def label_errors(pred, truth) -> dict:
     return out
 
 
-def emulator_degeneracy(cfg, shift: dict) -> dict:
+def emulator_degeneracy(cfg, tables, shift: dict) -> dict:
     """Median RMS over the metal-poor cool giants of emulated flux moved by ``shift`` ({"teff", "logg", "mh"}) minus
     the flux at the star's MILES labels, per shift (all three, each alone), and of MILES minus the emulator."""
     import miles_emulator_fit  # the emulator, degraded and normalised as the pretraining spectra are
 
-    a, flux, good, keep = miles_fewshot.miles_tables(cfg)
+    a, flux, good, keep = tables
     teff, logg, feh = (np.asarray(a.labels[n], float) for n in LABELS)
     stars = np.flatnonzero(keep & (logg <= 3.5) & (feh < -1) & (teff <= 5000))   # miles_emulator_fit's group
     fitter = miles_emulator_fit.GiantFitter(cfg, a.wavelength)
@@ -83,15 +83,14 @@ def emulator_degeneracy(cfg, shift: dict) -> dict:
     return {"n": int(stars.size), "shift": shift, "median_rms": {k: float(np.median(v)) for k, v in rms.items()}}
 
 
-def teff_from_the_few(cfg, draws) -> dict:
+def teff_from_the_few(cfg, tables, draws) -> dict:
     """Per draw: Teff and logg read by ridges fitted on the draw's 100 stars (normalised flux; continuum shape),
     their bias and RMSE on the draw's metal-poor and metal-rich cool test giants."""
     from spectrafm_hf.baselines import RidgeBaseline
     from spectrafm_hf.synth.optical import pseudo_continuum_normalize
 
-    a, flux, good, keep = miles_fewshot.miles_tables(cfg)
-    raw_good = (a.mask if a.mask is not None else np.ones(a.flux.shape, bool)) & (a.flux != 0)
-    continuum = pseudo_continuum_normalize(a.flux, raw_good, **(cfg.get("normalize") or {}))[1]
+    a, flux, good, keep = tables
+    continuum = pseudo_continuum_normalize(a.flux, good, **(cfg.get("normalize") or {}))[1]
     edges = np.linspace(a.wavelength[0], a.wavelength[-1], 9)
     bands = np.stack([np.log(continuum[:, (a.wavelength >= lo) & (a.wavelength <= hi)]).mean(1)
                       for lo, hi in zip(edges[:-1], edges[1:])], 1)
@@ -128,6 +127,7 @@ def main(argv=None) -> int:
     runs = Path(a.runs or cfg["output_dir"])
     draws = [int(d) for d in cfg["fewshot"]["draws"]]
     sets = miles_fewshot.miles_sets(cfg, draws)
+    tables = miles_fewshot.miles_tables(cfg)  # read once for the emulator and the ridges below
     models = {"spectrafm_synthetic_only": lambda d: runs / "pretrain_synthetic" / "final",
               "spectrafm": lambda d: runs / f"spectrafm_draw{d}" / "final"}
     missing = [str(f(d)) for f in models.values() for d in draws if not f(d).is_dir()]
@@ -143,14 +143,14 @@ def main(argv=None) -> int:
                     for k in per_draw[str(draws[0])][m][g]} for g in per_draw[str(draws[0])][m]} for m in models}
     result = {"command": "python benchmarks/miles_label_degeneracy.py --runs <the MILES preset's output_dir>",
               "runs": runs.name, "mean_of_draws": mean, "draws": per_draw,
-              "teff_logg_from_the_100_stars": teff_from_the_few(cfg, draws)}
+              "teff_logg_from_the_100_stars": teff_from_the_few(cfg, tables, draws)}
     emulator = REPO / "benchmarks/results/miles_emulator_fit.json"
     if emulator.is_file():  # the same giants fitted by the emulator itself, Teff and logg free or held
         fits = json.loads(emulator.read_text())["fits"]
         result["emulator_chi2_fit"] = {f: fits[f] for f in ("teff_logg_mh", "mh_at_miles_teff_logg") if f in fits}
         g = fits["teff_logg_mh"]["metal_poor_cool_giants"]
         result["emulator_degeneracy"] = emulator_degeneracy(
-            cfg, {"teff": g["teff_bias"], "logg": g["logg_bias"], "mh": g["mh_bias"]})
+            cfg, tables, {"teff": g["teff_bias"], "logg": g["logg_bias"], "mh": g["mh_bias"]})
     Path(a.out).write_text(json.dumps(result, indent=1) + "\n")
     print(json.dumps(mean, indent=1))
     return 0

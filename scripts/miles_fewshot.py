@@ -188,6 +188,19 @@ def synthetic_sets(cfg, wavelength, cache: Path | None = None):
 
 
 # ------------------------------------------------------------------------------------------------ experiment
+def finetune_fields(e: dict, recipe: dict, start, out: Path):
+    """(run fields, labels, steps) of one fine-tune: ``fewshot.finetune`` overlaid by ``recipe`` when ``start`` (the
+    pretrained model) is given; rehearsal reads the pretraining's synthetic spectra in ``out`` unless told otherwise."""
+    extra = dict(e.get("finetune") or {})
+    if start is not None:  # a fine-tune of the pretrained model
+        extra.update(recipe, model_name_or_path=str(start), config_overrides={})
+    labels = extra.pop("labels", ["FE_H"])  # helper labels: FE_H trained together with TEFF and LOGG
+    steps = extra.pop("steps", e["steps"])  # a recipe may carry its own budget
+    if extra.get("rehearsal"):  # rehearsal defaults to this experiment's own pretraining spectra
+        extra["rehearsal"] = {"data_dir": str(out / "synthetic" / "train"), **extra["rehearsal"]}
+    return extra, labels, steps
+
+
 def run(cfg):
     from spectrafm_hf.training.metrics import label_metrics
     from spectrafm_hf.training.run import train_or_reuse
@@ -221,8 +234,7 @@ def run(cfg):
         synthetic_validation["FE_H"]["rmse_feh_lt_-1"] = label_metrics(pred.FE_H_pred[poor], truth.FE_H[poor])["rmse"]
         log(f"pretrained model on {len(syn_val)} synthetic validation spectra: {synthetic_validation}")
     Xv, Yv = rd.flux_matrix(val), rd.frame(val, ["FE_H"])[["FE_H"]].to_numpy()
-    fine = dict(e.get("finetune") or {})  # SpectraFM without pretraining (and the default for the pretrained one)
-    fine_pre = dict(e.get("finetune_pretrained") or {})  # extra fields for the pretrained model
+    fine_pre = dict(e.get("finetune_pretrained") or {})  # over fewshot.finetune for the pretrained model
     rows, truths, nll, extrapolation = [], {}, {}, {}
     check = e.get("extrapolation_check")  # every recipe also fitted above a cut, scored below it (real_data.py)
     for draw in draws:
@@ -240,13 +252,7 @@ def run(cfg):
                 if draw in [int(d) for d in v.pop("draws", draws)]:
                     variants[name] = (pretrained, v)
         for model, (start, recipe) in variants.items():
-            extra = dict(fine)
-            if start is not None:  # a fine-tune of the pretrained model
-                extra.update(recipe, model_name_or_path=str(start), config_overrides={})
-            labels = extra.pop("labels", ["FE_H"])  # helper labels: FE_H trained together with TEFF and LOGG
-            steps = extra.pop("steps", e["steps"])  # a recipe may carry its own budget
-            if extra.get("rehearsal"):  # rehearsal defaults to this experiment's own pretraining spectra
-                extra["rehearsal"] = {"data_dir": str(out / "synthetic" / "train"), **extra["rehearsal"]}
+            extra, labels, steps = finetune_fields(e, recipe, start, out)
 
             def fit(run_name, fit_stars, val_stars):
                 if recipe.get("linear_probe"):  # no training: a line from the frozen pretrained model
