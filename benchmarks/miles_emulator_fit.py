@@ -12,6 +12,9 @@ squares with emulated spectra degraded and pseudo-continuum normalised exactly a
 - ``alpha_cn``: also [C/M] and [N/M];
 - ``mh_at_miles_teff_logg``: [M/H] alone, Teff and logg held at the star's MILES values: is the [M/H] bias in the
   emulator's metallicity scale, or in where the fit puts Teff and logg?
+- ``logg_mh_at_miles_teff``: logg and [M/H], Teff alone held: is Teff enough?
+- ``balmer_lines``: Teff, logg and [M/H] from the pixels within ``BALMER_HALF_WIDTH`` of H-alpha to H-delta alone,
+  the classical Teff indicator that metallicity barely touches: does this emulator give an unbiased Teff there?
 
 Per group (metal-poor / metal-rich x cool / warm giants) it reports the bias and RMSE of the fitted [M/H] against
 MILES [Fe/H], the median reduced chi^2 (flux error 0.02) and the mean fitted extra abundances. The mean [N/M] of the
@@ -31,9 +34,13 @@ the draw and the validation split are fitted again (Teff, logg, [M/H] free) with
 
 - ``mean``: the mean residual MILES - emulator, added to every emulated spectrum;
 - ``linear``: the residual linear in Teff, logg and [Fe/H] (ridge), evaluated at the fitted labels;
-- ``depth_scale``: line depths scaled per pixel, 1 - k * (1 - flux), k by least squares on the residuals.
+- ``depth_scale``: line depths scaled per pixel, 1 - k * (1 - flux), k by least squares on the residuals;
+- ``residual_modes``: nothing added to the emulated flux; the residuals' leading ``RESIDUAL_MODES`` patterns (SVD)
+  are down-weighted instead, as a noise covariance (generalised least squares): a mismatch that looks like the
+  metal-rich giants' own cannot pull the fitted labels.
 
-    python benchmarks/miles_emulator_fit.py --corrections none mean linear depth_scale   # ~12 min on one core
+    python benchmarks/miles_emulator_fit.py --corrections none mean linear depth_scale residual_modes
+        # ~15 min on one core
         # -> benchmarks/results/miles_emulator_correction.json
 
 Needs the converted emulator (scripts/convert_bossbrain.py) and MILES (pip sdss-mangadap); 14 min on one core
@@ -62,8 +69,13 @@ from spectrafm_hf.synth.optical import (ALPHA_LABELS, LABEL_NAMES, degrade, load
 from spectrafm_hf.training.presets import read_yaml  # noqa: E402
 
 FREE_SETS = {"teff_logg_mh": (), "alpha": ("alpha",), "alpha_cn": ("alpha", "cn"),
-             "mh_at_miles_teff_logg": ("fixed_teff_logg",)}
+             "mh_at_miles_teff_logg": ("fixed_teff_logg",), "logg_mh_at_miles_teff": ("fixed_teff",),
+             "balmer_lines": ("balmer",)}
+BALMER_VACUUM = (6564.6, 4862.7, 4341.7, 4102.9)   # H-alpha, beta, gamma, delta (Angstrom, vacuum as MILES)
+BALMER_HALF_WIDTH = 30.0   # Angstrom: the wings at MILES's 2.5 A resolution
 FLUX_ERROR = 0.02  # a nominal per-pixel error: chi^2 values compare fits, they are not a goodness-of-fit test
+RESIDUAL_MODES = 20   # `residual_modes`: how many patterns (5 and 20 were screened on draw 77, from ~55 giants)
+MISMATCH_FREE_ERROR = 0.01   # `residual_modes`: the per-pixel error left outside the modes (MILES S/N ~100)
 COLUMN = {n: i for i, n in enumerate(LABEL_NAMES)}
 ALPHA_COLUMNS = [COLUMN[n] for n in ALPHA_LABELS]
 
@@ -73,6 +85,7 @@ class GiantFitter:
         s = cfg["synthetic"]
         self.em = load_optical_emulator(s.get("emulator"))
         self.wavelength = wavelength
+        self.balmer = np.any([np.abs(np.asarray(wavelength) - c) < BALMER_HALF_WIDTH for c in BALMER_VACUUM], axis=0)
         self.fwhm, self.model_fwhm = float(s["fwhm"]), float(s["model_fwhm"])
         self.normalize = cfg.get("normalize") or {}
         # the pretraining prior's alpha trend, read from its one definition
@@ -93,28 +106,31 @@ class GiantFitter:
                       model_fwhm=self.model_fwhm, snr=None)
         return pseudo_continuum_normalize(deg, **self.normalize)[0][0]
 
-    def fit(self, flux, good, teff0, logg0, free, correct=None):
+    def fit(self, flux, good, teff0, logg0, free, correct=None, whiten=None):
         """Best-fit parameters (Teff/1000, logg, [M/H], extras...) and the reduced chi^2; starts at the star's own
         Teff and logg and [M/H] = -0.5 (never at its [Fe/H]). ``correct(model_flux, p)``: a correction of the
-        emulated flux (`corrections`)."""
+        emulated flux; ``whiten(residual, good)``: a noise covariance's whitening of the residual (`corrections`)."""
         lo = [3.5, 0.0, -2.5] + [-0.5] * ("alpha" in free) + [-0.6, -0.6] * ("cn" in free)
         hi = [6.0, 3.5, 0.5] + [0.6] * ("alpha" in free) + [0.6, 0.6] * ("cn" in free)
         p0 = [teff0 / 1000.0, logg0, -0.5] + [0.1] * ("alpha" in free) + [0.0, 0.0] * ("cn" in free)
         p0 = np.clip(p0, np.add(lo, 1e-3), np.subtract(hi, 1e-3))
-        held = 2 if "fixed_teff_logg" in free else 0   # Teff and logg stay at p0, the star's own (clipped)
+        held = 2 if "fixed_teff_logg" in free else 1 if "fixed_teff" in free else 0   # at p0, the star's own
+        if "balmer" in free:
+            good = good & self.balmer
         correct = correct or (lambda model, p: model)
+        whiten = whiten or (lambda r, good: r / FLUX_ERROR)
 
         def residual(q):
             p = np.r_[p0[:held], q]
-            return (correct(self.spectrum(p, free), p) - flux)[good] / FLUX_ERROR
+            return whiten((correct(self.spectrum(p, free), p) - flux)[good], good)
 
         r = least_squares(residual, p0[held:], bounds=(lo[held:], hi[held:]), diff_step=1e-3, max_nfev=60)
         return np.r_[p0[:held], r.x], float(np.mean(r.fun ** 2))
 
 
 def corrections(fitter, flux, good, teff, logg, feh, stars) -> dict:
-    """Per-pixel corrections of the emulated flux fitted on ``stars`` at their MILES labels: {name: correct(model, p)}
-    with p = (Teff/1000, logg, [M/H], ...) the labels being fitted."""
+    """Per-pixel corrections of the emulated flux fitted on ``stars`` at their MILES labels: {name: (correct(model,
+    p), whiten(residual, good) or None)} with p = (Teff/1000, logg, [M/H], ...) the labels being fitted."""
     model = np.array([fitter.spectrum(np.array([teff[i] / 1000.0, logg[i], feh[i]]), ()) for i in stars])
     use = good[stars] & np.isfinite(flux[stars])
     resid = np.where(use, flux[stars] - model, 0.0)
@@ -124,10 +140,21 @@ def corrections(fitter, flux, good, teff, logg, feh, stars) -> dict:
     coef = np.linalg.solve(x.T @ x + 1e-2 * np.eye(4), x.T @ resid)   # ridge: a few tens of giants, 4 terms
     depth_model, depth_real = np.where(use, 1.0 - model, 0.0), np.where(use, 1.0 - flux[stars], 0.0)
     k = (depth_model * depth_real).sum(0) / np.maximum((depth_model ** 2).sum(0), 1e-6)
-    return {"none": lambda m, p: m,
-            "mean": lambda m, p: m + mean,
-            "linear": lambda m, p: m + np.array([1.0, p[0] - 4.5, p[1] - 2.0, p[2]]) @ coef,
-            "depth_scale": lambda m, p: 1.0 - k * (1.0 - m)}
+    # residual_modes: covariance sigma^2 I + V diag(lam) V^T from the leading patterns; its inverse square root
+    # shrinks each pattern's share of a residual by 1 - sqrt(sigma^2 / (sigma^2 + lam))
+    _, s, vt = np.linalg.svd(resid, full_matrices=False)
+    modes, lam = vt[:RESIDUAL_MODES].T, s[:RESIDUAL_MODES] ** 2 / stars.size
+    shrink = 1.0 - np.sqrt(MISMATCH_FREE_ERROR ** 2 / (MISMATCH_FREE_ERROR ** 2 + lam))
+
+    def whiten(r, use):
+        v = modes[use]
+        return (r - v @ (shrink * (v.T @ r))) / MISMATCH_FREE_ERROR
+
+    return {"none": (lambda m, p: m, None),
+            "mean": (lambda m, p: m + mean, None),
+            "linear": (lambda m, p: m + np.array([1.0, p[0] - 4.5, p[1] - 2.0, p[2]]) @ coef, None),
+            "depth_scale": (lambda m, p: 1.0 - k * (1.0 - m), None),
+            "residual_modes": (lambda m, p: m, whiten)}
 
 
 def correction_study(cfg, names, arrays, flux, good, keep) -> dict:
@@ -153,14 +180,18 @@ def correction_study(cfg, names, arrays, flux, good, keep) -> dict:
             t = time.time()
             row[name] = {}
             for g, stars in groups.items():
-                resid = np.array([fitter.fit(flux[i], good[i] & np.isfinite(flux[i]), teff[i], logg[i], (),
-                                             correct[name])[0][2] for i in stars]) - feh[stars]
-                row[name][g] = {"mh_bias": float(resid.mean()), "mh_rmse": float(np.sqrt((resid ** 2).mean()))}
+                params = np.array([fitter.fit(flux[i], good[i] & np.isfinite(flux[i]), teff[i], logg[i], (),
+                                              *correct[name])[0] for i in stars])
+                resid = params[:, 2] - feh[stars]
+                row[name][g] = {"mh_bias": float(resid.mean()), "mh_rmse": float(np.sqrt((resid ** 2).mean())),
+                                "teff_bias": float((params[:, 0] * 1000.0 - teff[stars]).mean()),
+                                "logg_bias": float((params[:, 1] - logg[stars]).mean())}
             row[name]["seconds"] = round(time.time() - t, 1)
             print(draw, name, json.dumps(row[name]), flush=True)
         out["draws"][str(draw)] = row
     out["mean_of_draws"] = {name: {g: {k: float(np.mean([out["draws"][str(d)][name][g][k] for d in e["draws"]]))
-                                       for k in ("mh_bias", "mh_rmse")} for g in groups} for name in names}
+                                       for k in ("mh_bias", "mh_rmse", "teff_bias", "logg_bias")}
+                                   for g in groups} for name in names}
     return out
 
 
@@ -171,7 +202,7 @@ def main(argv=None) -> int:
                                   "benchmarks/results/miles_emulator_correction.json")
     ap.add_argument("--fits", nargs="+", choices=list(FREE_SETS), default=list(FREE_SETS),
                     help="only these fits, merged into an existing --out (default: all)")
-    ap.add_argument("--corrections", nargs="+", choices=["none", "mean", "linear", "depth_scale"],
+    ap.add_argument("--corrections", nargs="+", choices=["none", "mean", "linear", "depth_scale", "residual_modes"],
                     help="score emulator corrections fitted on each draw's few-shot stars instead (docstring)")
     a = ap.parse_args(argv)
     cfg = read_yaml(Path(a.config).read_text())

@@ -19,6 +19,8 @@ are not the few-shot goal's (spectrum only). They show what a Teff from outside 
 
     python benchmarks/miles_given_teff_logg.py --output_dir runs/miles_given_teff_logg   # ~40 min on one core
     # -> benchmarks/results/miles_given_teff_logg.json
+    python benchmarks/miles_given_teff_logg.py --given TEFF --input_prob 1.0 --output_dir runs/miles_given_teff \
+        --out benchmarks/results/miles_given_teff.json   # Teff alone given (a photometric Teff, say)
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ sys.path.insert(0, str(REPO / "scripts"))
 import miles_fewshot  # noqa: E402
 import real_data  # noqa: E402
 
-GIVEN = ["TEFF", "LOGG"]
+GIVEN = ["TEFF", "LOGG"]   # the default inputs (--given)
 
 
 def scores(pred, truth) -> dict:
@@ -57,6 +59,7 @@ def main(argv=None) -> int:
     p.add_argument("--config", default=str(REPO / "scripts/configs/miles_fewshot_cpu.yaml"))
     p.add_argument("--output_dir", default="runs/miles_given_teff_logg")
     p.add_argument("--input_prob", type=float, default=0.5, help="probability a training row's Teff / logg is given")
+    p.add_argument("--given", nargs="+", choices=GIVEN, default=GIVEN, help="the labels given as inputs")
     p.add_argument("--out", default=str(REPO / "benchmarks/results/miles_given_teff_logg.json"))
     a = p.parse_args(argv)
     t0 = time.time()
@@ -66,14 +69,16 @@ def main(argv=None) -> int:
     draws = [int(d) for d in e["draws"]]
     sets = miles_fewshot.miles_sets(cfg, draws)
     syn_train, syn_val = miles_fewshot.synthetic_sets(cfg, sets["wavelength"], out / "synthetic")
-    inputs = {"input_label_names": GIVEN, "input_label_prob": a.input_prob}
+    given = [n for n in GIVEN if n in a.given]
+    inputs = {"input_label_names": given, "input_label_prob": a.input_prob}
     pre = dict(cfg["pretrain"])
     pretrained = train_or_reuse(real_data.spectrafm_values(cfg, out / "pretrain_synthetic", pre.pop("steps"),
                                                            miles_fewshot.LABELS, **pre, **inputs),
                                 splits=(syn_train, syn_val, None), log=lambda m: print(f"pretrain: {m}", flush=True))
     recipe, labels, steps = miles_fewshot.finetune_fields(e, e.get("finetune_pretrained") or {}, pretrained, out)
-    result = {"command": f"python benchmarks/miles_given_teff_logg.py --input_prob {a.input_prob}",
-              "config": Path(a.config).name, "given": GIVEN, "input_prob": a.input_prob, "draws": {}}
+    result = {"command": f"python benchmarks/miles_given_teff_logg.py --given {' '.join(given)} "
+                         f"--input_prob {a.input_prob}",
+              "config": Path(a.config).name, "given": given, "input_prob": a.input_prob, "draws": {}}
     for d in draws:
         few, test = sets[d]
         truth = real_data.frame(test, ["FE_H", "TEFF", "LOGG"])
@@ -83,7 +88,7 @@ def main(argv=None) -> int:
         result["draws"][str(d)] = {
             f"{name}_{'given' if known else 'spectrum_only'}": scores(
                 real_data.predict_spectrafm(model, test, ["FE_H"], known_names=known), truth)
-            for name, model in (("synthetic_only", pretrained), ("spectrafm", final)) for known in ((), GIVEN)}
+            for name, model in (("synthetic_only", pretrained), ("spectrafm", final)) for known in ((), given)}
     rows = result["draws"][str(draws[0])]
     result["mean_of_draws"] = {r: {g: {k: float(np.mean([result["draws"][str(d)][r][g][k] for d in draws]))
                                        for k in ("bias", "rmse")} for g in rows[r]} for r in rows}

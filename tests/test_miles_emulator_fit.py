@@ -40,3 +40,53 @@ def test_held_teff_logg_fit_recovers_mh_and_keeps_them(tmp_path):
     assert wrong[0] == 4.9 and wrong_chi2 > chi2
     free, _ = fitter.fit(flux, good, 4900.0, 1.8, mef.FREE_SETS["teff_logg_mh"])
     assert abs(free[0] - 4.9) > 1e-3                          # the free fit moves Teff from its start
+
+
+def test_residual_modes_keep_a_known_mismatch_from_pulling_the_fit(tmp_path):
+    """A mismatch pattern the few-shot stars show (at their own labels) is down-weighted by ``residual_modes``: a
+    new star carrying it is fitted closer to its [M/H] than by the plain fit, which the pattern pulls."""
+    mef = _fit_module()
+    em = random_optical_emulator(seed=3)
+    path = save_optical_emulator(tmp_path / "toy.npz", em.arrays)
+    cfg = {"synthetic": {"emulator": str(path), "fwhm": 2.5, "model_fwhm": 1.2},
+           "normalize": {"window": 151, "percentile": 90.0}}
+    wavelength = np.arange(3600.0, 7400.0, 0.9)
+    fitter = mef.GiantFitter(cfg, wavelength)
+    rng = np.random.default_rng(0)
+    # the mismatch: half the emulator's [M/H] response at the new star (a plain fit reads that as metallicity) plus
+    # a pattern of its own, which tells it apart from a true [M/H] change
+    truth = np.array([4.5, 2.0, -1.2])
+    response = fitter.spectrum(truth + [0, 0, 0.4], ()) - fitter.spectrum(truth, ())
+    pattern = 0.5 * response + rng.normal(0.0, np.std(response), response.size)
+    teff, logg, feh = rng.uniform(4.2, 4.8, 30) * 1000.0, rng.uniform(1.5, 2.5, 30), rng.uniform(-0.8, 0.2, 30)
+    flux = np.array([fitter.spectrum(np.array([t / 1000.0, g, m]), ()) + rng.normal(1.0, 0.3) * pattern
+                     for t, g, m in zip(teff, logg, feh)])
+    good = np.ones(flux.shape, bool)
+    correct = mef.corrections(fitter, flux, good, teff, logg, feh, np.arange(30))
+    star = fitter.spectrum(truth, ()) + pattern
+    plain = fitter.fit(star, good[0], 4500.0, 2.0, (), *correct["none"])[0]
+    modes = fitter.fit(star, good[0], 4500.0, 2.0, (), *correct["residual_modes"])[0]
+    assert abs(plain[2] - truth[2]) > 0.1                     # the pattern pulls the plain fit
+    assert abs(modes[2] - truth[2]) < 0.5 * abs(plain[2] - truth[2])
+
+
+def test_teff_held_and_balmer_only_fits(tmp_path):
+    """``logg_mh_at_miles_teff`` holds Teff alone; ``balmer_lines`` reads only the Balmer windows, so flux spoiled
+    outside them does not move it, while it pulls the fit over every pixel."""
+    mef = _fit_module()
+    em = random_optical_emulator(seed=3)
+    path = save_optical_emulator(tmp_path / "toy.npz", em.arrays)
+    cfg = {"synthetic": {"emulator": str(path), "fwhm": 2.5, "model_fwhm": 1.2},
+           "normalize": {"window": 151, "percentile": 90.0}}
+    fitter = mef.GiantFitter(cfg, np.arange(3600.0, 7400.0, 0.9))
+    assert 0 < fitter.balmer.sum() < 0.1 * fitter.balmer.size    # four windows of 60 A
+    truth = np.array([4.4, 1.8, -1.6])
+    flux = fitter.spectrum(truth, ())
+    good = np.ones(flux.size, bool)
+    held = fitter.fit(flux, good, 4700.0, 1.0, mef.FREE_SETS["logg_mh_at_miles_teff"])[0]
+    assert held[0] == 4.7 and held[1] != 1.0                  # Teff stays where it was given, logg moves
+    spoiled = flux + np.where(fitter.balmer, 0.0, np.random.default_rng(1).normal(0.0, 0.2, flux.size))
+    balmer = fitter.fit(spoiled, good, 4400.0, 1.8, mef.FREE_SETS["balmer_lines"])[0]
+    every = fitter.fit(spoiled, good, 4400.0, 1.8, mef.FREE_SETS["teff_logg_mh"])[0]
+    np.testing.assert_allclose(balmer, truth, atol=0.02)
+    assert np.abs(every - truth).max() > np.abs(balmer - truth).max()

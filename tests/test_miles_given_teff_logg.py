@@ -6,30 +6,33 @@ import importlib.util
 import io
 import json
 
+import pytest
 from conftest import REPO
 
 
-def test_given_teff_logg_trains_with_inputs_and_reads_both_ways(tmp_path):
+@pytest.mark.parametrize("given", [["TEFF", "LOGG"], ["TEFF"]])
+def test_given_teff_logg_trains_with_inputs_and_reads_both_ways(tmp_path, given):
     spec = importlib.util.spec_from_file_location("miles_given", REPO / "benchmarks" / "miles_given_teff_logg.py")
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
     out = tmp_path / "given.json"
     with contextlib.redirect_stdout(io.StringIO()):
         assert bench.main(["--config", str(REPO / "scripts/configs/miles_fewshot_tiny.yaml"),
-                           "--output_dir", str(tmp_path / "runs"), "--out", str(out)]) == 0
+                           "--output_dir", str(tmp_path / "runs"), "--out", str(out), "--given", *given]) == 0
     result = json.loads(out.read_text())
+    assert result["given"] == given and result["command"].endswith(f"--given {' '.join(given)} --input_prob 0.5")
     rows = {f"{m}_{w}" for m in ("synthetic_only", "spectrafm") for w in ("spectrum_only", "given")}
     assert set(result["draws"]) == {"77", "78"} and set(result["mean_of_draws"]) == rows
     for draw in result["draws"].values():
         assert set(draw) == rows
         for row in draw.values():
             assert row["all"]["n"] > 0 and row["feh_lt_-1"]["n"] <= row["all"]["n"]
-        # the given Teff and logg reach the network: the same model reads the stars differently with them
+        # the given labels reach the network: the same model reads the stars differently with them
         for model in ("synthetic_only", "spectrafm"):
             assert draw[f"{model}_given"]["all"]["bias"] != draw[f"{model}_spectrum_only"]["all"]["bias"]
     for run in ("pretrain_synthetic", "spectrafm_draw77"):  # trained with the inputs, as the docstring says
         info = json.loads((tmp_path / "runs" / run / "final" / "training_info.json").read_text())
-        assert _find(info, "input_label_names") == ["TEFF", "LOGG"] and _find(info, "input_label_prob") == 0.5
+        assert _find(info, "input_label_names") == given and _find(info, "input_label_prob") == 0.5
 
 
 def _find(tree, key):
