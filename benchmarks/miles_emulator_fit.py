@@ -43,6 +43,16 @@ the draw and the validation split are fitted again (Teff, logg, [M/H] free) with
         # ~15 min on one core
         # -> benchmarks/results/miles_emulator_correction.json
 
+``--test_reading`` reads the preset's test stars with the emulator alone, as a classical analysis would: every star
+outside the validation split (dwarfs too, at the emulator's logg bound 3.5) fitted with Teff, logg and [M/H] free
+from four fixed starts (Teff 4000 / 5000 K x logg 1.5 / 3.0, [M/H] -0.5; the lowest chi^2 kept: no label of the star
+is used), then scored per draw on that draw's test stars as the preset scores its rows, with the scratch NN's
+metal-poor RMSE (the preset's committed table) for the ratio. No MILES label is used for fitting, so it is a
+zero-shot reading, like ``spectrafm_synthetic_only``.
+
+    python benchmarks/miles_emulator_fit.py --test_reading   # ~20 min on one core
+        # -> benchmarks/results/miles_emulator_reading.json (+ .csv: each star's fitted labels and chi^2)
+
 Needs the converted emulator (scripts/convert_bossbrain.py) and MILES (pip sdss-mangadap); 14 min on one core
 (every fit; the earlier machine took ~25).
 """
@@ -195,6 +205,53 @@ def correction_study(cfg, names, arrays, flux, good, keep) -> dict:
     return out
 
 
+TEST_STARTS = [(4.0, 1.5), (4.0, 3.0), (5.0, 1.5), (5.0, 3.0)]   # (Teff / 1000, logg): fixed, never the star's own
+
+
+def zero_shot_reading(cfg, arrays, flux, good, keep, csv_path: Path) -> dict:
+    """`--test_reading`: the emulator's zero-shot chi^2 reading of every testable star, scored per draw."""
+    import pandas as pd
+
+    teff, logg, feh = (np.asarray(arrays.labels[n], float) for n in ("TEFF", "LOGG", "FE_H"))
+    e = cfg["fewshot"]
+    min_feh = float(e.get("min_feh", -1.0))
+    idx = miles_fewshot.fewshot_indices(cfg, arrays, keep, e["draws"])
+    fitter = GiantFitter(cfg, arrays.wavelength)
+    t = time.time()
+    rows = []
+    for i in idx["testable"]:
+        use = good[i] & np.isfinite(flux[i])
+        fits = [fitter.fit(flux[i], use, t0 * 1000.0, g0, ()) for t0, g0 in TEST_STARTS]
+        p, chi2 = min(fits, key=lambda f: f[1])
+        rows.append({"object_id": str(arrays.object_id[i]), "teff": teff[i], "logg": logg[i], "fe_h": feh[i],
+                     "teff_fit": p[0] * 1000.0, "logg_fit": p[1], "mh_fit": p[2], "chi2": chi2})
+    stars = pd.DataFrame(rows)
+    stars.to_csv(csv_path, index=False, float_format="%.5g")
+    fitted = dict(zip(idx["testable"], stars.mh_fit))
+    scratch = pd.read_csv(ROOT / "benchmarks/results/real_data_miles.csv")
+    scratch = scratch[(scratch.model == "scratch_nn") & (scratch.label == "FE_H")].set_index(["split", "draw"]).rmse
+    out = {"seconds": round(time.time() - t), "starts": TEST_STARTS, "draws": {}}
+    for draw in e["draws"]:
+        test = np.setdiff1d(idx["testable"], idx["few"][draw])
+        err = np.array([fitted[i] for i in test]) - feh[test]
+        poor, dwarf, cool = feh[test] < min_feh, logg[test] >= 3.5, teff[test] <= 5000.0
+        groups = {"all": np.ones(test.size, bool), "feh_lt_-1": poor, "feh_ge_-1": ~poor,
+                  "metal_poor_cool_giants": poor & ~dwarf & cool, "metal_poor_warm_giants": poor & ~dwarf & ~cool,
+                  "metal_poor_dwarfs": poor & dwarf}
+        row = {g: {"n": int(m.sum()), "bias": float(err[m].mean()) if m.any() else None,
+                   "rmse": float(np.sqrt(np.mean(err[m] ** 2))) if m.any() else None} for g, m in groups.items()}
+        row["scratch_nn_metal_poor_rmse"] = float(scratch.loc[("feh_lt_-1", draw)])
+        row["ratio"] = row["scratch_nn_metal_poor_rmse"] / row["feh_lt_-1"]["rmse"]
+        out["draws"][str(draw)] = row
+    draws = [out["draws"][str(d)] for d in e["draws"]]
+    mean = {g: {k: float(np.mean([r[g][k] for r in draws])) if all(r[g]["n"] for r in draws) else None
+                for k in ("bias", "rmse")} for g in groups}
+    scratch_poor = float(np.mean([r["scratch_nn_metal_poor_rmse"] for r in draws]))
+    out["mean_of_draws"] = {**mean, "scratch_nn_metal_poor_rmse": scratch_poor,
+                            "ratio": scratch_poor / mean["feh_lt_-1"]["rmse"]}
+    return out
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--config", default=str(ROOT / "scripts/configs/miles_fewshot_cpu.yaml"))
@@ -202,13 +259,22 @@ def main(argv=None) -> int:
                                   "benchmarks/results/miles_emulator_correction.json")
     ap.add_argument("--fits", nargs="+", choices=list(FREE_SETS), default=list(FREE_SETS),
                     help="only these fits, merged into an existing --out (default: all)")
+    ap.add_argument("--test_reading", action="store_true",
+                    help="read every test star with the emulator alone, scored as the preset's rows (docstring)")
     ap.add_argument("--corrections", nargs="+", choices=["none", "mean", "linear", "depth_scale", "residual_modes"],
                     help="score emulator corrections fitted on each draw's few-shot stars instead (docstring)")
     a = ap.parse_args(argv)
     cfg = read_yaml(Path(a.config).read_text())
     arrays, flux, good, keep = miles_fewshot.miles_tables(cfg)
-    a.out = a.out or str(ROOT / "benchmarks/results" / ("miles_emulator_correction.json" if a.corrections
-                                                         else "miles_emulator_fit.json"))
+    a.out = a.out or str(ROOT / "benchmarks/results" / ("miles_emulator_correction.json" if a.corrections else
+                                                         "miles_emulator_reading.json" if a.test_reading else
+                                                         "miles_emulator_fit.json"))
+    if a.test_reading:
+        out = {"command": "python benchmarks/miles_emulator_fit.py --test_reading",
+               **zero_shot_reading(cfg, arrays, flux, good, keep, Path(a.out).with_suffix(".csv"))}
+        Path(a.out).write_text(json.dumps(out, indent=1) + "\n")
+        print(json.dumps(out["mean_of_draws"], indent=1))
+        return 0
     if a.corrections:
         out = {"command": "python benchmarks/miles_emulator_fit.py --corrections " + " ".join(a.corrections),
                "flux_error": FLUX_ERROR, **correction_study(cfg, a.corrections, arrays, flux, good, keep)}

@@ -90,3 +90,38 @@ def test_teff_held_and_balmer_only_fits(tmp_path):
     every = fitter.fit(spoiled, good, 4400.0, 1.8, mef.FREE_SETS["teff_logg_mh"])[0]
     np.testing.assert_allclose(balmer, truth, atol=0.02)
     assert np.abs(every - truth).max() > np.abs(balmer - truth).max()
+
+
+def test_test_reading_scores_every_draw_without_the_stars_labels(tmp_path):
+    """``--test_reading`` on the tiny preset's committed MILES stars (4500-5500 A) with a toy emulator: every testable
+    star is fitted once, each draw scored on its own test stars against the scratch NN; and no star's Teff or logg is
+    used: with them scrambled, every fit comes out the same."""
+    import json
+
+    from spectrafm_hf.training.presets import read_yaml
+
+    mef = _fit_module()
+    cfg = read_yaml((REPO / "scripts/configs/miles_fewshot_tiny.yaml").read_text())
+    path = save_optical_emulator(tmp_path / "toy.npz", random_optical_emulator(seed=3).arrays)
+    cfg["synthetic"]["emulator"] = str(path)
+    cfg["dataset"].update(data_dir=str(REPO / cfg["dataset"]["data_dir"]), wavelength_range=[4500.0, 5500.0])
+    config = tmp_path / "tiny.yaml"
+    config.write_text(json.dumps(cfg))
+    out = tmp_path / "reading.json"
+    assert mef.main(["--config", str(config), "--test_reading", "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    stars = np.genfromtxt(out.with_suffix(".csv"), delimiter=",", names=True, dtype=None, encoding=None)
+    assert set(result["draws"]) == {str(d) for d in cfg["fewshot"]["draws"]}
+    for draw in result["draws"].values():
+        assert 0 < draw["all"]["n"] < stars.size
+        assert draw["ratio"] == draw["scratch_nn_metal_poor_rmse"] / draw["feh_lt_-1"]["rmse"]
+    assert np.all((stars["logg_fit"] >= 0.0) & (stars["logg_fit"] <= 3.5))
+    arrays, flux, good, keep = mef.miles_fewshot.miles_tables(cfg)
+    order = np.random.default_rng(0).permutation(len(arrays))
+    for name in ("TEFF", "LOGG"):   # the draws and the domain stay as they were
+        arrays.labels[name] = np.asarray(arrays.labels[name])[order]
+    mef.zero_shot_reading(cfg, arrays, flux, good, keep, tmp_path / "scrambled.csv")
+    scrambled = np.genfromtxt(tmp_path / "scrambled.csv", delimiter=",", names=True, dtype=None, encoding=None)
+    for column in ("teff_fit", "logg_fit", "mh_fit", "chi2"):
+        np.testing.assert_array_equal(scrambled[column], stars[column])
+    assert not np.array_equal(scrambled["teff"], stars["teff"])
