@@ -1,5 +1,6 @@
-"""benchmarks/miles_emulator_fit.py's chi^2 fitter on a toy emulator: the held-labels fit keeps Teff and logg where
-they were given and recovers [M/H]; the free fit moves all three."""
+"""benchmarks/miles_emulator_fit.py's chi^2 fitter on a toy emulator: the held-labels fits keep what they were given
+and recover the rest, the free fit moves all three; the Balmer-line fit reads its windows only; residual patterns
+down-weighted stop a known mismatch from pulling [M/H]; the zero-shot test reading uses no label of a star."""
 
 import importlib.util
 import sys
@@ -20,14 +21,17 @@ def _fit_module():
     return module
 
 
-def test_held_teff_logg_fit_recovers_mh_and_keeps_them(tmp_path):
+def _toy_fitter(tmp_path):
+    """The benchmark module and its fitter over a toy emulator on a MILES-like grid."""
     mef = _fit_module()
-    em = random_optical_emulator(seed=3)
-    path = save_optical_emulator(tmp_path / "toy.npz", em.arrays)
+    path = save_optical_emulator(tmp_path / "toy.npz", random_optical_emulator(seed=3).arrays)
     cfg = {"synthetic": {"emulator": str(path), "fwhm": 2.5, "model_fwhm": 1.2},
            "normalize": {"window": 151, "percentile": 90.0}}
-    wavelength = np.arange(3600.0, 7400.0, 0.9)
-    fitter = mef.GiantFitter(cfg, wavelength)
+    return mef, mef.GiantFitter(cfg, np.arange(3600.0, 7400.0, 0.9))
+
+
+def test_held_teff_logg_fit_recovers_mh_and_keeps_them(tmp_path):
+    mef, fitter = _toy_fitter(tmp_path)
     truth = np.array([4.4, 1.8, -1.6])  # Teff / 1000, logg, [M/H]
     flux = fitter.spectrum(truth, ())
     good = np.ones(flux.size, bool)
@@ -45,13 +49,7 @@ def test_held_teff_logg_fit_recovers_mh_and_keeps_them(tmp_path):
 def test_residual_modes_keep_a_known_mismatch_from_pulling_the_fit(tmp_path):
     """A mismatch pattern the few-shot stars show (at their own labels) is down-weighted by ``residual_modes``: a
     new star carrying it is fitted closer to its [M/H] than by the plain fit, which the pattern pulls."""
-    mef = _fit_module()
-    em = random_optical_emulator(seed=3)
-    path = save_optical_emulator(tmp_path / "toy.npz", em.arrays)
-    cfg = {"synthetic": {"emulator": str(path), "fwhm": 2.5, "model_fwhm": 1.2},
-           "normalize": {"window": 151, "percentile": 90.0}}
-    wavelength = np.arange(3600.0, 7400.0, 0.9)
-    fitter = mef.GiantFitter(cfg, wavelength)
+    mef, fitter = _toy_fitter(tmp_path)
     rng = np.random.default_rng(0)
     # the mismatch: half the emulator's [M/H] response at the new star (a plain fit reads that as metallicity) plus
     # a pattern of its own, which tells it apart from a true [M/H] change
@@ -73,12 +71,7 @@ def test_residual_modes_keep_a_known_mismatch_from_pulling_the_fit(tmp_path):
 def test_teff_held_and_balmer_only_fits(tmp_path):
     """``logg_mh_at_miles_teff`` holds Teff alone; ``balmer_lines`` reads only the Balmer windows, so flux spoiled
     outside them does not move it, while it pulls the fit over every pixel."""
-    mef = _fit_module()
-    em = random_optical_emulator(seed=3)
-    path = save_optical_emulator(tmp_path / "toy.npz", em.arrays)
-    cfg = {"synthetic": {"emulator": str(path), "fwhm": 2.5, "model_fwhm": 1.2},
-           "normalize": {"window": 151, "percentile": 90.0}}
-    fitter = mef.GiantFitter(cfg, np.arange(3600.0, 7400.0, 0.9))
+    mef, fitter = _toy_fitter(tmp_path)
     assert 0 < fitter.balmer.sum() < 0.1 * fitter.balmer.size    # four windows of 60 A
     truth = np.array([4.4, 1.8, -1.6])
     flux = fitter.spectrum(truth, ())
