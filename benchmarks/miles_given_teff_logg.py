@@ -13,6 +13,11 @@ reads the test stars with and without their MILES Teff and logg given:
 - per draw, the preset's recommended fine-tune (row ``spectrafm``: the paper's freezing, helper labels, rehearsal) of
   that model on the draw's 100 stars, with the same inputs.
 
+With ``--colour_bands LO HI N`` (``--given TEFF`` only), both models also read the test stars told a Teff from the
+spectrum itself, with no test label: a ridge fitted on the draw's 100 stars from the colours of the flux-calibrated
+continuum (`miles_fewshot.continuum_colours`: N equal bands from LO to HI Angstrom), which the normalised flux drops.
+Rows ``*_colour_teff``, and that Teff's own bias and RMSE (``colour_teff``).
+
 The scores are [Fe/H] bias and RMSE on each draw's test stars: whole set, metal-poor ([Fe/H] < -1), and metal-poor
 cool giants (logg < 3.5, Teff <= 5000 K), warm giants and dwarfs. Given labels are test information, so these rows
 are not the few-shot goal's (spectrum only). They show what a Teff from outside the spectrum is worth.
@@ -20,7 +25,8 @@ are not the few-shot goal's (spectrum only). They show what a Teff from outside 
     python benchmarks/miles_given_teff_logg.py --output_dir runs/miles_given_teff_logg   # ~40 min on one core
     # -> benchmarks/results/miles_given_teff_logg.json
     python benchmarks/miles_given_teff_logg.py --given TEFF --input_prob 1.0 --output_dir runs/miles_given_teff \
-        --out benchmarks/results/miles_given_teff.json   # Teff alone given (a photometric Teff, say)
+        --out benchmarks/results/miles_given_teff.json --colour_bands 5500 7410 4   # Teff alone given (a
+        # photometric Teff, say), and a Teff from the red continuum's colours
 """
 
 from __future__ import annotations
@@ -60,6 +66,8 @@ def main(argv=None) -> int:
     p.add_argument("--output_dir", default="runs/miles_given_teff_logg")
     p.add_argument("--input_prob", type=float, default=0.5, help="probability a training row's Teff / logg is given")
     p.add_argument("--given", nargs="+", choices=GIVEN, default=GIVEN, help="the labels given as inputs")
+    p.add_argument("--colour_bands", nargs=3, type=float, metavar=("LO", "HI", "N"),
+                   help="also read with a Teff from the continuum's colours (docstring; --given TEFF only)")
     p.add_argument("--out", default=str(REPO / "benchmarks/results/miles_given_teff_logg.json"))
     a = p.parse_args(argv)
     t0 = time.time()
@@ -70,14 +78,25 @@ def main(argv=None) -> int:
     sets = miles_fewshot.miles_sets(cfg, draws)
     syn_train, syn_val = miles_fewshot.synthetic_sets(cfg, sets["wavelength"], out / "synthetic")
     given = [n for n in GIVEN if n in a.given]
+    if a.colour_bands and given != ["TEFF"]:
+        p.error("--colour_bands gives a Teff only: use it with --given TEFF")
     inputs = {"input_label_names": given, "input_label_prob": a.input_prob}
     pre = dict(cfg["pretrain"])
     pretrained = train_or_reuse(real_data.spectrafm_values(cfg, out / "pretrain_synthetic", pre.pop("steps"),
                                                            miles_fewshot.LABELS, **pre, **inputs),
                                 splits=(syn_train, syn_val, None), log=lambda m: print(f"pretrain: {m}", flush=True))
     recipe, labels, steps = miles_fewshot.finetune_fields(e, e.get("finetune_pretrained") or {}, pretrained, out)
+    if a.colour_bands:   # a Teff from the flux-calibrated continuum, fitted per draw on its 100 stars
+        from spectrafm_hf.baselines import RidgeBaseline
+
+        tables = miles_fewshot.miles_tables(cfg)
+        teff_all = np.asarray(tables[0].labels["TEFF"], float)
+        lo, hi, n_bands = a.colour_bands
+        colours = miles_fewshot.continuum_colours(cfg, tables[0], tables[2], lo, hi, int(n_bands))
+        idx = miles_fewshot.fewshot_indices(cfg, tables[0], tables[3], draws)
+    colour_arg = f" --colour_bands {' '.join(f'{v:g}' for v in a.colour_bands)}" if a.colour_bands else ""
     result = {"command": f"python benchmarks/miles_given_teff_logg.py --given {' '.join(given)} "
-                         f"--input_prob {a.input_prob}",
+                         f"--input_prob {a.input_prob}{colour_arg}",
               "config": Path(a.config).name, "given": given, "input_prob": a.input_prob, "draws": {}}
     for d in draws:
         few, test = sets[d]
@@ -89,9 +108,32 @@ def main(argv=None) -> int:
             f"{name}_{'given' if known else 'spectrum_only'}": scores(
                 real_data.predict_spectrafm(model, test, ["FE_H"], known_names=known), truth)
             for name, model in (("synthetic_only", pretrained), ("spectrafm", final)) for known in ((), given)}
+        if a.colour_bands:
+            few_i, test_i = idx["few"][d], np.setdiff1d(idx["testable"], idx["few"][d])
+            if list(truth.object_id) != list(tables[0].object_id[test_i]):
+                raise AssertionError("the colour Teff's stars are not the test set's")
+            teff = RidgeBaseline().fit(colours[few_i], teff_all[few_i]).predict(colours[test_i])[0]
+            err = teff - teff_all[test_i]
+            poor = (truth.FE_H < -1).to_numpy()
+            result["draws"][str(d)]["colour_teff"] = {
+                g: {"bias": float(err[m].mean()), "rmse": float(np.sqrt(np.mean(err[m] ** 2)))}
+                for g, m in (("feh_lt_-1", poor), ("feh_ge_-1", ~poor))}
+            for name, model in (("synthetic_only", pretrained), ("spectrafm", final)):
+                result["draws"][str(d)][f"{name}_colour_teff"] = scores(real_data.predict_spectrafm(
+                    model, test, ["FE_H"], known_values={"TEFF": teff}), truth)
     rows = result["draws"][str(draws[0])]
     result["mean_of_draws"] = {r: {g: {k: float(np.mean([result["draws"][str(d)][r][g][k] for d in draws]))
                                        for k in ("bias", "rmse")} for g in rows[r]} for r in rows}
+    if a.colour_bands:   # the scratch NN's spectrum-only metal-poor RMSE (the preset's committed table), for the ratio
+        import pandas as pd
+
+        table = pd.read_csv(REPO / "benchmarks/results/real_data_miles.csv")
+        scratch = table[(table.model == "scratch_nn") & (table.label == "FE_H") & (table.split == "feh_lt_-1")]
+        scratch_poor = float(scratch.set_index("draw").loc[draws, "rmse"].mean())
+        result["scratch_nn_metal_poor_rmse"] = scratch_poor
+        result["ratio_colour_teff"] = {f"{m}_colour_teff": scratch_poor /
+                                       result["mean_of_draws"][f"{m}_colour_teff"]["feh_lt_-1"]["rmse"]
+                                       for m in ("synthetic_only", "spectrafm")}
     result["seconds"] = round(time.time() - t0)
     Path(a.out).write_text(json.dumps(result, indent=1) + "\n")
     print(json.dumps(result["mean_of_draws"], indent=1))

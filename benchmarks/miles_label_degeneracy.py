@@ -87,14 +87,10 @@ def teff_from_the_few(cfg, tables, draws) -> dict:
     """Per draw: Teff and logg read by ridges fitted on the draw's 100 stars (normalised flux; continuum shape),
     their bias and RMSE on the draw's metal-poor and metal-rich cool test giants."""
     from spectrafm_hf.baselines import RidgeBaseline
-    from spectrafm_hf.synth.optical import pseudo_continuum_normalize
 
     a, flux, good, keep = tables
-    continuum = pseudo_continuum_normalize(a.flux, good, **(cfg.get("normalize") or {}))[1]
-    edges = np.linspace(a.wavelength[0], a.wavelength[-1], 9)
-    bands = np.stack([np.log(continuum[:, (a.wavelength >= lo) & (a.wavelength <= hi)]).mean(1)
-                      for lo, hi in zip(edges[:-1], edges[1:])], 1)
-    inputs = {"normalised_flux": np.where(good, flux, np.nan), "continuum_shape": bands - bands.mean(1, keepdims=True)}
+    inputs = {"normalised_flux": np.where(good, flux, np.nan),
+              "continuum_shape": miles_fewshot.continuum_colours(cfg, a, good)}
     teff, logg, feh = (np.asarray(a.labels[n], float) for n in LABELS)
     idx = miles_fewshot.fewshot_indices(cfg, a, keep, draws)
     out = {}

@@ -152,6 +152,19 @@ def miles_sets(cfg, draw_seeds):
     return out
 
 
+def continuum_colours(cfg, a, good, lo=None, hi=None, bands: int = 8) -> np.ndarray:
+    """(n_stars, bands): the shape of each star's flux-calibrated continuum, which the normalised flux drops. The log
+    of the pseudo-continuum averaged over ``bands`` equal wavelength bands from ``lo`` to ``hi`` (Angstrom; default
+    the whole grid), less its mean over the bands (so overall brightness cancels and colours remain)."""
+    from spectrafm_hf.synth.optical import pseudo_continuum_normalize
+
+    continuum = pseudo_continuum_normalize(a.flux, good, **(cfg.get("normalize") or {}))[1]
+    w = a.wavelength
+    edges = np.linspace(w[0] if lo is None else lo, w[-1] if hi is None else hi, bands + 1)
+    logs = np.stack([np.log(continuum[:, (w >= l) & (w <= h)]).mean(1) for l, h in zip(edges[:-1], edges[1:])], 1)
+    return logs - logs.mean(1, keepdims=True)
+
+
 def synthetic_spec(cfg) -> dict:
     """What the cached synthetic spectra were made from (the wavelength range only when one is set, so caches made
     before it stay valid)."""

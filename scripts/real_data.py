@@ -246,12 +246,14 @@ def nll_selection(nll: dict, extrapolation: dict | None = None, check: dict | No
     return out
 
 
-def predict_spectrafm(folder, ds, labels, known_names=(), device="cpu") -> pd.DataFrame:
+def predict_spectrafm(folder, ds, labels, known_names=(), device="cpu", known_values=None) -> pd.DataFrame:
+    """``known_names``: labels given to the model from ``ds``'s own columns; ``known_values``: {name: values} given
+    from elsewhere."""
     from spectrafm_hf.pipeline import SpectraFMPipeline
 
     pipe = SpectraFMPipeline.from_pretrained(folder, device=device)
     spectra = spectra_of(ds)
-    known = {n: column_values(ds, n) for n in known_names}
+    known = {**{n: column_values(ds, n) for n in known_names}, **(known_values or {})}
     table = pipe.predict(spectra, labels=list(labels), known=known or None, seed=0)
     return pd.DataFrame({**{f"{n}_pred": table[n].to_numpy() for n in labels},
                          **{f"{n}_sigma": table[f"{n}_err"].to_numpy() for n in labels}})

@@ -1,5 +1,6 @@
 """benchmarks/miles_given_teff_logg.py at toy scale (the tiny MILES preset: committed 40-star subset, random emulator):
-models trained with Teff and logg as input tokens, read with and without them."""
+models trained with Teff and logg (or Teff alone) as input tokens, read with and without them, and with a Teff from
+the continuum's colours."""
 
 import contextlib
 import importlib.util
@@ -16,20 +17,26 @@ def test_given_teff_logg_trains_with_inputs_and_reads_both_ways(tmp_path, given)
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
     out = tmp_path / "given.json"
+    colour = ["--colour_bands", "5500", "7410", "4"] if given == ["TEFF"] else []
     with contextlib.redirect_stdout(io.StringIO()):
         assert bench.main(["--config", str(REPO / "scripts/configs/miles_fewshot_tiny.yaml"),
-                           "--output_dir", str(tmp_path / "runs"), "--out", str(out), "--given", *given]) == 0
+                           "--output_dir", str(tmp_path / "runs"), "--out", str(out), "--given", *given, *colour]) == 0
     result = json.loads(out.read_text())
-    assert result["given"] == given and result["command"].endswith(f"--given {' '.join(given)} --input_prob 0.5")
-    rows = {f"{m}_{w}" for m in ("synthetic_only", "spectrafm") for w in ("spectrum_only", "given")}
+    assert result["given"] == given
+    assert result["command"].endswith(f"--given {' '.join(given)} --input_prob 0.5" + " --colour_bands 5500 7410 4" * bool(colour))
+    ways = ("spectrum_only", "given") + ("colour_teff",) * bool(colour)
+    rows = {f"{m}_{w}" for m in ("synthetic_only", "spectrafm") for w in ways} | ({"colour_teff"} if colour else set())
     assert set(result["draws"]) == {"77", "78"} and set(result["mean_of_draws"]) == rows
     for draw in result["draws"].values():
         assert set(draw) == rows
-        for row in draw.values():
-            assert row["all"]["n"] > 0 and row["feh_lt_-1"]["n"] <= row["all"]["n"]
+        for name, row in draw.items():
+            if name != "colour_teff":
+                assert row["all"]["n"] > 0 and row["feh_lt_-1"]["n"] <= row["all"]["n"]
         # the given labels reach the network: the same model reads the stars differently with them
         for model in ("synthetic_only", "spectrafm"):
             assert draw[f"{model}_given"]["all"]["bias"] != draw[f"{model}_spectrum_only"]["all"]["bias"]
+            if colour:   # told another Teff, it reads them differently again
+                assert draw[f"{model}_colour_teff"]["all"]["bias"] != draw[f"{model}_given"]["all"]["bias"]
     for run in ("pretrain_synthetic", "spectrafm_draw77"):  # trained with the inputs, as the docstring says
         info = json.loads((tmp_path / "runs" / run / "final" / "training_info.json").read_text())
         assert _find(info, "input_label_names") == given and _find(info, "input_label_prob") == 0.5
@@ -46,3 +53,12 @@ def _find(tree, key):
         if found is not None:
             return found
     return None
+
+
+def test_colour_teff_needs_teff_alone_given():
+    spec = importlib.util.spec_from_file_location("miles_given", REPO / "benchmarks" / "miles_given_teff_logg.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    with pytest.raises(SystemExit), contextlib.redirect_stderr(io.StringIO()) as err:
+        bench.main(["--given", "TEFF", "LOGG", "--colour_bands", "5500", "7410", "4"])
+    assert "--given TEFF" in err.getvalue()
