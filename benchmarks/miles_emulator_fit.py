@@ -228,19 +228,17 @@ def zero_shot_reading(cfg, arrays, flux, good, keep, csv_path: Path) -> dict:
     stars = pd.DataFrame(rows)
     stars.to_csv(csv_path, index=False, float_format="%.5g")
     fitted = dict(zip(idx["testable"], stars.mh_fit))
-    scratch = pd.read_csv(ROOT / "benchmarks/results/real_data_miles.csv")
-    scratch = scratch[(scratch.model == "scratch_nn") & (scratch.label == "FE_H")].set_index(["split", "draw"]).rmse
     out = {"seconds": round(time.time() - t), "starts": TEST_STARTS, "draws": {}}
     for draw in e["draws"]:
         test = np.setdiff1d(idx["testable"], idx["few"][draw])
         err = np.array([fitted[i] for i in test]) - feh[test]
-        poor, dwarf, cool = feh[test] < min_feh, logg[test] >= 3.5, teff[test] <= 5000.0
+        poor = feh[test] < min_feh
+        types = miles_fewshot.star_groups(teff[test], logg[test], feh[test], min_feh)
         groups = {"all": np.ones(test.size, bool), "feh_lt_-1": poor, "feh_ge_-1": ~poor,
-                  "metal_poor_cool_giants": poor & ~dwarf & cool, "metal_poor_warm_giants": poor & ~dwarf & ~cool,
-                  "metal_poor_dwarfs": poor & dwarf}
+                  **{g: types[g] for g in ("metal_poor_cool_giants", "metal_poor_warm_giants", "metal_poor_dwarfs")}}
         row = {g: {"n": int(m.sum()), "bias": float(err[m].mean()) if m.any() else None,
                    "rmse": float(np.sqrt(np.mean(err[m] ** 2))) if m.any() else None} for g, m in groups.items()}
-        row["scratch_nn_metal_poor_rmse"] = float(scratch.loc[("feh_lt_-1", draw)])
+        row["scratch_nn_metal_poor_rmse"] = miles_fewshot.committed_scratch_rmse([draw])
         row["ratio"] = row["scratch_nn_metal_poor_rmse"] / row["feh_lt_-1"]["rmse"]
         out["draws"][str(draw)] = row
     draws = [out["draws"][str(d)] for d in e["draws"]]

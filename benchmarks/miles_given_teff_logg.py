@@ -51,9 +51,9 @@ GIVEN = ["TEFF", "LOGG"]   # the default inputs (--given)
 def scores(pred, truth) -> dict:
     """[Fe/H] bias and RMSE per group of test stars."""
     err = pred.FE_H_pred.to_numpy() - truth.FE_H.to_numpy()
-    poor, giant, cool = (truth.FE_H < -1).to_numpy(), (truth.LOGG < 3.5).to_numpy(), (truth.TEFF <= 5000).to_numpy()
-    groups = {"all": np.ones(err.size, bool), "feh_lt_-1": poor, "metal_poor_cool_giants": poor & giant & cool,
-              "metal_poor_warm_giants": poor & giant & ~cool, "metal_poor_dwarfs": poor & ~giant}
+    types = miles_fewshot.star_groups(truth.TEFF, truth.LOGG, truth.FE_H)
+    groups = {"all": np.ones(err.size, bool), "feh_lt_-1": (truth.FE_H < -1).to_numpy(),
+              **{g: types[g] for g in ("metal_poor_cool_giants", "metal_poor_warm_giants", "metal_poor_dwarfs")}}
     return {g: {"n": int(m.sum()), "bias": float(err[m].mean()), "rmse": float(np.sqrt(np.mean(err[m] ** 2)))}
             for g, m in groups.items()}
 
@@ -75,7 +75,8 @@ def main(argv=None) -> int:
     out = Path(a.output_dir)
     e = cfg["fewshot"]
     draws = [int(d) for d in e["draws"]]
-    sets = miles_fewshot.miles_sets(cfg, draws)
+    tables = miles_fewshot.miles_tables(cfg)
+    sets = miles_fewshot.miles_sets(cfg, draws, tables)
     syn_train, syn_val = miles_fewshot.synthetic_sets(cfg, sets["wavelength"], out / "synthetic")
     given = [n for n in GIVEN if n in a.given]
     if a.colour_bands and given != ["TEFF"]:
@@ -89,7 +90,6 @@ def main(argv=None) -> int:
     if a.colour_bands:   # a Teff from the flux-calibrated continuum, fitted per draw on its 100 stars
         from spectrafm_hf.baselines import RidgeBaseline
 
-        tables = miles_fewshot.miles_tables(cfg)
         teff_all = np.asarray(tables[0].labels["TEFF"], float)
         lo, hi, n_bands = a.colour_bands
         colours = miles_fewshot.continuum_colours(cfg, tables[0], tables[2], lo, hi, int(n_bands))
@@ -125,11 +125,7 @@ def main(argv=None) -> int:
     result["mean_of_draws"] = {r: {g: {k: float(np.mean([result["draws"][str(d)][r][g][k] for d in draws]))
                                        for k in ("bias", "rmse")} for g in rows[r]} for r in rows}
     if a.colour_bands:   # the scratch NN's spectrum-only metal-poor RMSE (the preset's committed table), for the ratio
-        import pandas as pd
-
-        table = pd.read_csv(REPO / "benchmarks/results/real_data_miles.csv")
-        scratch = table[(table.model == "scratch_nn") & (table.label == "FE_H") & (table.split == "feh_lt_-1")]
-        scratch_poor = float(scratch.set_index("draw").loc[draws, "rmse"].mean())
+        scratch_poor = miles_fewshot.committed_scratch_rmse(draws)
         result["scratch_nn_metal_poor_rmse"] = scratch_poor
         result["ratio_colour_teff"] = {f"{m}_colour_teff": scratch_poor /
                                        result["mean_of_draws"][f"{m}_colour_teff"]["feh_lt_-1"]["rmse"]

@@ -40,18 +40,16 @@ import real_data  # noqa: E402
 LABELS = ["TEFF", "LOGG", "FE_H"]
 
 
-def groups(truth) -> dict:
-    poor, giant, cool = truth.FE_H < -1, truth.LOGG < 3.5, truth.TEFF <= 5000
-    return {"metal_poor_cool_giants": poor & giant & cool, "metal_poor_warm_giants": poor & giant & ~cool,
-            "metal_rich_cool_giants": ~poor & giant & cool, "metal_poor_dwarfs": poor & ~giant}
+GROUPS = ("metal_poor_cool_giants", "metal_poor_warm_giants", "metal_rich_cool_giants", "metal_poor_dwarfs")
 
 
 def label_errors(pred, truth) -> dict:
     """Per group: bias and RMSE of every label, and corr(dTeff, d[Fe/H]), corr(dlogg, d[Fe/H])."""
     err = {n: pred[f"{n}_pred"].to_numpy() - truth[n].to_numpy() for n in LABELS}
     out = {}
-    for name, mask in groups(truth).items():
-        m = mask.to_numpy()
+    masks = miles_fewshot.star_groups(truth.TEFF, truth.LOGG, truth.FE_H)
+    for name in GROUPS:
+        m = masks[name]
         out[name] = {"n": int(m.sum()),
                      **{f"{n}_bias": float(err[n][m].mean()) for n in LABELS},
                      **{f"{n}_rmse": float(np.sqrt(np.mean(err[n][m] ** 2))) for n in LABELS},
@@ -122,8 +120,8 @@ def main(argv=None) -> int:
     cfg = real_data.load_preset(a.config, [])
     runs = Path(a.runs or cfg["output_dir"])
     draws = [int(d) for d in cfg["fewshot"]["draws"]]
-    sets = miles_fewshot.miles_sets(cfg, draws)
-    tables = miles_fewshot.miles_tables(cfg)  # read once for the emulator and the ridges below
+    tables = miles_fewshot.miles_tables(cfg)  # read once for the sets, the emulator and the ridges below
+    sets = miles_fewshot.miles_sets(cfg, draws, tables)
     models = {"spectrafm_synthetic_only": lambda d: runs / "pretrain_synthetic" / "final",
               "spectrafm": lambda d: runs / f"spectrafm_draw{d}" / "final"}
     missing = [str(f(d)) for f in models.values() for d in draws if not f(d).is_dir()]

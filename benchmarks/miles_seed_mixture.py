@@ -49,7 +49,6 @@ def main(argv=None) -> int:
     draws = [int(d) for d in e["draws"]]
     sets = miles_fewshot.miles_sets(cfg, draws)
     check = e["extrapolation_check"]
-    table = pd.read_csv(a.scratch)
     out = {"runs": a.runs, "draws": {}}
 
     def score(pred, truth):
@@ -79,8 +78,7 @@ def main(argv=None) -> int:
             "mixture": score(rd.seed_mixture(preds, ["FE_H"]), truth),
             "check_seeds": [round(c, 4) for c in check_rmse],
             "check_mixture": round(float(np.sqrt(np.mean((mixed_check - below) ** 2))), 4)}
-    scratch = table[(table.model == "scratch_nn") & (table.split == "feh_lt_-1") & (table.label == "FE_H")]
-    scratch_poor = float(scratch.set_index("draw").loc[draws, "rmse"].mean())
+    scratch_poor = miles_fewshot.committed_scratch_rmse(draws, a.scratch)
 
     def draw_mean(get, digits=4):
         return round(float(np.mean([get(out["draws"][str(d)]) for d in draws])), digits)

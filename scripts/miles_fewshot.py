@@ -131,9 +131,10 @@ def fewshot_indices(cfg, a, keep, draw_seeds) -> dict:
             "testable": np.flatnonzero(keep & (split_of != "validation")), "few": few}
 
 
-def miles_sets(cfg, draw_seeds):
-    """{"val": validation-split stars with [Fe/H] > min_feh, draw: (few-shot train, test)} as Datasets."""
-    a, flux, good, keep = miles_tables(cfg)
+def miles_sets(cfg, draw_seeds, tables=None):
+    """{"val": validation-split stars with [Fe/H] > min_feh, draw: (few-shot train, test)} as Datasets (from
+    ``tables``, `miles_tables`'s output, when the caller has read them already)."""
+    a, flux, good, keep = tables if tables is not None else miles_tables(cfg)
     min_feh = float(cfg["fewshot"].get("min_feh", -1.0))
     feh = a.labels["FE_H"]
     idx = fewshot_indices(cfg, a, keep, draw_seeds)
@@ -150,6 +151,23 @@ def miles_sets(cfg, draw_seeds):
             raise AssertionError("a star is in two sets")
         out[draw] = (to_dataset(a, flux, good, few), to_dataset(a, flux, good, test))
     return out
+
+
+def star_groups(teff, logg, feh, min_feh: float = -1.0) -> dict:
+    """Boolean masks of the star types the MILES benchmarks report: metal-poor ([Fe/H] < ``min_feh``) cool giants
+    (logg < 3.5, Teff <= 5000 K), warm giants and dwarfs (logg >= 3.5), and metal-rich cool giants."""
+    teff, logg, feh = (np.asarray(v, float) for v in (teff, logg, feh))
+    poor, giant, cool = feh < min_feh, logg < 3.5, teff <= 5000.0
+    return {"metal_poor_cool_giants": poor & giant & cool, "metal_poor_warm_giants": poor & giant & ~cool,
+            "metal_poor_dwarfs": poor & ~giant, "metal_rich_cool_giants": ~poor & giant & cool}
+
+
+def committed_scratch_rmse(draws, table=None, split: str = "feh_lt_-1") -> float:
+    """The scratch NN's [Fe/H] RMSE on ``split``, mean over ``draws``, from the preset's committed table (the
+    denominator-side of every ratio a benchmark reports without re-training the baseline)."""
+    t = pd.read_csv(table or HERE.parent / "benchmarks/results/real_data_miles.csv")
+    t = t[(t.model == "scratch_nn") & (t.label == "FE_H") & (t.split == split)]
+    return float(t.set_index("draw").loc[[int(d) for d in draws], "rmse"].mean())
 
 
 def continuum_colours(cfg, a, good, lo=None, hi=None, bands: int = 8) -> np.ndarray:
