@@ -163,8 +163,8 @@ def star_groups(teff, logg, feh, min_feh: float = -1.0) -> dict:
 
 
 def committed_scratch_rmse(draws, table=None, split: str = "feh_lt_-1") -> float:
-    """The scratch NN's [Fe/H] RMSE on ``split``, mean over ``draws``, from the preset's committed table (the
-    denominator-side of every ratio a benchmark reports without re-training the baseline)."""
+    """The scratch NN's [Fe/H] RMSE on ``split``, mean over ``draws``, from the preset's committed table: the
+    numerator of the ratio a benchmark reports without training the baseline again."""
     t = pd.read_csv(table or HERE.parent / "benchmarks/results/real_data_miles.csv")
     t = t[(t.model == "scratch_nn") & (t.label == "FE_H") & (t.split == split)]
     return float(t.set_index("draw").loc[[int(d) for d in draws], "rmse"].mean())
