@@ -66,6 +66,9 @@ def main(argv=None) -> int:
     p.add_argument("--output_dir", default="runs/miles_given_teff_logg")
     p.add_argument("--input_prob", type=float, default=0.5, help="probability a training row's Teff / logg is given")
     p.add_argument("--given", nargs="+", choices=GIVEN, default=GIVEN, help="the labels given as inputs")
+    p.add_argument("--input_noise", nargs="+", default=[], metavar="NAME=SIGMA",
+                   help="Gaussian noise on a given input in training rows, in its units (e.g. TEFF=250): the "
+                        "models learn how far to trust it")
     p.add_argument("--colour_bands", nargs=3, type=float, metavar=("LO", "HI", "N"),
                    help="also read with a Teff from the continuum's colours (docstring; --given TEFF only)")
     p.add_argument("--out", default=str(REPO / "benchmarks/results/miles_given_teff_logg.json"))
@@ -81,7 +84,11 @@ def main(argv=None) -> int:
     given = [n for n in GIVEN if n in a.given]
     if a.colour_bands and given != ["TEFF"]:
         p.error("--colour_bands gives a Teff only: use it with --given TEFF")
-    inputs = {"input_label_names": given, "input_label_prob": a.input_prob}
+    try:
+        noise = {k: float(v) for k, v in (item.split("=") for item in a.input_noise)}
+    except ValueError:
+        p.error(f"--input_noise takes NAME=SIGMA items, got {a.input_noise}")
+    inputs = {"input_label_names": given, "input_label_prob": a.input_prob, "input_label_noise": noise}
     pre = dict(cfg["pretrain"])
     pretrained = train_or_reuse(real_data.spectrafm_values(cfg, out / "pretrain_synthetic", pre.pop("steps"),
                                                            miles_fewshot.LABELS, **pre, **inputs),
@@ -95,9 +102,11 @@ def main(argv=None) -> int:
         colours = miles_fewshot.continuum_colours(cfg, tables[0], tables[2], lo, hi, int(n_bands))
         idx = miles_fewshot.fewshot_indices(cfg, tables[0], tables[3], draws)
     colour_arg = f" --colour_bands {' '.join(f'{v:g}' for v in a.colour_bands)}" if a.colour_bands else ""
+    noise_arg = f" --input_noise {' '.join(a.input_noise)}" if noise else ""
     result = {"command": f"python benchmarks/miles_given_teff_logg.py --given {' '.join(given)} "
-                         f"--input_prob {a.input_prob}{colour_arg}",
-              "config": Path(a.config).name, "given": given, "input_prob": a.input_prob, "draws": {}}
+                         f"--input_prob {a.input_prob}{noise_arg}{colour_arg}",
+              "config": Path(a.config).name, "given": given, "input_prob": a.input_prob, "input_noise": noise,
+              "draws": {}}
     for d in draws:
         few, test = sets[d]
         truth = real_data.frame(test, ["FE_H", "TEFF", "LOGG"])

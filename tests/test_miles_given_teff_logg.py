@@ -18,12 +18,15 @@ def test_given_teff_logg_trains_with_inputs_and_reads_both_ways(tmp_path, given)
     spec.loader.exec_module(bench)
     out = tmp_path / "given.json"
     colour = ["--colour_bands", "5500", "7410", "4"] if given == ["TEFF"] else []
+    noise = ["--input_noise", "TEFF=250"] if colour else []   # the models learn how far to trust a colour Teff
     with contextlib.redirect_stdout(io.StringIO()):
         assert bench.main(["--config", str(REPO / "scripts/configs/miles_fewshot_tiny.yaml"),
-                           "--output_dir", str(tmp_path / "runs"), "--out", str(out), "--given", *given, *colour]) == 0
+                           "--output_dir", str(tmp_path / "runs"), "--out", str(out), "--given", *given, *noise,
+                           *colour]) == 0
     result = json.loads(out.read_text())
-    assert result["given"] == given
-    assert result["command"].endswith(f"--given {' '.join(given)} --input_prob 0.5" + " --colour_bands 5500 7410 4" * bool(colour))
+    assert result["given"] == given and result["input_noise"] == ({"TEFF": 250.0} if noise else {})
+    assert result["command"].endswith(f"--given {' '.join(given)} --input_prob 0.5"
+                                      + " --input_noise TEFF=250 --colour_bands 5500 7410 4" * bool(colour))
     ways = ("spectrum_only", "given") + ("colour_teff",) * bool(colour)
     rows = {f"{m}_{w}" for m in ("synthetic_only", "spectrafm") for w in ways} | ({"colour_teff"} if colour else set())
     assert set(result["draws"]) == {"77", "78"} and set(result["mean_of_draws"]) == rows
@@ -40,6 +43,7 @@ def test_given_teff_logg_trains_with_inputs_and_reads_both_ways(tmp_path, given)
     for run in ("pretrain_synthetic", "spectrafm_draw77"):  # trained with the inputs, as the docstring says
         info = json.loads((tmp_path / "runs" / run / "final" / "training_info.json").read_text())
         assert _find(info, "input_label_names") == given and _find(info, "input_label_prob") == 0.5
+        assert _find(info, "input_label_noise") == ({"TEFF": 250.0} if noise else {})
 
 
 def _find(tree, key):

@@ -56,6 +56,27 @@ def test_collator_wavelength_window_and_input_labels(dsd):
     assert batch["input_mask"].all() and batch["input_ids"].tolist() == [[1]] * 3
 
 
+def test_collator_input_label_noise_jitters_training_inputs_only(dsd):
+    """input_label_noise={TEFF: sigma}: training rows get the given Teff with Gaussian noise of that sigma (in K), so
+    a model learns how far to trust a measured Teff; evaluation rows get it exactly."""
+    rows = [dsd["train"][i] for i in range(len(dsd["train"]))]
+    given = dict(input_label_names=["TEFF"], input_label_prob=1.0, input_ids=[0])
+    exact = _collator(deterministic=True, **given)(rows)["input_values"][:, 0].numpy()
+    assert torch.equal(_collator(deterministic=True, input_label_noise={"TEFF": 300.0}, **given)(rows)["input_values"],
+                       torch.as_tensor(exact)[:, None])
+    scale = _collator().processor.label_scales[0]
+    for sigma in (0.0, 300.0):
+        train = _collator(input_label_noise={"TEFF": sigma}, **given)
+        jitter = np.concatenate([train(rows)["input_values"][:, 0].numpy() - exact for _ in range(4)]) * scale  # K
+        if sigma == 0:
+            assert np.allclose(jitter, 0, atol=1e-2)
+        else:  # a fresh draw every time a row is used
+            assert jitter.size >= 90 and 240 < jitter.std() < 360 and abs(jitter.mean()) < 100
+    for bad, message in (({"LOGG": 0.1}, "not one of the input labels"), ({"TEFF": -1.0}, "sigma >= 0")):
+        with pytest.raises(ValueError, match=message):
+            _collator(input_label_noise=bad, **given)
+
+
 def test_collator_batches_can_be_pinned_for_a_gpu(dsd):
     """The Trainer's DataLoader pins every batch for a GPU (pin_memory=True by default), and pinning refuses a tensor
     whose elements share memory (an expand()ed one): a GPU training then died at its first step."""

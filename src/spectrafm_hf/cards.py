@@ -206,7 +206,7 @@ def _plain(value) -> str:
 # The keys of training_info.json (spectrafm_hf.training.info) worth a line on the card; the file has them all.
 _RECIPE_MODEL_KEYS = ("model_name_or_path", "freeze", "lora_r", "lora_alpha", "target_labels", "flux_normalization")
 _RECIPE_DATA_KEYS = ("dataset_config", "dataset_kwargs", "wavelength_window", "pixel_range", "train_selection",
-                     "max_train_stars", "input_label_names", "input_label_prob")
+                     "max_train_stars", "input_label_names", "input_label_prob", "input_label_noise")
 _RECIPE_TRAIN_KEYS = ("learning_rate", "lr_scheduler_type", "warmup_ratio", "warmup_steps", "num_train_epochs",
                       "max_steps", "per_device_train_batch_size", "gradient_accumulation_steps", "weight_decay",
                       "bf16", "fp16", "seed")

@@ -16,7 +16,7 @@ come from a generator seeded from torch's global RNG.
 from __future__ import annotations
 
 import zlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import torch
@@ -52,6 +52,10 @@ class SpectraCollator:
         input_label_names: labels that may also be given as non-spectra input tokens...
         input_label_prob: ...each with this probability per example (0 = never; 1 = always when known).
         input_ids: indices of ``input_label_names`` in ``config.label_names + config.scalar_input_names``.
+        input_label_noise: ``{name: sigma}`` in the label's own units (e.g. ``{"TEFF": 250.0}``): Gaussian noise
+            added to that given input every time a TRAINING row is used, so that the model learns how far to trust
+            an input measured that well (a photometric Teff, say) instead of taking it as exact. Evaluation rows
+            (``deterministic=True``) get the value as it is.
         seed: base seed.
         window_prob: probability that a TRAINING row reads one contiguous window of random position and width
             instead of pixels scattered over the whole spectrum (see `spectrafm_hf.training.pixel_subsets`);
@@ -78,6 +82,7 @@ class SpectraCollator:
         input_label_names: Sequence[str] = (),
         input_label_prob: float = 0.0,
         input_ids: Sequence[int] = (),
+        input_label_noise: Mapping[str, float] | None = None,
         seed: int = 0,
         window_prob: float = 0.0,
         window_width: Sequence[int] | None = None,
@@ -97,6 +102,13 @@ class SpectraCollator:
         if len(self.input_ids) != len(self.input_label_names):
             raise ValueError("input_ids needs one index per input label name")
         self.input_label_prob = float(input_label_prob)
+        self.input_label_noise = {str(k): float(v) for k, v in (input_label_noise or {}).items()}
+        for name, sigma in self.input_label_noise.items():
+            if name not in self.input_label_names:
+                raise ValueError(f"input_label_noise names {name!r}, which is not one of the input labels "
+                                 f"{self.input_label_names}")
+            if not (np.isfinite(sigma) and sigma >= 0):
+                raise ValueError(f"input_label_noise[{name!r}] must be a finite sigma >= 0, got {sigma}")
         self.seed = int(seed)
         self.epoch = None  # set by EpochCallback during Trainer runs
         self.window_prob, self.window_width = check_window_options(window_prob, window_width)
@@ -196,6 +208,10 @@ class SpectraCollator:
             rng = np.random.default_rng([self.seed, 7, int(self.deterministic), self.epoch or 0,
                                          zlib.crc32("".join(str(f.get("object_id", "")) for f in features).encode())])
             known = np.asarray([[f.get(n, np.nan) for n in self.input_label_names] for f in features], np.float64)
+            if not self.deterministic:
+                for k, name in enumerate(self.input_label_names):
+                    if self.input_label_noise.get(name):
+                        known[:, k] += rng.normal(0.0, self.input_label_noise[name], len(features))
             known = np.stack([self.processor.scale_inputs(n, known[:, k]) for k, n in
                               enumerate(self.input_label_names)], 1)  # labels and scalar inputs (magnitudes)
             given = np.isfinite(known) & (rng.random(known.shape) < self.input_label_prob)

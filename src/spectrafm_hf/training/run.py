@@ -112,6 +112,9 @@ class DataArguments:
     max_eval_stars: int | None = None
     input_label_names: list[str] = field(default_factory=list)
     input_label_prob: float = 0.0
+    input_label_noise: dict = field(default_factory=dict, metadata={
+        "help": "{name: sigma} in label units: Gaussian noise added to that given input in training rows, so the "
+                "model learns how far to trust an input measured that well, e.g. {TEFF: 250}"})
     window_prob: float = field(default=0.0, metadata={"help": "probability that a training row reads one contiguous "
                                                               "window of random position and width (0 = scattered "
                                                               "pixels only; spectrafm_hf.training.pixel_subsets)"})
@@ -621,7 +624,7 @@ def run_training(model_args: ModelArguments, data_args: DataArguments, training_
     window = _window(data_args)
     common = dict(processor=processor, label_names=label_names, query_ids=query_ids, wavelength_window=window,
                   input_label_names=data_args.input_label_names, input_label_prob=data_args.input_label_prob,
-                  input_ids=input_ids, seed=training_args.seed)
+                  input_ids=input_ids, input_label_noise=data_args.input_label_noise, seed=training_args.seed)
     info = training_info(
         config={"model": asdict(model_args), "data": asdict(data_args),
                 "training": {k: v for k, v in training_args.to_dict().items() if not k.startswith("_")}},
