@@ -7,6 +7,7 @@ import importlib.util
 import io
 import json
 
+import pandas as pd
 import pytest
 from conftest import REPO
 
@@ -40,6 +41,22 @@ def test_given_teff_logg_trains_with_inputs_and_reads_both_ways(tmp_path, given)
             assert draw[f"{model}_given"]["all"]["bias"] != draw[f"{model}_spectrum_only"]["all"]["bias"]
             if colour:   # told another Teff, it reads them differently again
                 assert draw[f"{model}_colour_teff"]["all"]["bias"] != draw[f"{model}_given"]["all"]["bias"]
+    if colour:   # --preset_runs: the mean of the preset's row and the colour-Teff reading, star by star
+        preset = tmp_path / "preset"
+        (preset / "predictions").mkdir(parents=True)
+        for d in ("77", "78"):   # a stand-in for the preset's row: this run's own colour-Teff reading
+            reading = pd.read_csv(tmp_path / "runs" / "predictions" / f"spectrafm_colour_teff_draw{d}.csv")
+            assert reading.FE_H_pred.notna().all()
+            reading.drop(columns="object_id").to_csv(preset / "predictions" / f"spectrafm_draw{d}.csv", index=False)
+        with contextlib.redirect_stdout(io.StringIO()):   # the trained runs are reused
+            assert bench.main(["--config", str(REPO / "scripts/configs/miles_fewshot_tiny.yaml"),
+                               "--output_dir", str(tmp_path / "runs"), "--out", str(out), "--given", *given, *noise,
+                               *colour, "--preset_runs", str(preset)]) == 0
+        again = json.loads(out.read_text())
+        for d in ("77", "78"):   # the mean of a reading with itself is that reading
+            assert again["draws"][d]["spectrafm_mean_with_colour_teff"] == again["draws"][d]["spectrafm_colour_teff"]
+        assert set(again["ratio_colour_teff"]) == {"synthetic_only_colour_teff", "spectrafm_colour_teff",
+                                                   "spectrafm_mean_with_colour_teff"}
     for run in ("pretrain_synthetic", "spectrafm_draw77"):  # trained with the inputs, as the docstring says
         info = json.loads((tmp_path / "runs" / run / "final" / "training_info.json").read_text())
         assert _find(info, "input_label_names") == given and _find(info, "input_label_prob") == 0.5
@@ -66,3 +83,9 @@ def test_colour_teff_needs_teff_alone_given():
     with pytest.raises(SystemExit), contextlib.redirect_stderr(io.StringIO()) as err:
         bench.main(["--given", "TEFF", "LOGG", "--colour_bands", "5500", "7410", "4"])
     assert "--given TEFF" in err.getvalue()
+    with pytest.raises(SystemExit), contextlib.redirect_stderr(io.StringIO()) as err:
+        bench.main(["--given", "TEFF", "--preset_runs", "runs/miles_fewshot_cpu_v4"])
+    assert "add --colour_bands" in err.getvalue()
+    with pytest.raises(SystemExit), contextlib.redirect_stderr(io.StringIO()) as err:
+        bench.main(["--given", "TEFF", "--input_noise", "TEFF:250"])
+    assert "NAME=SIGMA" in err.getvalue()
