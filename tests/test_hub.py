@@ -144,6 +144,7 @@ def test_push_adds_code_files_and_finetune_card(fake_hub, tmp_path):
                  "**dataset_config**: apogee_dr17", "training_info.json"):
         assert line in card.text
     assert "lora_r" not in card.text and "warmup_ratio" not in card.text  # defaults are not listed
+    assert "input_label_noise" not in card.text
 
     # a second push replaces files in a new commit; the first revision stays downloadable
     first = fake_hub.history("org/spectrafm-ft")
@@ -153,6 +154,15 @@ def test_push_adds_code_files_and_finetune_card(fake_hub, tmp_path):
     assert b"# replaced" in fake_hub.read("org/spectrafm-ft", "README.md")
     old = hf_hub_download("org/spectrafm-ft", "README.md", revision=old_oid)
     assert "Fine-tuned from" in open(old, encoding="utf-8").read()
+
+
+def test_card_lists_the_noise_a_given_input_was_trained_with():
+    from spectrafm_hf.cards import _training_recipe
+
+    data = {"input_label_names": ["TEFF"], "input_label_prob": 1.0}
+    noisy = _training_recipe({"config": {"data": {**data, "input_label_noise": {"TEFF": 250.0}}}})
+    assert "- **input_label_noise**: TEFF=250" in noisy and '- **input_label_names**: ["TEFF"]' in noisy
+    assert "input_label_noise" not in _training_recipe({"config": {"data": {**data, "input_label_noise": {}}}})
 
 
 def test_remote_code_loads_without_the_package(fake_hub, tmp_path):
