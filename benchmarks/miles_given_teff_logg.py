@@ -38,6 +38,9 @@ that Teff's bias on the metal-poor test stars (docs/real_spectra.md), so they ar
     python benchmarks/miles_given_teff_logg.py --given TEFF --input_prob 1.0 --input_noise TEFF=250 \
         --output_dir runs/miles_given_teff_noise250 --out benchmarks/results/miles_given_teff_noise250.json \
         --colour_bands 5500 7410 4 --preset_runs runs/miles_fewshot_cpu_v4   # the same, trained with noisy Teff
+    python benchmarks/miles_given_teff_logg.py --given TEFF --input_prob 1.0 --output_dir runs/miles_given_teff_seed1 \
+        --out benchmarks/results/miles_given_teff_seed1.json --colour_bands 5500 7410 4 --preset_runs runs/seed1 \
+        --set training_defaults.seed=1   # another training seed, with the preset run at that seed (miles_seed_mixture)
 """
 
 from __future__ import annotations
@@ -86,6 +89,9 @@ def main(argv=None) -> int:
     p.add_argument("--preset_runs", help="the MILES preset's output_dir: with --colour_bands, also row "
                                          "spectrafm_mean_with_colour_teff, the mean of its row spectrafm and this "
                                          "fine-tune told the colour Teff (both spectrum only)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a preset value by its dotted path, as the preset's own --set (e.g. "
+                        "training_defaults.seed=1, with --preset_runs a run of the preset at that seed)")
     p.add_argument("--out", default=str(REPO / "benchmarks/results/miles_given_teff_logg.json"))
     a = p.parse_args(argv)
     given = [n for n in GIVEN if n in a.given]
@@ -98,7 +104,7 @@ def main(argv=None) -> int:
     except ValueError:
         p.error(f"--input_noise takes NAME=SIGMA items, got {a.input_noise}")
     t0 = time.time()
-    cfg = real_data.load_preset(a.config, [])
+    cfg = real_data.load_preset(a.config, a.set)
     out = Path(a.output_dir)
     e = cfg["fewshot"]
     draws = [int(d) for d in e["draws"]]
@@ -120,6 +126,7 @@ def main(argv=None) -> int:
         idx = miles_fewshot.fewshot_indices(cfg, tables[0], tables[3], draws)
     colour_arg = f" --colour_bands {' '.join(f'{v:g}' for v in a.colour_bands)}" if a.colour_bands else ""
     colour_arg += f" --preset_runs {a.preset_runs}" if a.preset_runs else ""
+    colour_arg += "".join(f" --set {item}" for item in a.set)
     noise_arg = f" --input_noise {' '.join(a.input_noise)}" if noise else ""
     result = {"command": f"python benchmarks/miles_given_teff_logg.py --given {' '.join(given)} "
                          f"--input_prob {a.input_prob}{noise_arg}{colour_arg}",
