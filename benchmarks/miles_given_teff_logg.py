@@ -103,6 +103,8 @@ def main(argv=None) -> int:
         noise = {k: float(v) for k, v in (item.split("=") for item in a.input_noise)}
     except ValueError:
         p.error(f"--input_noise takes NAME=SIGMA items, got {a.input_noise}")
+    if set(noise) - set(given):
+        p.error(f"--input_noise names {sorted(set(noise) - set(given))}, which --given does not give")
     t0 = time.time()
     cfg = real_data.load_preset(a.config, a.set)
     out = Path(a.output_dir)
@@ -124,12 +126,12 @@ def main(argv=None) -> int:
         lo, hi, n_bands = a.colour_bands
         colours = miles_fewshot.continuum_colours(cfg, tables[0], tables[2], lo, hi, int(n_bands))
         idx = miles_fewshot.fewshot_indices(cfg, tables[0], tables[3], draws)
-    colour_arg = f" --colour_bands {' '.join(f'{v:g}' for v in a.colour_bands)}" if a.colour_bands else ""
-    colour_arg += f" --preset_runs {a.preset_runs}" if a.preset_runs else ""
-    colour_arg += "".join(f" --set {item}" for item in a.set)
-    noise_arg = f" --input_noise {' '.join(a.input_noise)}" if noise else ""
-    result = {"command": f"python benchmarks/miles_given_teff_logg.py --given {' '.join(given)} "
-                         f"--input_prob {a.input_prob}{noise_arg}{colour_arg}",
+    options = [f"--given {' '.join(given)}", f"--input_prob {a.input_prob}"]
+    options += [f"--input_noise {' '.join(a.input_noise)}"] if noise else []
+    options += [f"--colour_bands {' '.join(f'{v:g}' for v in a.colour_bands)}"] if a.colour_bands else []
+    options += [f"--preset_runs {a.preset_runs}"] if a.preset_runs else []
+    options += [f"--set {item}" for item in a.set]
+    result = {"command": "python benchmarks/miles_given_teff_logg.py " + " ".join(options),
               "config": Path(a.config).name, "given": given, "input_prob": a.input_prob, "input_noise": noise,
               "draws": {}}
     for d in draws:

@@ -89,3 +89,6 @@ def test_colour_teff_needs_teff_alone_given():
     with pytest.raises(SystemExit), contextlib.redirect_stderr(io.StringIO()) as err:
         bench.main(["--given", "TEFF", "--input_noise", "TEFF:250"])
     assert "NAME=SIGMA" in err.getvalue()
+    with pytest.raises(SystemExit), contextlib.redirect_stderr(io.StringIO()) as err:
+        bench.main(["--given", "TEFF", "--input_noise", "LOGG=0.2"])
+    assert "which --given does not give" in err.getvalue()

@@ -210,8 +210,9 @@ class SpectraCollator:
             known = np.asarray([[f.get(n, np.nan) for n in self.input_label_names] for f in features], np.float64)
             if not self.deterministic:
                 for k, name in enumerate(self.input_label_names):
-                    if self.input_label_noise.get(name):
-                        known[:, k] += rng.normal(0.0, self.input_label_noise[name], len(features))
+                    sigma = self.input_label_noise.get(name, 0.0)
+                    if sigma:   # nothing drawn without noise, so earlier runs draw as before
+                        known[:, k] += rng.normal(0.0, sigma, len(features))
             known = np.stack([self.processor.scale_inputs(n, known[:, k]) for k, n in
                               enumerate(self.input_label_names)], 1)  # labels and scalar inputs (magnitudes)
             given = np.isfinite(known) & (rng.random(known.shape) < self.input_label_prob)
