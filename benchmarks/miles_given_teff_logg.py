@@ -21,7 +21,12 @@ preset's ``output_dir``), also row ``spectrafm_mean_with_colour_teff``: per star
 ``spectrafm`` (spectrum only, read too metal-rich on cool metal-poor giants) and this fine-tune told the colour Teff
 (nearly unbiased, noisier), both from the spectrum and the 100 stars alone. ``--input_noise TEFF=SIGMA`` trains both
 models with Gaussian noise of SIGMA K on the given Teff (``input_label_noise``), so that they learn how far to trust
-a Teff measured that well. Each reading's per-star [Fe/H] goes to ``output_dir/predictions``.
+a Teff measured that well. With ``--xp_teff MAX_AK`` (and ``--colour_bands``), a third Teff, also without any
+test label: the same bands' colours of the flux-calibrated spectrum (`miles_fewshot.band_colours`) read by
+gradient-boosted trees learnt on the Gaia XP x APOGEE training stars with A_K below MAX_AK
+(`miles_fewshot.xp_colour_teff`: 6,895 of the 28,643 at 0.02, stars of another survey, metal-poor ones among them;
+no MILES star is fitted), its zero point shifted to the draw's 100 stars; rows ``*_xp_teff``, ``xp_teff`` and
+``spectrafm_mean_with_xp_teff``. Each reading's per-star [Fe/H] goes to ``output_dir/predictions``.
 
 The scores are [Fe/H] bias and RMSE on each draw's test stars: whole set, metal-poor ([Fe/H] < -1), and metal-poor
 cool giants (logg < 3.5, Teff <= 5000 K), warm giants and dwarfs. Given labels are test information, so the
@@ -41,6 +46,9 @@ that Teff's bias on the metal-poor test stars (docs/real_spectra.md), so they ar
     python benchmarks/miles_given_teff_logg.py --given TEFF --input_prob 1.0 --output_dir runs/miles_given_teff_seed1 \
         --out benchmarks/results/miles_given_teff_seed1.json --colour_bands 5500 7410 4 --preset_runs runs/seed1 \
         --set training_defaults.seed=1   # another training seed, with the preset run at that seed (miles_seed_mixture)
+    python benchmarks/miles_given_teff_logg.py --given TEFF --input_prob 1.0 --output_dir runs/miles_given_teff \
+        --out benchmarks/results/miles_xp_teff.json --colour_bands 3540 7410 8 --xp_teff 0.02 \
+        --preset_runs runs/miles_fewshot_cpu_v4   # a Teff learnt on Gaia XP from 8 bands over the whole range
 """
 
 from __future__ import annotations
@@ -86,6 +94,10 @@ def main(argv=None) -> int:
                         "models learn how far to trust it")
     p.add_argument("--colour_bands", nargs=3, type=float, metavar=("LO", "HI", "N"),
                    help="also read with a Teff from the continuum's colours (docstring; --given TEFF only)")
+    p.add_argument("--xp_teff", type=float, metavar="MAX_AK",
+                   help="also read with a Teff from the same bands learnt on Gaia XP x APOGEE stars with A_K below "
+                        "MAX_AK (docstring; with --colour_bands)")
+    p.add_argument("--xp_data_dir", help="where the Gaia XP x APOGEE data are (default: the wheel, as the XP preset)")
     p.add_argument("--preset_runs", help="the MILES preset's output_dir: with --colour_bands, also row "
                                          "spectrafm_mean_with_colour_teff, the mean of its row spectrafm and this "
                                          "fine-tune told the colour Teff (both spectrum only)")
@@ -97,6 +109,8 @@ def main(argv=None) -> int:
     given = [n for n in GIVEN if n in a.given]
     if a.colour_bands and given != ["TEFF"]:
         p.error("--colour_bands gives a Teff only: use it with --given TEFF")
+    if a.xp_teff is not None and not a.colour_bands:
+        p.error("--xp_teff reads the bands of --colour_bands: add --colour_bands")
     if a.preset_runs and not a.colour_bands:
         p.error("--preset_runs combines the preset's row with the colour-Teff reading: add --colour_bands")
     try:
@@ -126,14 +140,19 @@ def main(argv=None) -> int:
         lo, hi, n_bands = a.colour_bands
         colours = miles_fewshot.continuum_colours(cfg, tables[0], tables[2], lo, hi, int(n_bands))
         idx = miles_fewshot.fewshot_indices(cfg, tables[0], tables[3], draws)
+        if a.xp_teff is not None:   # learnt on Gaia XP, read from MILES's flux-calibrated bands
+            xp_predict, xp_fit = miles_fewshot.xp_colour_teff(lo, hi, int(n_bands), a.xp_teff, a.xp_data_dir)
+            xp_teff_all = xp_predict(miles_fewshot.band_colours(tables[0].wavelength, tables[0].flux, tables[2], lo,
+                                                                hi, int(n_bands)))
     options = [f"--given {' '.join(given)}", f"--input_prob {a.input_prob}"]
     options += [f"--input_noise {' '.join(a.input_noise)}"] if noise else []
     options += [f"--colour_bands {' '.join(f'{v:g}' for v in a.colour_bands)}"] if a.colour_bands else []
+    options += [f"--xp_teff {a.xp_teff:g}"] if a.xp_teff is not None else []
     options += [f"--preset_runs {a.preset_runs}"] if a.preset_runs else []
     options += [f"--set {item}" for item in a.set]
     result = {"command": "python benchmarks/miles_given_teff_logg.py " + " ".join(options),
               "config": Path(a.config).name, "given": given, "input_prob": a.input_prob, "input_noise": noise,
-              "draws": {}}
+              "draws": {}, **({"xp_teff_model": xp_fit} if a.xp_teff is not None else {})}
     for d in draws:
         few, test = sets[d]
         truth = real_data.frame(test, ["FE_H", "TEFF", "LOGG"])
@@ -156,21 +175,24 @@ def main(argv=None) -> int:
             few_i, test_i = idx["few"][d], np.setdiff1d(idx["testable"], idx["few"][d])
             if list(truth.object_id) != list(tables[0].object_id[test_i]):
                 raise AssertionError("the colour Teff's stars are not the test set's")
-            teff = RidgeBaseline().fit(colours[few_i], teff_all[few_i]).predict(colours[test_i])[0]
-            err = teff - teff_all[test_i]
+            teffs = {"colour_teff": RidgeBaseline().fit(colours[few_i], teff_all[few_i]).predict(colours[test_i])[0]}
+            if a.xp_teff is not None:   # its zero point shifted to the draw's 100 stars
+                teffs["xp_teff"] = xp_teff_all[test_i] - np.mean(xp_teff_all[few_i] - teff_all[few_i])
             poor = (truth.FE_H < -1).to_numpy()
-            result["draws"][str(d)]["colour_teff"] = {
-                g: {"bias": float(err[m].mean()), "rmse": float(np.sqrt(np.mean(err[m] ** 2)))}
-                for g, m in (("feh_lt_-1", poor), ("feh_ge_-1", ~poor))}
-            for name, model in (("synthetic_only", pretrained), ("spectrafm", final)):
-                colour_read, result["draws"][str(d)][f"{name}_colour_teff"] = read(
-                    f"{name}_colour_teff", model, known_values={"TEFF": teff})
-            if a.preset_runs:   # two spectrum-only readings, one biased and one noisy: their plain mean
-                row = pd.read_csv(Path(a.preset_runs) / "predictions" / f"spectrafm_draw{d}.csv")  # test-set order
-                if len(row) != len(truth):
-                    raise AssertionError(f"the preset's draw-{d} predictions are not this test set's")
-                mean = pd.DataFrame({"FE_H_pred": 0.5 * (row.FE_H_pred.to_numpy() + colour_read.FE_H_pred.to_numpy())})
-                result["draws"][str(d)]["spectrafm_mean_with_colour_teff"] = scores(mean, truth)
+            for source, teff in teffs.items():
+                err = teff - teff_all[test_i]
+                result["draws"][str(d)][source] = {
+                    g: {"bias": float(err[m].mean()), "rmse": float(np.sqrt(np.mean(err[m] ** 2)))}
+                    for g, m in (("feh_lt_-1", poor), ("feh_ge_-1", ~poor))}
+                for name, model in (("synthetic_only", pretrained), ("spectrafm", final)):
+                    told, result["draws"][str(d)][f"{name}_{source}"] = read(
+                        f"{name}_{source}", model, known_values={"TEFF": teff})
+                if a.preset_runs:   # two spectrum-only readings, one biased and one noisy: their plain mean
+                    row = pd.read_csv(Path(a.preset_runs) / "predictions" / f"spectrafm_draw{d}.csv")  # test order
+                    if len(row) != len(truth):
+                        raise AssertionError(f"the preset's draw-{d} predictions are not this test set's")
+                    mean = pd.DataFrame({"FE_H_pred": 0.5 * (row.FE_H_pred.to_numpy() + told.FE_H_pred.to_numpy())})
+                    result["draws"][str(d)][f"spectrafm_mean_with_{source}"] = scores(mean, truth)
     rows = result["draws"][str(draws[0])]
     result["mean_of_draws"] = {r: {g: {k: float(np.mean([result["draws"][str(d)][r][g][k] for d in draws]))
                                        for k in ("bias", "rmse")} for g in rows[r]} for r in rows}
@@ -178,8 +200,7 @@ def main(argv=None) -> int:
         scratch_poor = miles_fewshot.committed_scratch_rmse(draws)
         result["scratch_nn_metal_poor_rmse"] = scratch_poor
         result["ratio_colour_teff"] = {r: scratch_poor / result["mean_of_draws"][r]["feh_lt_-1"]["rmse"]
-                                       for r in ("synthetic_only_colour_teff", "spectrafm_colour_teff",
-                                                 "spectrafm_mean_with_colour_teff") if r in rows}
+                                       for r in rows if r.endswith(("_colour_teff", "_xp_teff"))}
     result["seconds"] = round(time.time() - t0)
     Path(a.out).write_text(json.dumps(result, indent=1) + "\n")
     print(json.dumps(result["mean_of_draws"], indent=1))

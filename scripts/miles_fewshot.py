@@ -183,6 +183,41 @@ def continuum_colours(cfg, a, good, lo=None, hi=None, bands: int = 8) -> np.ndar
     return logs - logs.mean(1, keepdims=True)
 
 
+def band_colours(wavelength, flux, good, lo: float, hi: float, bands: int) -> np.ndarray:
+    """(n_stars, bands): the log of the mean flux-calibrated flux in ``bands`` equal wavelength bands from ``lo`` to
+    ``hi`` (Angstrom), less its mean over the bands. Unlike `continuum_colours` no pseudo-continuum is taken, so any
+    instrument's flux-calibrated spectra give the same colours (Gaia XP's 2 nm samples as MILES's 0.9 A pixels)."""
+    w = np.asarray(wavelength, float)
+    flux = np.where(good, flux, np.nan)
+    edges = np.linspace(lo, hi, bands + 1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        logs = np.stack([np.log(np.nanmean(flux[:, (w >= l) & (w <= h)], 1)) for l, h in zip(edges[:-1], edges[1:])], 1)
+    return logs - logs.mean(1, keepdims=True)
+
+
+def xp_colour_teff(lo: float, hi: float, bands: int, max_ak: float, xp_data_dir=None):
+    """A Teff from `band_colours` learnt on Gaia XP x APOGEE DR17: gradient-boosted trees on the XP training split's
+    FGKM stars (3000-7000 K) with A_K (APOGEE's ``AK_TARG``) below ``max_ak``, as MILES's stars are nearby and barely
+    reddened. Returns (predict(colours) -> Teff, {"n_train", "validation_rmse", "validation_bias"} on the XP
+    validation split's stars under the same cuts). No MILES star is used."""
+    from sklearn.ensemble import HistGradientBoostingRegressor
+
+    from spectrafm_hf.data.real import load_gaia_xp_arrays
+
+    xp = load_gaia_xp_arrays(xp_data_dir)
+    good = np.ones(xp.flux.shape, bool) if xp.mask is None else xp.mask
+    x = band_colours(xp.wavelength, xp.flux, good, lo, hi, bands)
+    teff, ak = xp.labels["TEFF"], xp.labels.get("AK_TARG", np.full(len(xp), np.nan))
+    usable = np.isfinite(x).all(1) & (teff > 3000) & (teff < 7000) & (np.nan_to_num(ak, nan=np.inf) < max_ak)
+    train, val = (np.intersect1d(xp.splits[s], np.flatnonzero(usable)) for s in ("train", "validation"))
+    if train.size < 50:
+        raise ValueError(f"only {train.size} Gaia XP training stars have A_K below {max_ak}: raise it")
+    model = HistGradientBoostingRegressor(max_iter=500, random_state=0).fit(x[train], teff[train])
+    err = model.predict(x[val]) - teff[val]
+    return model.predict, {"n_train": int(train.size), "validation_rmse": float(np.sqrt(np.mean(err ** 2))),
+                           "validation_bias": float(err.mean())}
+
+
 def synthetic_spec(cfg) -> dict:
     """What the cached synthetic spectra were made from (the wavelength range only when one is set, so caches made
     before it stay valid)."""

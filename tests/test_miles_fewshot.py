@@ -307,3 +307,33 @@ def test_the_real_converted_emulator_if_present(miles):
     norm, _ = pseudo_continuum_normalize(flux)
     assert 0.85 < np.median(norm) < 1.05
     assert (1 - norm[0]).sum() > 1.3 * (1 - norm[1]).sum()  # metal-rich lines are stronger
+
+
+def test_band_colours_are_the_same_from_any_instruments_sampling():
+    """A flux-calibrated spectrum read on MILES's fine grid and on Gaia XP's 2 nm samples gives the same colours
+    (what lets a Teff learnt on XP read MILES), whatever its overall brightness; bad pixels are left out."""
+    script = _script()
+
+    def flux(w):   # a smooth red continuum with a broad dip, in any units
+        return (w / 5000.0) ** 2 * (1 - 0.3 * np.exp(-0.5 * ((w - 4300.0) / 150.0) ** 2))
+
+    fine, coarse = np.arange(3540.0, 7410.0, 0.9), np.arange(3360.0, 10200.0, 20.0)
+    good = np.ones((2, fine.size), bool)
+    good[1, ::7] = False   # a few bad pixels, filled with junk
+    fine_flux = np.stack([flux(fine), 7.0 * flux(fine)])
+    fine_flux[1, ::7] = -1e6
+    a = script.band_colours(fine, fine_flux, good, 3540.0, 7410.0, 8)
+    b = script.band_colours(coarse, flux(coarse)[None], np.ones((1, coarse.size), bool), 3540.0, 7410.0, 8)
+    assert a.shape == (2, 8) and np.allclose(a.sum(1), 0.0)
+    assert np.allclose(a[0], a[1], atol=1e-3) and np.allclose(a[0], b[0], atol=0.01)
+    assert a[0, -1] - a[0, 0] > 0.5   # the red end is brighter: colours survive
+
+
+def test_xp_colour_teff_learns_on_xp_alone_and_refuses_an_empty_cut():
+    script = _script()
+    fixture = REPO / "tests" / "fixtures" / "real_labelled" / "gaia_xp_apogee_dr17"
+    predict, fit = script.xp_colour_teff(3540.0, 7410.0, 8, 10.0, fixture)
+    assert fit["n_train"] >= 50 and np.isfinite(fit["validation_rmse"])
+    assert predict(np.zeros((1, 8))).shape == (1,)
+    with pytest.raises(ValueError, match="A_K below 0"):
+        script.xp_colour_teff(3540.0, 7410.0, 8, 0.0, fixture)

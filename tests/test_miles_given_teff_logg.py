@@ -51,12 +51,18 @@ def test_given_teff_logg_trains_with_inputs_and_reads_both_ways(tmp_path, given)
         with contextlib.redirect_stdout(io.StringIO()):   # the trained runs are reused
             assert bench.main(["--config", str(REPO / "scripts/configs/miles_fewshot_tiny.yaml"),
                                "--output_dir", str(tmp_path / "runs"), "--out", str(out), "--given", *given, *noise,
-                               *colour, "--preset_runs", str(preset)]) == 0
+                               *colour, "--preset_runs", str(preset), "--xp_teff", "10", "--xp_data_dir",
+                               str(REPO / "tests/fixtures/real_labelled/gaia_xp_apogee_dr17")]) == 0
         again = json.loads(out.read_text())
+        assert again["command"].endswith(f"--xp_teff 10 --preset_runs {preset}")
+        assert again["xp_teff_model"]["n_train"] >= 50   # learnt on Gaia XP stars
         for d in ("77", "78"):   # the mean of a reading with itself is that reading
             assert again["draws"][d]["spectrafm_mean_with_colour_teff"] == again["draws"][d]["spectrafm_colour_teff"]
-        assert set(again["ratio_colour_teff"]) == {"synthetic_only_colour_teff", "spectrafm_colour_teff",
-                                                   "spectrafm_mean_with_colour_teff"}
+            # the XP-learnt Teff is another Teff: the same model reads the stars differently with it
+            assert again["draws"][d]["spectrafm_xp_teff"] != again["draws"][d]["spectrafm_colour_teff"]
+            assert set(again["draws"][d]["xp_teff"]) == {"feh_lt_-1", "feh_ge_-1"}
+        assert set(again["ratio_colour_teff"]) == {f"{m}_{t}" for t in ("colour_teff", "xp_teff") for m in
+                                                   ("synthetic_only", "spectrafm", "spectrafm_mean_with")}
     for run in ("pretrain_synthetic", "spectrafm_draw77"):  # trained with the inputs, as the docstring says
         info = json.loads((tmp_path / "runs" / run / "final" / "training_info.json").read_text())
         assert _find(info, "input_label_names") == given and _find(info, "input_label_prob") == 0.5
@@ -86,6 +92,9 @@ def test_colour_teff_needs_teff_alone_given():
     with pytest.raises(SystemExit), contextlib.redirect_stderr(io.StringIO()) as err:
         bench.main(["--given", "TEFF", "--preset_runs", "runs/miles_fewshot_cpu_v4"])
     assert "add --colour_bands" in err.getvalue()
+    with pytest.raises(SystemExit), contextlib.redirect_stderr(io.StringIO()) as err:
+        bench.main(["--given", "TEFF", "--xp_teff", "0.02"])
+    assert "--xp_teff reads the bands of --colour_bands" in err.getvalue()
     with pytest.raises(SystemExit), contextlib.redirect_stderr(io.StringIO()) as err:
         bench.main(["--given", "TEFF", "--input_noise", "TEFF:250"])
     assert "NAME=SIGMA" in err.getvalue()

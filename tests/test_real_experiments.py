@@ -291,6 +291,27 @@ def test_baseline_parameters_can_differ_by_training_set_size():
     assert params["epochs_by_size"] == [3, 2]  # the preset's own dict is left as it was
 
 
+def test_fewshot_seeds_benchmark_scores_row_spectrafm_as_the_table_does(tiny, tmp_path):
+    """benchmarks/xp_fewshot_seeds.py on the tiny preset's run given twice: each "seed" is scored as the table scores
+    row spectrafm, and a mixture of a run with itself is that run."""
+    out, _ = tiny
+    spec = importlib.util.spec_from_file_location("xp_fewshot_seeds", REPO / "benchmarks" / "xp_fewshot_seeds.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    with contextlib.redirect_stdout(io.StringIO()):
+        assert bench.main(["--config", str(REPO / "scripts" / "configs" / "real_xp_tiny.yaml"), "--runs", str(out),
+                           str(out), "--scratch", str(out / "results" / "real_data.csv"),
+                           "--out", str(tmp_path / "seeds.json")]) == 0
+    result = json.loads((tmp_path / "seeds.json").read_text())["mean_of_draws"]
+    table = pd.read_csv(out / "results" / "real_data.csv")
+    poor = table[(table.experiment == "xp_fewshot") & (table.label == "FE_H") & (table.split == "feh_lt_-1")]
+    poor = poor.groupby("model").rmse.mean()
+    assert result["metal_poor_rmse_seeds"] == [pytest.approx(poor["spectrafm"], abs=1e-4)] * 2
+    assert result["metal_poor_rmse_mixture"] == result["metal_poor_rmse_seeds"][0]
+    assert result["scratch_nn_metal_poor_rmse"] == pytest.approx(poor["scratch_nn"], abs=1e-4)
+    assert result["ratio_seeds"][0] == pytest.approx(poor["scratch_nn"] / poor["spectrafm"], rel=1e-3)
+
+
 def test_seed_mixture_keeps_the_spread_between_runs():
     mix = _script().seed_mixture
     a = pd.DataFrame({"FE_H_pred": [0.0, 1.0], "FE_H_sigma": [0.1, 0.3]})
