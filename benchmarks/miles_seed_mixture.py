@@ -52,10 +52,7 @@ def main(argv=None) -> int:
     out = {"runs": a.runs, "draws": {}}
 
     def score(pred, truth):
-        rows = rd.metrics_rows("miles_fewshot", MODEL, pred, truth, ["FE_H"])
-        return {r["split"]: {"rmse": round(r["rmse"], 4), "bias": round(r["bias"], 4),
-                             "coverage68": round(r["coverage68"], 3)} for r in rows
-                if r["split"] in ("all", "feh_lt_-1", "feh_ge_-1")}
+        return rd.fe_h_scores("miles_fewshot", pred, truth)
 
     for draw in draws:
         few, test = sets[draw]

@@ -53,10 +53,7 @@ def main(argv=None) -> int:
     def score(pred):
         if len(pred) != len(truth):
             raise ValueError(f"{len(pred)} predictions for {len(truth)} test stars")
-        rows = real_data.metrics_rows("xp_fewshot", MODEL, pred, truth, ["FE_H"])
-        return {r["split"]: {"rmse": round(r["rmse"], 4), "bias": round(r["bias"], 4),
-                             "coverage68": round(r["coverage68"], 3)} for r in rows
-                if r["split"] in ("all", "feh_lt_-1", "feh_ge_-1")}
+        return real_data.fe_h_scores("xp_fewshot", pred, truth)
 
     out = {"runs": a.runs, "draws": {}}
     for draw in draws:

@@ -311,6 +311,15 @@ def metrics_rows(experiment, model, pred: pd.DataFrame, truth: pd.DataFrame, lab
     return rows
 
 
+def fe_h_scores(experiment, pred: pd.DataFrame, truth: pd.DataFrame) -> dict:
+    """[Fe/H] RMSE, bias (4 digits) and 68 % coverage (3) on the whole set, below and above [Fe/H] = -1: how the seed
+    benchmarks score one few-shot reading."""
+    rows = metrics_rows(experiment, "", pred, truth, ["FE_H"])
+    return {r["split"]: {"rmse": round(r["rmse"], 4), "bias": round(r["bias"], 4),
+                         "coverage68": round(r["coverage68"], 3)} for r in rows
+            if r["split"] in ("all", "feh_lt_-1", "feh_ge_-1")}
+
+
 class Runner:
     """Caches predictions per (experiment, model) under output_dir/predictions."""
 
