@@ -8,6 +8,9 @@ equal-weight mixture (`real_data.seed_mixture`: mean of the means, sigma^2 = mea
 means): RMSE on the whole test split and on its metal-poor ([Fe/H] < -1) stars, 68 % coverage on the metal-rich ones.
 The scratch NN's metal-poor RMSE, for the ratio, is read from ``--scratch`` (the preset's committed table; the
 scratch NN's own seed is not ``training_defaults.seed``, and its runs at seeds 1 and 2 gave the same numbers).
+``--model`` scores another row the same way (an ablation, or a candidate added with ``--set``), and ``--summaries``
+(each run's ``summary.json``, in ``--runs`` order) adds its extrapolation-check score per seed, the rule that chooses
+row ``spectrafm``.
 
     python scripts/real_data.py scripts/configs/real_xp_cpu.yaml --experiments xp_fewshot --jobs 1 \\
         --set training_defaults.seed=1 --set 'xp_fewshot.ablations={}' --output_dir runs/xp_fewshot_seed1 \\
@@ -15,6 +18,14 @@ scratch NN's own seed is not ``training_defaults.seed``, and its runs at seeds 1
         # ~34 min on one core; the same with seed 2
     python benchmarks/xp_fewshot_seeds.py --runs runs/real_xp_cpu_v9 runs/xp_fewshot_seed1 runs/xp_fewshot_seed2 \\
         --out benchmarks/results/xp_fewshot_seeds.json
+    # less covariance shrinkage for the generative read-out, as extra candidates at each seed:
+    python scripts/real_data.py scripts/configs/real_xp_cpu.yaml --experiments xp_fewshot --jobs 1 \\
+        --set training_defaults.seed=1 --output_dir runs/xp_fewshot_seed1 --results_dir runs/shrink_seed1 \\
+        --results_csv runs/shrink_seed1/real_data.csv --set 'xp_fewshot.ablations={spectrafm_generative_shrink0.1:
+        {linear_probe: true, method: generative, shrink: 0.1}, ...}'   # ~2.5 min on one core reusing the runs
+    python benchmarks/xp_fewshot_seeds.py --runs <the three output_dirs> --model spectrafm_generative_shrink0.1 \\
+        --summaries runs/shrink_seed0/summary.json runs/shrink_seed1/summary.json runs/shrink_seed2/summary.json \\
+        --out benchmarks/results/xp_fewshot_seeds_shrink0.1.json
 """
 
 from __future__ import annotations
@@ -33,16 +44,17 @@ sys.path.insert(0, str(REPO / "scripts"))
 import real_data  # noqa: E402
 from spectrafm_hf.training.presets import load_preset  # noqa: E402
 
-MODEL = "spectrafm"
-
-
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--config", default=str(REPO / "scripts/configs/real_xp_cpu.yaml"))
     ap.add_argument("--runs", nargs="+", required=True, help="output_dir of each seed's run")
+    ap.add_argument("--model", default="spectrafm", help="the row to score (default: the recommended recipe)")
+    ap.add_argument("--summaries", nargs="+", help="each run's summary.json, for the extrapolation-check scores")
     ap.add_argument("--scratch", default=str(REPO / "benchmarks/results/real_data.csv"))
     ap.add_argument("--out")
     a = ap.parse_args(argv)
+    if a.summaries and len(a.summaries) != len(a.runs):
+        ap.error(f"--summaries lists {len(a.summaries)} files for {len(a.runs)} --runs")
     cfg = load_preset(a.config, [])
     draws = [int(d) for d in cfg["xp_fewshot"]["draws"]]
     truth = real_data.frame(real_data.load_splits(cfg)[2], ["FE_H", "LOGG"])
@@ -55,9 +67,9 @@ def main(argv=None) -> int:
             raise ValueError(f"{len(pred)} predictions for {len(truth)} test stars")
         return real_data.fe_h_scores("xp_fewshot", pred, truth)
 
-    out = {"runs": a.runs, "draws": {}}
+    out = {"runs": a.runs, "model": a.model, "draws": {}}
     for draw in draws:
-        name = real_data.fewshot_run_name(cfg, MODEL, draw)
+        name = real_data.fewshot_run_name(cfg, a.model, draw)
         preds = [pd.read_csv(Path(r) / "predictions" / f"xp_fewshot_{name}.csv") for r in a.runs]
         out["draws"][str(draw)] = {"seeds": [score(p) for p in preds],
                                    "mixture": score(real_data.seed_mixture(preds, ["FE_H"])),
@@ -82,6 +94,10 @@ def main(argv=None) -> int:
         "ratio_per_draw_seeds": [[round(out["draws"][str(d)]["scratch_nn_metal_poor_rmse"]
                                         / out["draws"][str(d)]["seeds"][s]["feh_lt_-1"]["rmse"], 3) for d in draws]
                                  for s in seeds]}
+    if a.summaries:   # the rule's score: RMSE below the cut when fitted above it, mean of the draws
+        out["mean_of_draws"]["check_seeds"] = [
+            round(json.loads(Path(f).read_text())["recipe_selection"]["xp_fewshot"]["extrapolation_fe_h_rmse"][a.model],
+                  4) for f in a.summaries]
     text = json.dumps(out, indent=1) + "\n"
     if a.out:
         Path(a.out).write_text(text)

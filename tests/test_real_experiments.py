@@ -300,7 +300,8 @@ def test_fewshot_seeds_benchmark_scores_row_spectrafm_as_the_table_does(tiny, tm
     spec.loader.exec_module(bench)
     with contextlib.redirect_stdout(io.StringIO()):
         assert bench.main(["--config", str(REPO / "scripts" / "configs" / "real_xp_tiny.yaml"), "--runs", str(out),
-                           str(out), "--scratch", str(out / "results" / "real_data.csv"),
+                           str(out), "--scratch", str(out / "results" / "real_data.csv"), "--summaries",
+                           str(out / "results" / "summary.json"), str(out / "results" / "summary.json"),
                            "--out", str(tmp_path / "seeds.json")]) == 0
     result = json.loads((tmp_path / "seeds.json").read_text())["mean_of_draws"]
     table = pd.read_csv(out / "results" / "real_data.csv")
@@ -310,6 +311,9 @@ def test_fewshot_seeds_benchmark_scores_row_spectrafm_as_the_table_does(tiny, tm
     assert result["metal_poor_rmse_mixture"] == result["metal_poor_rmse_seeds"][0]
     assert result["scratch_nn_metal_poor_rmse"] == pytest.approx(poor["scratch_nn"], abs=1e-4)
     assert result["ratio_seeds"][0] == pytest.approx(poor["scratch_nn"] / poor["spectrafm"], rel=1e-3)
+    summary = json.loads((out / "results" / "summary.json").read_text())
+    check = summary["recipe_selection"]["xp_fewshot"]["extrapolation_fe_h_rmse"]["spectrafm"]
+    assert result["check_seeds"] == [pytest.approx(check, abs=1e-4)] * 2   # the rule's score, read per seed
 
 
 def test_seed_mixture_keeps_the_spread_between_runs():
