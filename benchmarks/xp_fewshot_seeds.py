@@ -44,6 +44,7 @@ sys.path.insert(0, str(REPO / "scripts"))
 import real_data  # noqa: E402
 from spectrafm_hf.training.presets import load_preset  # noqa: E402
 
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--config", default=str(REPO / "scripts/configs/real_xp_cpu.yaml"))
