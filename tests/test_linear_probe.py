@@ -201,6 +201,51 @@ def test_a_probe_of_a_network_label_replaces_its_answer_and_reads_the_network_no
         pipe.fit_linear_probe(spectra, {"LOGG": truth}, ["LOGG"], inputs="all")
 
 
+def test_a_probe_can_also_read_the_decoder_states_of_its_input_queries(rng, tmp_path):
+    """features="embedding+queries": the embedding, then the last decoder state of each input label's query (taken
+    here by a hook on the model's last decoder block, independent of the pipeline), then the answers. The stored
+    probe is the generative fit of exactly those features; it predicts, saves and reloads like any probe."""
+    pipe = SpectraFMPipeline.from_pretrained(TINY, device="cpu")
+    spectra = [fake_apogee_spectrum(rng, n=60) for _ in range(40)]  # within the context: one subset per spectrum
+    base = pipe.predict(spectra, labels=["TEFF", "LOGG"])
+    states = []
+    hook = pipe.model.decoder[-1].register_forward_hook(lambda mod, inp, out: states.append(out[0].detach()))
+    pipe.predict(spectra, labels=["TEFF", "LOGG"])
+    hook.remove()
+    states = np.concatenate([s.numpy() for s in states])  # (40, 2 queries, hidden_size)
+    truth = 0.8 * states[:, 1, 0] / states[:, 1, 0].std() + 0.001 * (base["TEFF"].to_numpy() - 4800)
+    probed = pipe.fit_linear_probe(spectra[:30], {"NEW": truth[:30]}, ["NEW"], inputs=["TEFF", "LOGG"],
+                                   method="generative", features="embedding+queries")
+    probe = probed.processor.linear_probes["NEW"]
+    hidden = pipe.model.config.hidden_size
+    assert probe["features"] == "embedding+queries" and len(probe["weights"]) == 3 * hidden + 2
+    x = np.column_stack([pipe.embed(spectra), states[:, 0], states[:, 1], base["TEFF"], base["LOGG"]])
+    direct = fit_generative_probe(x[:30], truth[:30], [3 * hidden, 3 * hidden + 1], 0.2)
+    np.testing.assert_allclose(probe["weights"], direct["weights"], rtol=1e-4, atol=1e-6)
+    table = probed.predict(spectra, labels="NEW")
+    np.testing.assert_allclose(table["NEW"], apply_probe(direct, x), atol=1e-4)
+    plain = pipe.fit_linear_probe(spectra[:30], {"NEW": truth[:30]}, ["NEW"], inputs=["TEFF", "LOGG"],
+                                  method="generative")
+    assert plain.processor.linear_probes["NEW"]["features"] == "embedding"
+    assert len(plain.processor.linear_probes["NEW"]["weights"]) == hidden + 2
+    probed.save_pretrained(tmp_path / "probed")
+    again = SpectraFMPipeline.from_pretrained(tmp_path / "probed", device="cpu")
+    np.testing.assert_allclose(again.predict(spectra, labels="NEW")["NEW"], table["NEW"], rtol=1e-6)
+    from spectrafm_hf.cards import render_model_card
+
+    assert "the `LOGG` query's decoder state" in render_model_card(tmp_path / "probed").text
+    with pytest.raises(ValueError, match="features must be one of"):
+        pipe.fit_linear_probe(spectra[:30], {"NEW": truth[:30]}, ["NEW"], features="queries")
+    with pytest.raises(ValueError, match=r"features must be 'embedding' or 'embedding\+queries'"):
+        SpectraFMProcessor(label_names=["TEFF"], linear_probes={"NEW": {**probe, "features": "queries"}})
+    with pytest.raises(ValueError, match="query states"):  # a probe of another width does not load on this model
+        from spectrafm_hf.processing_spectrafm import check_probe
+
+        check_probe("NEW", {**probe, "features": "embedding+queries", "weights": probe["weights"][:-1],
+                            "feature_mean": probe["feature_mean"][:-1], "feature_scale": probe["feature_scale"][:-1]},
+                    hidden)
+
+
 def test_probe_uncertainties_recalibrate_on_validation_spectra(rng):
     pipe = SpectraFMPipeline.from_pretrained(TINY, device="cpu")
     spectra, _, truth = spectra_and_truth(pipe, rng, n=60)

@@ -304,3 +304,21 @@ def test_flux_queries_leave_the_label_answers_and_add_their_loss():
         model(flux, wave, flux_targets=targets)
     with pytest.raises(ValueError, match="flux_targets has shape"):
         model(flux, wave, flux_query_wavelength=held, flux_targets=targets[:, :1])
+
+
+def test_hidden_states_include_each_querys_last_decoder_state():
+    """output_hidden_states also returns the last decoder block's state of each query (label queries, then flux
+    queries), from which the head gives exactly the returned answers; without it none is returned."""
+    model = small_model()
+    flux, wave = random_batch(b=2, n=60)
+    queries = torch.tensor([[0, 2], [0, 2]])
+    out = model(flux, wave, query_ids=queries, output_hidden_states=True)
+    assert out.decoder_last_hidden_state.shape == (2, 2, model.config.hidden_size)
+    mean, log_variance = model.answer(out.decoder_last_hidden_state)
+    torch.testing.assert_close(mean, out.mean)
+    torch.testing.assert_close(log_variance, out.log_variance)
+    torch.testing.assert_close(model.decode(out.encoder_last_hidden_state, out.observed_mask, queries)[0], out.mean)
+    held = model(flux, wave, query_ids=queries, flux_query_wavelength=wave[:, :5], output_hidden_states=True)
+    assert held.decoder_last_hidden_state.shape == (2, 7, model.config.hidden_size)
+    torch.testing.assert_close(held.decoder_last_hidden_state[:, :2], out.decoder_last_hidden_state)
+    assert model(flux, wave, query_ids=queries).decoder_last_hidden_state is None

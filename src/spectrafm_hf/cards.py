@@ -182,7 +182,9 @@ def _architecture_table(config: dict, pre: dict, n_params: int | None) -> str:
     if config.get("scalar_input_names"):
         rows.append(("Extra scalar inputs", ", ".join(f"`{n}`" for n in config["scalar_input_names"])))
     for name, probe in (pre.get("linear_probes") or {}).items():
-        reads = ", ".join(["the mean encoder output", *(f"its `{n}`" for n in probe.get("inputs", []))])
+        states = [f"the `{n}` query's decoder state" for n in probe.get("inputs", [])
+                  if probe.get("features") == "embedding+queries"]
+        reads = ", ".join(["the mean encoder output", *states, *(f"its `{n}`" for n in probe.get("inputs", []))])
         how = "generative (GLS) read-out of" if probe.get("method") == "generative" else "ridge on"
         rows.append((f"`{name}`: linear probe", f"{how} {reads} (the network unchanged), fitted on "
                                                 f"{probe.get('n_fit', '?')} spectra; sigma {probe.get('sigma', 0):.3g} "

@@ -757,7 +757,8 @@ def cmd_info(args) -> int:
     for n, c, s in zip(proc.label_names, proc.label_centers, proc.label_scales):
         print(f"  {n:8s} centre {c:10.4g}  scale {s:8.4g}")
     for n, probe in proc.linear_probes.items():  # pipe.fit_linear_probe
-        print(f"  {n:8s} {probe.get('method', 'ridge')} linear probe on the embedding + "
+        states = " + query states" if probe.get("features") == "embedding+queries" else ""
+        print(f"  {n:8s} {probe.get('method', 'ridge')} linear probe on the embedding{states} + "
               f"{', '.join(probe['inputs']) or 'nothing else'}: fitted on "
               f"{probe['n_fit']} spectra, sigma {probe['sigma']:.4g}")
     cov = proc.wavelength_coverage or "not recorded"

@@ -22,6 +22,9 @@ from __future__ import annotations
 
 import numpy as np
 
+# what a probe reads: the mean encoder output and the network's answers for its inputs, or also the last decoder
+# state of each of those inputs' queries (`probe_features`)
+PROBE_FEATURES = ("embedding", "embedding+queries")
 # ridge penalties tried, on standardised features (the penalty of a feature of unit variance)
 DEFAULT_ALPHAS = tuple(float(a) for a in np.logspace(-3, 4, 29))
 MAX_REFITS = 100  # a generative probe's sigma: leave-one-out up to this many rows, this many folds beyond
@@ -71,6 +74,17 @@ def fit_ridge_loo(features, target, alphas=DEFAULT_ALPHAS, min_rows: int = 5) ->
     mse, alpha, weights = best
     return {"weights": weights.tolist(), "bias": float(y_mean), "feature_mean": mean.tolist(),
             "feature_scale": scale.tolist(), "alpha": alpha, "sigma": float(np.sqrt(mse)), "n_fit": int(n)}
+
+
+def probe_features(kind: str, inputs, embedding, query_states, answers, columns: dict) -> np.ndarray:
+    """The features a probe reads, (n, p): the embedding (n, hidden_size); with ``kind`` ``"embedding+queries"``
+    also the decoder state (n, hidden_size) of each of its ``inputs``' queries (``query_states`` (n, Q, hidden_size),
+    ``columns``: each input's query column); then the network's answers for its ``inputs``."""
+    if kind not in PROBE_FEATURES:
+        raise ValueError(f"a linear probe's features must be one of {PROBE_FEATURES}, got {kind!r}")
+    cols = [columns[name] for name in inputs]
+    states = [query_states[:, c] for c in cols] if kind == "embedding+queries" else []
+    return np.column_stack([embedding, *states, *(answers[:, c] for c in cols)])
 
 
 def apply_probe(probe: dict, features) -> np.ndarray:

@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .linear_probe import apply_probe
+from .linear_probe import PROBE_FEATURES, apply_probe, probe_features
 from .modeling_spectrafm import SpectraFMModel
 from .processing_spectrafm import SpectraFMProcessor, check_probe, line_autocorrelation, spectrum_snr
 from .spectrum import Spectrum
@@ -221,7 +221,7 @@ class SpectraFMPipeline:
     def _run(self, batch, query_ids, input_values=None, input_ids=None, output_attentions=False, hidden=False):
         """Forward all rows of a padded batch in chunks; returns concatenated outputs (numpy)."""
         n = batch["flux"].shape[0]
-        means, logvars, attn, pooled = [], [], [], []
+        means, logvars, attn, pooled, states = [], [], [], [], []
         for start in range(0, n, self.batch_size):
             sl = slice(start, start + self.batch_size)
             rows = batch["flux"][sl].shape[0]
@@ -244,11 +244,13 @@ class SpectraFMPipeline:
                 m = out.observed_mask[:, : batch["flux"].shape[1]].unsqueeze(-1).float()
                 h = out.encoder_last_hidden_state[:, : batch["flux"].shape[1]].float()
                 pooled.append(((h * m).sum(1) / m.sum(1).clamp_min(1)).cpu())
+                states.append(out.decoder_last_hidden_state.float().cpu())
         result = {"mean": torch.cat(means).numpy(), "log_variance": torch.cat(logvars).numpy()}
         if output_attentions:
             result["attention"] = torch.cat(attn).numpy()
         if hidden:
             result["embedding"] = torch.cat(pooled).numpy()
+            result["query_states"] = torch.cat(states).numpy()  # (rows, queries, hidden_size)
         return result
 
     def _names(self, labels, default) -> list[str]:
@@ -284,15 +286,16 @@ class SpectraFMPipeline:
         run, ids = self._query_ids(list(dict.fromkeys(run))) if run else ([], [])
         return names, run, ids
 
-    def _with_probes(self, names, run, mean, err, scatter, embedding):
-        """(mean, err, scatter) for ``names`` from the run labels' (n, len(run)) answers and the embedding."""
+    def _with_probes(self, names, run, mean, err, scatter, embedding, query_states):
+        """(mean, err, scatter) for ``names`` from the run labels' (n, len(run)) answers, the embedding and the
+        run labels' decoder states (n, len(run), hidden_size)."""
         probes = self.processor.linear_probes
         cols = {n: k for k, n in enumerate(run)}
         out = [np.empty((len(mean), len(names))) for _ in range(3)]
         for k, name in enumerate(names):
             if name in probes:
                 probe = probes[name]
-                features = np.column_stack([embedding, *(mean[:, cols[i]] for i in probe["inputs"])])
+                features = probe_features(probe["features"], probe["inputs"], embedding, query_states, mean, cols)
                 out[0][:, k] = apply_probe(probe, features)
                 out[1][:, k], out[2][:, k] = probe["sigma"], 0.0
             else:
@@ -354,7 +357,7 @@ class SpectraFMPipeline:
                                           draws))
             return pd.concat(parts, ignore_index=True)
         prepared = [self.processor.prepare(s) for s in spectra]
-        mean, err, scatter, n_pixels, n_subsets, embedding = self._predict_prepared(
+        mean, err, scatter, n_pixels, n_subsets, embedding, _ = self._predict_prepared(
             prepared, names, run, query_ids, known, seed, n_repeats, embed=self.processor.embedding_mean is not None)
         err = err * self.processor.sigma_scales(names, n_subsets)  # post-hoc recalibration (1 unless fitted)
         snr = np.array([spectrum_snr(s) for s in prepared])
@@ -387,8 +390,9 @@ class SpectraFMPipeline:
         return table
 
     def _predict_prepared(self, spectra, names, run, query_ids, known, seed, n_repeats, embed=False):
-        """Per-spectrum (mean, err, scatter, n_pixels, n_subsets, embedding or None) of prepared spectra: ``names``
-        from the model labels ``run`` (`_plan`)."""
+        """Per-spectrum (mean, err, scatter, n_pixels, n_subsets, embedding or None, query states or None) of
+        prepared spectra: ``names`` from the model labels ``run`` (`_plan`); the query states are the run labels'
+        last decoder states (n, len(run), hidden_size)."""
         probed = any(n in self.processor.linear_probes for n in names)
         embed = embed or probed
         batch, owner, n_pixels = self.processor.subset_batch(spectra, seed=seed, n_repeats=n_repeats)
@@ -409,14 +413,19 @@ class SpectraFMPipeline:
         n_subsets = np.bincount(owner, minlength=len(spectra))
         err = np.sqrt(n_subsets[:, None] / wsum)
         scatter = np.sqrt(var_between / wsum)
-        embedding = None
-        if embed:
-            embedding = np.zeros((len(spectra), out["embedding"].shape[1]))
+        embedding = query_states = None
+        if embed:  # each spectrum's mean over its subsets
+            embedding, query_states = (np.zeros((len(spectra), *out[key].shape[1:])) for key in ("embedding",
+                                                                                                 "query_states"))
             np.add.at(embedding, owner, out["embedding"])
+            np.add.at(query_states, owner, out["query_states"])
             embedding /= n_subsets[:, None]
+            query_states /= n_subsets[:, None, None]
+            if not run:
+                query_states = query_states[:, :0]  # the dummy query that ran for the embedding alone
         if probed or run != list(names):
-            mean, err, scatter = self._with_probes(names, run, mean, err, scatter, embedding)
-        return mean, err, scatter, n_pixels, n_subsets, embedding
+            mean, err, scatter = self._with_probes(names, run, mean, err, scatter, embedding, query_states)
+        return mean, err, scatter, n_pixels, n_subsets, embedding, query_states
 
     def _noise_change(self, prepared, mean, rows, names, run, query_ids, known, seed, n_repeats, draws):
         """Root-mean-square change (len(rows), n_labels) of the labels of ``draws`` noisy copies of each spectrum
@@ -669,7 +678,8 @@ class SpectraFMPipeline:
 
     def fit_linear_probe(self, spectra: Sequence[Spectrum], labels, label_names: Sequence[str] | None = None,
                          inputs="auto", alphas=None, seed: int = 0, n_repeats: int = 1, method: str = "ridge",
-                         shrink: float = 0.2, covariates: Sequence[str] = ("TEFF", "LOGG")) -> "SpectraFMPipeline":
+                         shrink: float = 0.2, covariates: Sequence[str] = ("TEFF", "LOGG"),
+                         features: str = "embedding") -> "SpectraFMPipeline":
         """Read labels as a straight line from the frozen model (`spectrafm_hf.linear_probe`): per label, a ridge
         regression on each spectrum's embedding and the network's predictions of ``inputs`` (``"auto"``: every label
         the network predicts), fitted on labelled spectra (never the test set). The ridge penalty (one of ``alphas``,
@@ -682,6 +692,10 @@ class SpectraFMPipeline:
         It is not pulled towards the fitting stars' mean, so it reads stars beyond their range (metal-poor stars from
         metal-rich ones) with less bias, at the price of more scatter within it.
 
+        ``features="embedding+queries"`` also reads, for each of ``inputs``, the last decoder state of its query:
+        what the network knows about the star as it answers that label (on Gaia XP this extrapolated better on
+        validation; docs/real_spectra.md, recipe v10).
+
         Returns a new pipeline sharing the network (this one is unchanged) whose `predict` returns the probed labels;
         a label the network predicts is replaced by its probe, one it does not predict is added (``label_names``).
         ``labels`` are read as in `fit`. The network is never trained, so nothing the pretraining learned is lost, and
@@ -692,36 +706,50 @@ class SpectraFMPipeline:
             raise ValueError(f"fit_linear_probe: method must be 'ridge' or 'generative', got {method!r}")
         spectra = _as_list(spectra)
         names, values, _ = self._label_arrays(labels, label_names, None, len(spectra))
+        x, run = self.probe_features(spectra, inputs, features, seed, n_repeats)
+        new = SpectraFMPipeline(self.model, copy.deepcopy(self.processor), self.device, self.batch_size, self.bf16,
+                                self.compile)
+        hidden_size = self.model.config.hidden_size
+        covariate_columns = [x.shape[1] - len(run) + run.index(c) for c in covariates if c in run]
+        for k, name in enumerate(names):
+            if method == "generative":
+                probe = fit_generative_probe(x, values[:, k], covariate_columns, shrink)
+            else:
+                probe = fit_ridge_loo(x, values[:, k], **({} if alphas is None else {"alphas": alphas}))
+            new.processor.linear_probes[name] = check_probe(name, {**probe, "inputs": run, "features": features},
+                                                            hidden_size)
+            new.processor.label_affine.pop(name, None)  # corrections of the network's answer do not apply
+            new.processor.uncertainty_scale.pop(name, None)
+        if hasattr(self, "name_or_path"):
+            new.name_or_path = self.name_or_path
+        return new
+
+    def probe_features(self, spectra: Sequence[Spectrum], inputs="auto", features: str = "embedding", seed: int = 0,
+                       n_repeats: int = 1) -> tuple[np.ndarray, list[str]]:
+        """What a linear probe reads (`fit_linear_probe`): ((n, p) features, the network labels among them).
+        The features are the embedding, with ``features="embedding+queries"`` the last decoder state of each of
+        ``inputs``' queries, then the network's own answers for ``inputs`` (``"auto"``: every label it predicts;
+        never a probe's answer). For studies of read-outs (`spectrafm_hf.linear_probe`) without refitting features."""
+        if features not in PROBE_FEATURES:
+            raise ValueError(f"a linear probe's features must be one of {PROBE_FEATURES}, got {features!r}")
+        spectra = _as_list(spectra)
         if isinstance(inputs, str):
             if inputs != "auto":
                 raise ValueError(f"fit_linear_probe: inputs must be 'auto' or a list of the network's labels, got "
                                  f"{inputs!r}")
             inputs = list(self.model.config.label_names)
         run, ids = self._query_ids(list(dict.fromkeys(inputs))) if len(inputs) else ([], [])
-        new = SpectraFMPipeline(self.model, copy.deepcopy(self.processor), self.device, self.batch_size, self.bf16,
-                                self.compile)
-        kept, new.processor.linear_probes = new.processor.linear_probes, {}  # features from the network's answers
-        parts = []
-        for start in range(0, len(spectra), self.chunk_size):  # bounded memory, the chunks `predict` reads
-            prepared = [self.processor.prepare(s) for s in spectra[start:start + self.chunk_size]]
-            answers, _, _, _, _, embedding = new._predict_prepared(prepared, run, run, ids, None, seed, n_repeats,
-                                                                   embed=True)
-            parts.append(np.column_stack([embedding, answers]))
-        new.processor.linear_probes = kept  # (a failure above discards `new`; this pipeline is never touched)
-        features = np.concatenate(parts)
-        hidden_size = features.shape[1] - len(run)
-        covariate_columns = [hidden_size + run.index(c) for c in covariates if c in run]
-        for k, name in enumerate(names):
-            if method == "generative":
-                probe = fit_generative_probe(features, values[:, k], covariate_columns, shrink)
-            else:
-                probe = fit_ridge_loo(features, values[:, k], **({} if alphas is None else {"alphas": alphas}))
-            new.processor.linear_probes[name] = check_probe(name, {**probe, "inputs": run}, hidden_size)
-            new.processor.label_affine.pop(name, None)  # corrections of the network's answer do not apply
-            new.processor.uncertainty_scale.pop(name, None)
-        if hasattr(self, "name_or_path"):
-            new.name_or_path = self.name_or_path
-        return new
+        kept, self.processor.linear_probes = self.processor.linear_probes, {}  # the network's answers, not probes'
+        try:
+            parts, columns = [], {n: k for k, n in enumerate(run)}
+            for start in range(0, len(spectra), self.chunk_size):  # bounded memory, the chunks `predict` reads
+                prepared = [self.processor.prepare(s) for s in spectra[start:start + self.chunk_size]]
+                answers, _, _, _, _, embedding, states = self._predict_prepared(prepared, run, run, ids, None, seed,
+                                                                                n_repeats, embed=True)
+                parts.append(probe_features(features, run, embedding, states, answers, columns))
+        finally:
+            self.processor.linear_probes = kept
+        return np.concatenate(parts), run
 
     def fit(
         self,

@@ -179,7 +179,9 @@ def _mad_std(x, axis=None):
 def check_probe(name: str, probe: dict, hidden_size: int | None = None) -> dict:
     """A stored linear probe (`spectrafm_hf.linear_probe`), checked: every field present and finite, the lengths
     consistent (``inputs``: the model labels whose predictions follow the ``hidden_size`` embedding values among the
-    features), ``method`` ``"ridge"`` (the default, for probes saved before it was recorded) or ``"generative"``."""
+    features, after their queries' decoder states when ``features`` is ``"embedding+queries"``), ``method``
+    ``"ridge"`` (the default, for probes saved before it was recorded) or ``"generative"``, ``features``
+    ``"embedding"`` (the default, likewise) or ``"embedding+queries"``."""
     keys = ("inputs", "weights", "bias", "feature_mean", "feature_scale", "alpha", "sigma", "n_fit")
     missing = [k for k in keys if k not in probe]
     if missing:
@@ -193,14 +195,20 @@ def check_probe(name: str, probe: dict, hidden_size: int | None = None) -> dict:
     out["method"] = str(probe.get("method", "ridge"))  # how the line was fitted; both are applied alike
     if out["method"] not in ("ridge", "generative"):
         raise ValueError(f"linear_probes[{name!r}]: method must be 'ridge' or 'generative', got {out['method']!r}")
+    out["features"] = str(probe.get("features", "embedding"))  # "embedding" for probes saved before it was recorded
+    if out["features"] not in ("embedding", "embedding+queries"):
+        raise ValueError(f"linear_probes[{name!r}]: features must be 'embedding' or 'embedding+queries', got "
+                         f"{out['features']!r}")
     p = len(out["weights"])
     numbers = np.array(out["weights"] + out["feature_mean"] + out["feature_scale"] + [out["bias"], out["sigma"]])
     if len(out["feature_mean"]) != p or len(out["feature_scale"]) != p or not np.isfinite(numbers).all():
         raise ValueError(f"linear_probes[{name!r}]: weights, feature_mean and feature_scale need one finite value per "
                          f"feature ({p}, {len(out['feature_mean'])}, {len(out['feature_scale'])})")
-    if hidden_size is not None and p != hidden_size + len(out["inputs"]):
+    states = len(out["inputs"]) if out["features"] == "embedding+queries" else 0
+    if hidden_size is not None and p != hidden_size * (1 + states) + len(out["inputs"]):
         raise ValueError(f"linear_probes[{name!r}] reads {p} features; this model gives {hidden_size} embedding "
-                         f"values + {len(out['inputs'])} label predictions")
+                         f"values{f' + {states} x {hidden_size} query states' if states else ''} + "
+                         f"{len(out['inputs'])} label predictions")
     if not (out["sigma"] > 0 and min(out["feature_scale"], default=1.0) > 0):
         raise ValueError(f"linear_probes[{name!r}]: sigma and feature_scale must be positive")
     return out

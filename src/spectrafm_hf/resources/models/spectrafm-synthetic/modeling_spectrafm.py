@@ -61,6 +61,10 @@ class SpectraFMOutput(ModelOutput):
             Encoder output per token (pixels, then scalar inputs), returned when `output_hidden_states=True`.
         observed_mask (`torch.BoolTensor` of shape `(batch_size, sequence_length)`, *optional*):
             The key mask actually used (True = observed token), returned with `encoder_last_hidden_state`.
+        decoder_last_hidden_state (`torch.FloatTensor` of shape `(batch_size, num_queries, hidden_size)`, *optional*):
+            The last decoder block's state of each label query (then of each flux query), before the head; returned
+            with `encoder_last_hidden_state`. What the model knows about the star as it answers that label (a
+            linear probe's ``features="embedding+queries"`` reads it).
         encoder_attentions (`tuple(torch.FloatTensor)`, *optional*, returned when `output_attentions=True`):
             One tensor per encoder block, shape `(batch_size, num_heads, sequence_length, sequence_length + 1)`;
             the last key is the learned bias key/value slot.
@@ -80,6 +84,7 @@ class SpectraFMOutput(ModelOutput):
     log_variance: torch.FloatTensor | None = None
     encoder_last_hidden_state: torch.FloatTensor | None = None
     observed_mask: torch.BoolTensor | None = None
+    decoder_last_hidden_state: torch.FloatTensor | None = None
     encoder_attentions: tuple[torch.FloatTensor, ...] | None = None
     attentions: tuple[torch.FloatTensor, ...] | None = None
     masked_flux_mean: torch.FloatTensor | None = None
@@ -354,6 +359,12 @@ class SpectraFMModel(SpectraFMPreTrainedModel):
         """Answer label queries (B, Q) from the encoder output, then any ``extra_queries`` (B, M, d) appended after
         them (queries never attend to each other, so they do not change the label answers).
         Returns (mean, log_variance, attentions), each with Q (+ M) query columns."""
+        hidden, attentions = self.decoder_states(encoded, key_mask, query_ids, output_attentions, extra_queries)
+        mean, log_variance = self.answer(hidden)
+        return mean, log_variance, attentions
+
+    def decoder_states(self, encoded, key_mask, query_ids, output_attentions=False, extra_queries=None):
+        """The decoder blocks of `decode`: (the last block's state of each query (B, Q (+ M), d), attentions)."""
         n_labels = len(self.config.label_names)
         if query_ids.numel() and (query_ids.min() < 0 or query_ids.max() >= n_labels):
             raise ValueError(f"query_ids must index label_names (0..{n_labels - 1}), got {query_ids.tolist()}")
@@ -364,12 +375,15 @@ class SpectraFMModel(SpectraFMPreTrainedModel):
         for block in self.decoder:
             hidden, weights = block(hidden, encoded, key_mask, output_attentions)
             attentions.append(weights)
+        return hidden, tuple(attentions) if output_attentions else None
+
+    def answer(self, hidden):
+        """The head of `decode`: (mean, log_variance) of each query from its decoder state."""
         for layer in self.head:
             hidden = self.head_dropout(self.head_act(layer(hidden)))
         mean = self.mean_out(hidden).squeeze(-1)
         lo, hi = self.config.log_variance_bounds
-        log_variance = self.log_variance_out(hidden).squeeze(-1).clamp(lo, hi)
-        return mean, log_variance, tuple(attentions) if output_attentions else None
+        return mean, self.log_variance_out(hidden).squeeze(-1).clamp(lo, hi)
 
     def forward(
         self,
@@ -417,7 +431,7 @@ class SpectraFMModel(SpectraFMPreTrainedModel):
             output_attentions (`bool`, *optional*):
                 Return encoder and decoder attention maps (runs the eager attention path).
             output_hidden_states (`bool`, *optional*):
-                Return the encoder output and the key mask used.
+                Return the encoder output, the key mask used and the decoder's last query states.
         """
         return_dict = True if return_dict is None else return_dict
         encoded, key_mask, enc_attn = self.encode(
@@ -430,7 +444,8 @@ class SpectraFMModel(SpectraFMPreTrainedModel):
             if flux_query_wavelength.dim() != 2 or flux_query_wavelength.shape[0] != flux.shape[0]:
                 raise ValueError(f"flux_query_wavelength must be (batch, queries); got {tuple(flux_query_wavelength.shape)}")
             extra = self.flux_queries(flux_query_wavelength)
-        mean, log_variance, dec_attn = self.decode(encoded, key_mask, query_ids.long(), output_attentions, extra)
+        states, dec_attn = self.decoder_states(encoded, key_mask, query_ids.long(), output_attentions, extra)
+        mean, log_variance = self.answer(states)
         flux_mean = flux_log_variance = flux_loss = None
         if extra is not None:
             n_labels = query_ids.shape[1]
@@ -456,6 +471,7 @@ class SpectraFMModel(SpectraFMPreTrainedModel):
             log_variance=log_variance,
             encoder_last_hidden_state=encoded if output_hidden_states else None,
             observed_mask=key_mask if output_hidden_states else None,
+            decoder_last_hidden_state=states if output_hidden_states else None,
             encoder_attentions=enc_attn,
             attentions=dec_attn,
             masked_flux_mean=flux_mean,
