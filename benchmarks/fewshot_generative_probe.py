@@ -30,7 +30,7 @@ matter), K > 0 the first K principal components of the embedding (fitted on the 
 (`spectrafm_hf.training.run.extrapolation_split`, quantile 0.3: refitted on the fitting stars at or above the cut,
 RMSE on the validation stars below it), the rule the presets choose by.
 
-Defaults per experiment: the CPU preset, its pretraining's run folder (runs/real_xp_cpu_v9/xp_fewshot/
+Defaults per experiment: the CPU preset, its pretraining's run folder (runs/real_xp_cpu_v10/xp_fewshot/
 pretrain_teff_logg_masked_flux/final; runs/miles_fewshot_cpu_v4/pretrain_synthetic/final) and
 benchmarks/results/{xp,miles}_fewshot_generative_probe.json. Needs that pretraining (the preset, or its
 xp_fewshot experiment); ~1-5 min on one core.
@@ -116,7 +116,7 @@ def fewshot_sets(experiment: str, config: str):
 
 
 DEFAULTS = {"xp": ("scripts/configs/real_xp_cpu.yaml",
-                   "runs/real_xp_cpu_v9/xp_fewshot/pretrain_teff_logg_masked_flux/final",
+                   "runs/real_xp_cpu_v10/xp_fewshot/pretrain_teff_logg_masked_flux/final",
                    "benchmarks/results/xp_fewshot_generative_probe.json"),
             "miles": ("scripts/configs/miles_fewshot_cpu.yaml",
                       "runs/miles_fewshot_cpu_v4/pretrain_synthetic/final",

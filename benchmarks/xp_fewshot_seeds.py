@@ -17,7 +17,9 @@ row ``spectrafm``.
         --results_dir runs/xp_fewshot_seed1/results --results_csv runs/xp_fewshot_seed1/results/real_data.csv
         # ~34 min on one core; the same with seed 2
     python benchmarks/xp_fewshot_seeds.py --runs runs/real_xp_cpu_v9 runs/xp_fewshot_seed1 runs/xp_fewshot_seed2 \\
-        --out benchmarks/results/xp_fewshot_seeds.json
+        --out benchmarks/results/xp_fewshot_seeds.json   # recipe v9's row spectrafm (session 38)
+    # recipe v10 (session 39): the runs re-made with the v10 preset, every run reused (the whole procedure, ~5 min
+    # per seed), then --runs runs/real_xp_cpu_v10 ... --summaries ... --out .../xp_fewshot_seeds_v10.json
     # less covariance shrinkage for the generative read-out, as extra candidates at each seed:
     python scripts/real_data.py scripts/configs/real_xp_cpu.yaml --experiments xp_fewshot --jobs 1 \\
         --set training_defaults.seed=1 --output_dir runs/xp_fewshot_seed1 --results_dir runs/shrink_seed1 \\

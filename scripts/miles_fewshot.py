@@ -322,7 +322,7 @@ def run(cfg):
 
             def fit(run_name, fit_stars, val_stars):
                 if recipe.get("linear_probe"):  # no training: a line from the frozen pretrained model
-                    probe = {k: recipe[k] for k in ("method", "shrink") if k in recipe}
+                    probe = {k: recipe[k] for k in ("method", "shrink", "features") if k in recipe}
                     return rd.linear_probe_spectrafm(start, fit_stars, val_stars, ["FE_H"], out / run_name, **probe)
                 return train_or_reuse(rd.spectrafm_values(cfg, out / run_name, steps, labels, **extra),
                                       splits=(fit_stars, val_stars, None), log=lambda m: log(f"draw {draw}: {m}"))

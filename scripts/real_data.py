@@ -185,8 +185,8 @@ def linear_probe_spectrafm(start, few, val, labels, folder: Path, **probe) -> Pa
         scale = None
         log(f"WARNING: no uncertainty recalibration ({err})")
     probed.save_pretrained(final)
-    probes = {n: {k: probed.processor.linear_probes[n][k] for k in ("method", "inputs", "alpha", "sigma", "n_fit")}
-              for n in labels}
+    probes = {n: {k: probed.processor.linear_probes[n][k]
+                  for k in ("method", "features", "inputs", "alpha", "sigma", "n_fit")} for n in labels}
     record = {"start": redact_local_details(str(start)), "probes": probes, "uncertainty_scale": scale,
               "validation_stars": len(val), "seconds": round(time.time() - t, 1)}
     (folder / "linear_probe.json").write_text(json.dumps(record, indent=2))
@@ -496,7 +496,7 @@ def xp_fewshot(cfg, runner: Runner, train, val, test):
             def fit(run_name, fit_stars, val_stars):
                 run_dir = runner.out / "xp_fewshot" / run_name
                 if recipe.get("linear_probe"):  # no training: a line from the frozen pretrained model
-                    probe = {k: recipe[k] for k in ("method", "shrink") if k in recipe}
+                    probe = {k: recipe[k] for k in ("method", "shrink", "features") if k in recipe}
                     return linear_probe_spectrafm(start, fm_data(cfg, fit_stars), fm_data(cfg, val_stars), ["FE_H"],
                                                   run_dir, **probe)
                 return train_or_reuse(spectrafm_values(cfg, run_dir, e["steps"], ["FE_H"], **extra),

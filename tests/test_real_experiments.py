@@ -63,7 +63,8 @@ def test_tiny_preset_writes_every_experiment_model_label_and_split(tiny):
     assert models == {"xp_full": {"spectrafm", "mlp", "gbt", "ridge"},
                       "xp_fewshot": {"spectrafm_no_pretraining", "spectrafm", "spectrafm_decoder_l2sp",
                                      "spectrafm_no_l2sp", "spectrafm_lora", "spectrafm_all_weights",
-                                     "spectrafm_helpers_only", "spectrafm_ridge_probe", "scratch_nn", "ridge"},
+                                     "spectrafm_helpers_only", "spectrafm_ridge_probe",
+                                     "spectrafm_generative_shrink0.2", "scratch_nn", "ridge"},
                       "xp_multimodal": {"spectrafm", "spectrafm_photometry"}}
     assert set(table.split) == {"all", "feh_lt_-1", "feh_ge_-1", "giants", "dwarfs"}
     full = table[table.experiment == "xp_full"]
@@ -129,9 +130,10 @@ def test_fewshot_recipe_keeps_the_pretrained_encoder(tiny):
 
 
 def test_fewshot_recommended_recipe_is_a_linear_probe_of_the_untouched_pretrained_model(tiny):
-    """Row spectrafm of xp_fewshot (recipe v9): the pretrained network, every weight unchanged, with a generative
-    linear probe of [Fe/H] fitted on the draw's 20 stars; every pretrained model's extrapolation check and validation
-    [Fe/H] NLL are in the summary."""
+    """Row spectrafm of xp_fewshot (recipe v10): the pretrained network, every weight unchanged, with a generative
+    linear probe of [Fe/H] fitted on the draw's 20 stars that reads the embedding and the Teff and logg queries'
+    decoder states (v9's read-out of the embedding alone is row spectrafm_generative_shrink0.2); every pretrained
+    model's extrapolation check and validation [Fe/H] NLL are in the summary."""
     from spectrafm_hf import SpectraFMModel, SpectraFMPipeline
 
     out, _ = tiny
@@ -145,11 +147,16 @@ def test_fewshot_recommended_recipe_is_a_linear_probe_of_the_untouched_pretraine
         record = json.loads((folder / "linear_probe.json").read_text())
         assert record["probes"]["FE_H"]["n_fit"] == 20 and record["probes"]["FE_H"]["inputs"] == ["TEFF", "LOGG"]
         assert record["probes"]["FE_H"]["method"] == "generative" and record["probes"]["FE_H"]["alpha"] == 0.2
+        assert record["probes"]["FE_H"]["features"] == "embedding+queries"
+        assert len(pipe.processor.linear_probes["FE_H"]["weights"]) == 3 * pipe.model.config.hidden_size + 2
+        v9 = json.loads((runs / f"spectrafm_generative_shrink0.2_draw{draw}_masked_flux" / "linear_probe.json")
+                        .read_text())["probes"]["FE_H"]
+        assert v9["features"] == "embedding" and v9["method"] == "generative" and v9["alpha"] == 0.2
         ridge = json.loads((runs / f"spectrafm_ridge_probe_draw{draw}_masked_flux" / "linear_probe.json").read_text())
         assert ridge["probes"]["FE_H"]["method"] == "ridge" and ridge["probes"]["FE_H"]["n_fit"] == 20
     selection = json.loads((out / "results" / "summary.json").read_text())["recipe_selection"]["xp_fewshot"]
     models = {"spectrafm", "spectrafm_decoder_l2sp", "spectrafm_no_l2sp", "spectrafm_lora", "spectrafm_all_weights",
-              "spectrafm_helpers_only", "spectrafm_ridge_probe"}
+              "spectrafm_helpers_only", "spectrafm_ridge_probe", "spectrafm_generative_shrink0.2"}
     nll = selection["validation_nll_rule"]["validation_fe_h_nll"]
     assert set(nll) == models and all(np.isfinite(v) for v in nll.values())
     # the extrapolation check: every recipe fitted again above the draw's cut, scored below it
@@ -314,6 +321,36 @@ def test_fewshot_seeds_benchmark_scores_row_spectrafm_as_the_table_does(tiny, tm
     summary = json.loads((out / "results" / "summary.json").read_text())
     check = summary["recipe_selection"]["xp_fewshot"]["extrapolation_fe_h_rmse"]["spectrafm"]
     assert result["check_seeds"] == [pytest.approx(check, abs=1e-4)] * 2   # the rule's score, read per seed
+
+
+def test_readouts_benchmark_scores_the_presets_read_outs_as_the_table_and_the_check_do(tiny, tmp_path):
+    """benchmarks/xp_fewshot_readouts.py on the tiny preset's run given twice: its embedding+queries read-out at
+    shrink 0.2 is row spectrafm and its embedding read-out row spectrafm_generative_shrink0.2, scored on the test
+    split as the table scores them and on the check as the summary does; the choice follows the check alone."""
+    out, _ = tiny
+    spec = importlib.util.spec_from_file_location("xp_fewshot_readouts", REPO / "benchmarks" / "xp_fewshot_readouts.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    with contextlib.redirect_stdout(io.StringIO()):
+        assert bench.main(["--config", str(REPO / "scripts" / "configs" / "real_xp_tiny.yaml"), "--runs", str(out),
+                           str(out), "--scratch", str(out / "results" / "real_data.csv"), "--shrinks", "0.2", "1",
+                           "--out", str(tmp_path / "readouts.json")]) == 0
+    result = json.loads((tmp_path / "readouts.json").read_text())
+    table = pd.read_csv(out / "results" / "real_data.csv")
+    poor = table[(table.experiment == "xp_fewshot") & (table.label == "FE_H") & (table.split == "feh_lt_-1")]
+    poor = poor.groupby("model").rmse.mean()
+    check = json.loads((out / "results" / "summary.json").read_text())["recipe_selection"]["xp_fewshot"]
+    check = check["extrapolation_fe_h_rmse"]
+    assert set(result["candidates"]) == {"embedding_shrink0.2", "embedding_shrink1", "embedding+queries_shrink0.2",
+                                         "embedding+queries_shrink1"}
+    for name, row in (("embedding+queries_shrink0.2", "spectrafm"),
+                      ("embedding_shrink0.2", "spectrafm_generative_shrink0.2")):
+        got = result["candidates"][name]
+        assert got["test_feh_lt_-1"] == [pytest.approx(poor[row], abs=2e-3)] * 2, name
+        assert got["check"] == [pytest.approx(check[row], abs=2e-3)] * 2, name
+        assert got["ratio"][0] == pytest.approx(poor["scratch_nn"] / got["test_feh_lt_-1"][0], rel=2e-3)
+    means = {k: v["check_mean"] for k, v in result["candidates"].items()}
+    assert result["chosen"] == min(means, key=means.get)
 
 
 def test_seed_mixture_keeps_the_spread_between_runs():
