@@ -8,6 +8,7 @@ import importlib.util
 import io
 import json
 import os
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -27,8 +28,9 @@ PHOT = ["PHOT_G", "PHOT_BP", "PHOT_RP", "PHOT_J", "PHOT_H", "PHOT_K"]
 COLUMNS = ["experiment", "model", "label", "split", "n", "bias", "rmse", "robust_scatter", "coverage68"]
 
 
-def _script():
-    spec = importlib.util.spec_from_file_location("real_data", REPO / "scripts" / "real_data.py")
+def _script(path="scripts/real_data.py"):
+    """A script of the repository (default: scripts/real_data.py) as a module."""
+    spec = importlib.util.spec_from_file_location(Path(path).stem, REPO / path)
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)
     return script
@@ -302,9 +304,7 @@ def test_fewshot_seeds_benchmark_scores_row_spectrafm_as_the_table_does(tiny, tm
     """benchmarks/xp_fewshot_seeds.py on the tiny preset's run given twice: each "seed" is scored as the table scores
     row spectrafm, and a mixture of a run with itself is that run."""
     out, _ = tiny
-    spec = importlib.util.spec_from_file_location("xp_fewshot_seeds", REPO / "benchmarks" / "xp_fewshot_seeds.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = _script("benchmarks/xp_fewshot_seeds.py")
     with contextlib.redirect_stdout(io.StringIO()):
         assert bench.main(["--config", str(REPO / "scripts" / "configs" / "real_xp_tiny.yaml"), "--runs", str(out),
                            str(out), "--scratch", str(out / "results" / "real_data.csv"), "--summaries",
@@ -328,9 +328,7 @@ def test_readouts_benchmark_scores_the_presets_read_outs_as_the_table_and_the_ch
     shrink 0.2 is row spectrafm and its embedding read-out row spectrafm_generative_shrink0.2, scored on the test
     split as the table scores them and on the check as the summary does; the choice follows the check alone."""
     out, _ = tiny
-    spec = importlib.util.spec_from_file_location("xp_fewshot_readouts", REPO / "benchmarks" / "xp_fewshot_readouts.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = _script("benchmarks/xp_fewshot_readouts.py")
     with contextlib.redirect_stdout(io.StringIO()):
         assert bench.main(["--config", str(REPO / "scripts" / "configs" / "real_xp_tiny.yaml"), "--runs", str(out),
                            str(out), "--scratch", str(out / "results" / "real_data.csv"), "--shrinks", "0.2", "1",
