@@ -735,7 +735,7 @@ class SpectraFMPipeline:
         spectra = _as_list(spectra)
         if isinstance(inputs, str):
             if inputs != "auto":
-                raise ValueError(f"fit_linear_probe: inputs must be 'auto' or a list of the network's labels, got "
+                raise ValueError(f"a linear probe's inputs must be 'auto' or a list of the network's labels, got "
                                  f"{inputs!r}")
             inputs = list(self.model.config.label_names)
         run, ids = self._query_ids(list(dict.fromkeys(inputs))) if len(inputs) else ([], [])
