@@ -389,12 +389,15 @@ class SpectraFMPipeline:
         table["flag"] = [row_flags(r, self.processor) for r in table.to_dict("records")]
         return table
 
-    def _predict_prepared(self, spectra, names, run, query_ids, known, seed, n_repeats, embed=False):
+    def _predict_prepared(self, spectra, names, run, query_ids, known, seed, n_repeats, embed=False, states=False):
         """Per-spectrum (mean, err, scatter, n_pixels, n_subsets, embedding or None, query states or None) of
         prepared spectra: ``names`` from the model labels ``run`` (`_plan`); the query states are the run labels'
-        last decoder states (n, len(run), hidden_size)."""
-        probed = any(n in self.processor.linear_probes for n in names)
+        last decoder states (n, len(run), hidden_size), averaged only when ``states`` or a probe of ``names`` reads
+        them (predict's out-of-distribution distance needs the embedding alone)."""
+        probes = self.processor.linear_probes
+        probed = any(n in probes for n in names)
         embed = embed or probed
+        states = states or any(probes[n]["features"] == "embedding+queries" for n in names if n in probes)
         batch, owner, n_pixels = self.processor.subset_batch(spectra, seed=seed, n_repeats=n_repeats)
         in_values, in_ids = self._known_inputs(known, owner, len(spectra))
         out = self._run(batch, query_ids if run else [0], in_values, in_ids, hidden=embed)
@@ -415,11 +418,12 @@ class SpectraFMPipeline:
         scatter = np.sqrt(var_between / wsum)
         embedding = query_states = None
         if embed:  # each spectrum's mean over its subsets
-            embedding, query_states = (np.zeros((len(spectra), *out[key].shape[1:])) for key in ("embedding",
-                                                                                                 "query_states"))
+            embedding = np.zeros((len(spectra), out["embedding"].shape[1]))
             np.add.at(embedding, owner, out["embedding"])
-            np.add.at(query_states, owner, out["query_states"])
             embedding /= n_subsets[:, None]
+        if embed and states:
+            query_states = np.zeros((len(spectra), *out["query_states"].shape[1:]))
+            np.add.at(query_states, owner, out["query_states"])
             query_states /= n_subsets[:, None, None]
             if not run:
                 query_states = query_states[:, :0]  # the dummy query that ran for the embedding alone
@@ -744,8 +748,8 @@ class SpectraFMPipeline:
             parts, columns = [], {n: k for k, n in enumerate(run)}
             for start in range(0, len(spectra), self.chunk_size):  # bounded memory, the chunks `predict` reads
                 prepared = [self.processor.prepare(s) for s in spectra[start:start + self.chunk_size]]
-                answers, _, _, _, _, embedding, states = self._predict_prepared(prepared, run, run, ids, None, seed,
-                                                                                n_repeats, embed=True)
+                answers, _, _, _, _, embedding, states = self._predict_prepared(
+                    prepared, run, run, ids, None, seed, n_repeats, embed=True, states=features != "embedding")
                 parts.append(probe_features(features, run, embedding, states, answers, columns))
         finally:
             self.processor.linear_probes = kept
