@@ -349,6 +349,15 @@ def test_readouts_benchmark_scores_the_presets_read_outs_as_the_table_and_the_ch
         assert got["ratio"][0] == pytest.approx(poor["scratch_nn"] / got["test_feh_lt_-1"][0], rel=2e-3)
     means = {k: v["check_mean"] for k, v in result["candidates"].items()}
     assert result["chosen"] == min(means, key=means.get)
+    # the seed mean of one run given twice is that run's read-out, scored the same way
+    mean = result["seed_mean"]["candidates"]
+    assert set(mean) == set(result["candidates"])
+    for name, got in mean.items():
+        single = result["candidates"][name]
+        assert got["check"] == pytest.approx(single["check"][0], abs=1e-4), name
+        assert got["test_feh_lt_-1"] == pytest.approx(single["test_feh_lt_-1"][0], abs=1e-4), name
+        assert got["test_all"] == pytest.approx(single["test_all"][0], abs=1e-4), name
+    assert result["seed_mean"]["lowest_check"] == min(mean, key=lambda k: mean[k]["check"])
 
 
 def test_seed_mixture_keeps_the_spread_between_runs():
