@@ -51,11 +51,13 @@ def main(argv=None) -> int:
     ap.add_argument("--features", nargs="+", default=list(PROBE_FEATURES), choices=PROBE_FEATURES)
     ap.add_argument("--shrinks", nargs="+", type=float, default=[0.05, 0.2, 0.5])
     ap.add_argument("--scratch", default=str(REPO / "benchmarks/results/real_data.csv"))
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="a preset value overridden as scripts/real_data.py does (the runs' own, e.g. their pixels)")
     ap.add_argument("--out")
     a = ap.parse_args(argv)
     from spectrafm_hf import SpectraFMPipeline
 
-    cfg = load_preset(a.config, [])
+    cfg = load_preset(a.config, a.set)
     e = cfg["xp_fewshot"]
     pretrainings = []
     for run in a.runs:

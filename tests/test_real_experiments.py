@@ -15,6 +15,7 @@ import pandas as pd
 import pytest
 import torch
 from conftest import REPO
+from datasets import Dataset
 
 from spectrafm_hf import SpectraFMProcessor
 from spectrafm_hf.baselines import GradientBoostingBaseline
@@ -132,10 +133,10 @@ def test_fewshot_recipe_keeps_the_pretrained_encoder(tiny):
 
 
 def test_fewshot_recommended_recipe_is_a_linear_probe_of_the_untouched_pretrained_model(tiny):
-    """Row spectrafm of xp_fewshot (recipe v10): the pretrained network, every weight unchanged, with a generative
-    linear probe of [Fe/H] fitted on the draw's 20 stars that reads the embedding and the Teff and logg queries'
-    decoder states (v9's read-out of the embedding alone is row spectrafm_generative_shrink0.2); every pretrained
-    model's extrapolation check and validation [Fe/H] NLL are in the summary."""
+    """Row spectrafm of xp_fewshot (recipe v10's read-out on v11's pixels): the pretrained network, every weight
+    unchanged, with a generative linear probe of [Fe/H] fitted on the draw's 20 stars that reads the embedding and the
+    Teff and logg queries' decoder states (v9's read-out of the embedding alone is row spectrafm_generative_shrink0.2);
+    every pretrained model's extrapolation check and validation [Fe/H] NLL are in the summary."""
     from spectrafm_hf import SpectraFMModel, SpectraFMPipeline
 
     out, _ = tiny
@@ -183,15 +184,25 @@ def test_fewshot_recommended_recipe_is_a_linear_probe_of_the_untouched_pretraine
 def test_each_experiment_reads_its_own_pixels(tiny):
     """xp_full reads the whole 343-pixel grid in interleaved subsets (every 3rd pixel at a random phase), its far-out
     flux softened at every star only (``xp_full.spectrafm``'s per-size keys); xp_fewshot's own ``spectrafm`` keys
-    keep it on every 3rd pixel, always the same 115."""
+    (recipe v11: the same interleaved pixels) reach its pretraining and fine-tunes, and a ``pixel_stride`` there would
+    cut its rows to every k-th pixel."""
     out, _ = tiny
     full = SpectraFMProcessor.from_pretrained(out / "xp_full" / "n40" / "final")
     pre = SpectraFMProcessor.from_pretrained(out / "xp_fewshot" / "pretrain_teff_logg_masked_flux" / "final")
     tuned = SpectraFMProcessor.from_pretrained(out / "xp_fewshot" / "spectrafm_draw77_masked_flux" / "final")
     assert (full.pixel_subset_rule, len(full.reference_wavelength)) == ("interleaved", 343)
-    assert (pre.pixel_subset_rule, len(pre.reference_wavelength)) == ("random", 115)
-    assert tuned.reference_wavelength == pre.reference_wavelength
-    assert full.reference_wavelength[::3] == pytest.approx(pre.reference_wavelength)
+    assert (pre.pixel_subset_rule, len(pre.reference_wavelength)) == ("interleaved", 343)
+    assert tuned.reference_wavelength == pre.reference_wavelength == full.reference_wavelength
+    real_data = _script()
+    cfg = real_data.load_preset(REPO / "scripts" / "configs" / "real_xp_tiny.yaml",
+                                ["xp_fewshot.spectrafm={pixel_stride: 3, pixel_subset_rule: random}"])
+    fewshot = real_data.experiment_cfg(cfg, "xp_fewshot")
+    rules = (fewshot["spectrafm"]["pixel_subset_rule"], cfg["spectrafm"]["pixel_subset_rule"])
+    assert rules == ("random", "interleaved")
+    rows = Dataset.from_dict({"wavelength": [np.arange(343.0)], "flux": [np.ones(343)],
+                              "ivar": [np.ones(343)]})
+    assert len(real_data.fm_data(fewshot, rows)["wavelength"][0]) == 115
+    assert len(real_data.fm_data(cfg, rows)["wavelength"][0]) == 343
     every = [SpectraFMProcessor.from_pretrained(r / "final") for r in (out / "xp_full").iterdir() if r.name != "n40"]
     assert [(p.flux_softening, p.clip_sigma, p.pixel_subset_rule) for p in every] == [(3.0, 20.0, "interleaved")]
     assert (full.flux_softening, full.clip_sigma) == (pre.flux_softening, pre.clip_sigma) == (None, 10.0)
