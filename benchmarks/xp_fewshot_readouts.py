@@ -2,7 +2,10 @@
 """Gaia XP few-shot: generative read-outs of other features, scored by the extrapolation check at several seeds.
 
 Each ``--runs`` folder is a `scripts/real_data.py` output_dir of the XP preset's ``xp_fewshot`` at one
-``training_defaults.seed`` (its masked-flux Teff/logg pretraining is read from ``xp_fewshot/pretrain_*/final``).
+``training_defaults.seed`` (its masked-flux Teff/logg pretraining is read from ``xp_fewshot/pretrain_*/final``;
+``--set 'xp_fewshot.draws=[]'`` trains that pretraining alone, e.g. ``scripts/real_data.py
+scripts/configs/real_xp_cpu.yaml --experiments xp_fewshot --jobs 1 --output_dir runs/xp_fewshot_seed1 --set
+'xp_fewshot.draws=[]' --set training_defaults.seed=1``).
 For every feature set (`SpectraFMPipeline.probe_features`: ``embedding``, the mean encoder output, or
 ``embedding+queries``, also the last decoder state of the Teff and logg queries; the network's Teff and logg always,
 as covariates) and covariance shrinkage, the generative read-out of [Fe/H] (`linear_probe.fit_generative_probe`) is

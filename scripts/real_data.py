@@ -692,6 +692,10 @@ def run(cfg, experiments, report: bool = True):
     if not report:
         log(f"done in {time.time() - t0:.0f} s")
         return None
+    if not rows:  # e.g. xp_fewshot.draws: [] trains the pretraining alone (for benchmarks/xp_fewshot_readouts.py)
+        log(f"done in {time.time() - t0:.0f} s: no result rows (nothing was scored), so {csv_path}, the summary and "
+            f"the figures are left as they were")
+        return None
     table = pd.DataFrame(rows)
     table["recipe"] = cfg.get("recipe")
     if csv_path.is_file():  # keep the rows of what was not re-run this time

@@ -256,6 +256,15 @@ def test_reruns_reuse_trained_models(tiny):
         _script().main([str(REPO / "scripts" / "configs" / "real_xp_tiny.yaml"), "--output_dir", str(out),
                         "--experiments", "xp_fewshot"])
     assert (out / "results" / "summary.json").read_text() == summary
+    # no draws: the pretraining alone (cached here), no rows, and the table and summary are left as they were
+    table = (out / "results" / "real_data.csv").read_bytes()
+    buffer = io.StringIO()
+    with contextlib.redirect_stdout(buffer):
+        assert _script().main([str(REPO / "scripts" / "configs" / "real_xp_tiny.yaml"), "--output_dir", str(out),
+                               "--experiments", "xp_fewshot", "--set", "xp_fewshot.draws=[]"]) == 0
+    assert "training (" not in buffer.getvalue() and "no result rows" in buffer.getvalue()
+    assert (out / "results" / "real_data.csv").read_bytes() == table
+    assert (out / "results" / "summary.json").read_text() == summary
     # a partial run replaces its own rows and keeps the others, and the largest run's figures
     before = pd.read_csv(out / "results" / "real_data.csv")
     largest_run_figures = {name: (out / "results" / name).read_bytes()
