@@ -16,7 +16,9 @@
    encoder block frozen); ``spectrafm_synthetic_only`` is the pretrained model before fine-tuning (no MILES star);
    ``ablations`` adds other fine-tuning recipes of the pretrained model as further models (optionally on some
    draws only); ``label_affine: true`` adds ``spectrafm_affine``: the pretrained network unchanged with a [Fe/H]
-   slope and zero point fitted on the 100 stars (`SpectraFMPipeline.calibrate_labels`).
+   slope and zero point fitted on the 100 stars (`SpectraFMPipeline.calibrate_labels`). An ablation with
+   ``calibrate: direct|inverse`` is such a line (``method`` of `calibrate_labels`) on the pretrained network, or,
+   with ``calibrates: <model>``, on that model's fine-tune of the same stars (reused, not trained again).
 3. **Test**: every other labelled MILES star in the emulator's Teff range (the rest of the train split and the
    whole test split; the validation split is never tested), reported for ``all``, ``feh_lt_-1``, ``feh_ge_-1``,
    ``giants`` (logg < 3.5) and ``dwarfs`` (logg >= 3.5, outside the emulator's logg range).
@@ -239,7 +241,7 @@ def synthetic_sets(cfg, wavelength, cache: Path | None = None):
     s = dict(cfg["synthetic"])
     path = s.pop("emulator", None)
     em = random_optical_emulator(seed=0) if path == "random" else load_optical_emulator(path)
-    kw = {k: s[k] for k in ("snr", "fwhm", "model_fwhm", "abundance_offsets") if k in s}
+    kw = {k: s[k] for k in ("snr", "fwhm", "model_fwhm", "abundance_offsets", "giant_branch") if k in s}
     kw["normalize"] = cfg.get("normalize") or {}
     seed = int(s.get("seed", 0))
     t = time.time()
@@ -318,23 +320,36 @@ def run(cfg):
                 if draw in [int(d) for d in v.pop("draws", draws)]:
                     variants[name] = (pretrained, v)
         for model, (start, recipe) in variants.items():
+            recipe = dict(recipe)
+            calibrate = recipe.pop("calibrate", None)  # an affine [Fe/H] line fitted on the draw's stars
+            trained = recipe.pop("calibrates", None)  # ... on this model's fine-tune (else the untouched network)
+            if trained is not None:
+                start, recipe = variants[trained]
             extra, labels, steps = finetune_fields(e, recipe, start, out)
 
-            def fit(run_name, fit_stars, val_stars):
+            def fit(run_name, fit_stars, val_stars, train_name=None):
                 if recipe.get("linear_probe"):  # no training: a line from the frozen pretrained model
                     probe = {k: recipe[k] for k in ("method", "shrink", "features") if k in recipe}
                     return rd.linear_probe_spectrafm(start, fit_stars, val_stars, ["FE_H"], out / run_name, **probe)
-                return train_or_reuse(rd.spectrafm_values(cfg, out / run_name, steps, labels, **extra),
-                                      splits=(fit_stars, val_stars, None), log=lambda m: log(f"draw {draw}: {m}"))
+                network = start
+                if calibrate is None or trained is not None:
+                    network = train_or_reuse(rd.spectrafm_values(cfg, out / (train_name or run_name), steps, labels,
+                                                                 **extra),
+                                             splits=(fit_stars, val_stars, None), log=lambda m: log(f"draw {draw}: {m}"))
+                if calibrate is not None:
+                    return rd.affine_spectrafm(network, fit_stars, ["FE_H"], out / run_name, method=calibrate)
+                return network
 
-            final = fit(f"{model}_draw{draw}", few, val)
+            source = f"{trained or model}_draw{draw}"  # the training run (another model's when it calibrates one)
+            final = fit(f"{model}_draw{draw}", few, val, source)
             pred = runner.cached(f"{model}_draw{draw}", lambda: rd.predict_spectrafm(final, test, ["FE_H"]))
             rows += rd.metrics_rows(EXPERIMENT, model, pred, truth, ["FE_H"], draw=draw)
             if start is not None:
                 nll.setdefault(model, []).append(rd.validation_nll(runner, f"{model}_draw{draw}", final, val))
             if start is not None and check:
                 run_name = rd.extrapolation_run_name(f"{model}_draw{draw}", check)
-                score = rd.below_cut_rmse(runner, run_name, fit(run_name, few_kept, val_kept), val_scored)
+                refit = fit(run_name, few_kept, val_kept, rd.extrapolation_run_name(source, check))
+                score = rd.below_cut_rmse(runner, run_name, refit, val_scored)
                 extrapolation.setdefault("rmse", {}).setdefault(model, []).append(score)
         if pretrained is not None and e.get("label_affine"):  # the network unchanged, [Fe/H] scale refitted
             folder = rd.affine_spectrafm(pretrained, few, ["FE_H"], out / f"spectrafm_affine_draw{draw}")

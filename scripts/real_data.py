@@ -147,16 +147,17 @@ def spectra_of(ds) -> list:
     return [row_to_spectrum(r) for r in ds.with_format("numpy")]
 
 
-def affine_spectrafm(start, ds, labels, folder: Path) -> Path:
+def affine_spectrafm(start, ds, labels, folder: Path, method: str = "direct") -> Path:
     """``start`` with a per-label affine correction fitted on the labelled stars of ``ds``
-    (`SpectraFMPipeline.calibrate_labels`: the network unchanged), saved in ``folder`` (reused when it exists)."""
+    (`SpectraFMPipeline.calibrate_labels` with ``method``: the network unchanged), saved in ``folder`` (reused when
+    it exists)."""
     from spectrafm_hf.pipeline import SpectraFMPipeline
 
     if (folder / "config.json").is_file():
         return folder
     pipe = SpectraFMPipeline.from_pretrained(start, device="cpu")
     fitted = pipe.calibrate_labels(spectra_of(ds),
-                                   {n: column_values(ds, n) for n in labels}, seed=0)
+                                   {n: column_values(ds, n) for n in labels}, seed=0, method=method)
     pipe.save_pretrained(folder, overwrite=True)
     log(f"{folder.name}: label_affine {fitted} on {len(ds)} stars")
     return folder

@@ -22,6 +22,28 @@ def test_fit_label_affine_recovers_a_scale_and_zero_point(rng):
     np.testing.assert_allclose(err, [[45.0, 0.1, 0.13]], rtol=2e-2)
 
 
+def test_inverse_affine_stretches_a_compressed_scale_that_the_direct_fit_compresses_further(rng):
+    """A model that reads [Fe/H] at 0.7x its scale, with noise: regressing the labels on its predictions flattens
+    the line (regression dilution) and extrapolates metal-poor stars too high; the calibration curve, predictions on
+    labels, inverted, recovers the scale."""
+    true = rng.uniform(-1.0, 0.4, 400)  # metal-rich fitting stars only
+    pred = 0.7 * true - 0.05 + rng.normal(0, 0.15, true.size)
+    direct = SpectraFMProcessor(label_names=["FE_H"]).fit_label_affine(["FE_H"], pred, true)["FE_H"]
+    inverse = SpectraFMProcessor(label_names=["FE_H"]).fit_label_affine(["FE_H"], pred, true, method="inverse")
+    assert inverse["FE_H"] == pytest.approx([1 / 0.7, 0.05 / 0.7], abs=0.06)
+    assert direct[0] < 0.85 * inverse["FE_H"][0]  # diluted by var(signal) / var(prediction), ~0.78 here
+    metal_poor_pred = 0.7 * -2.0 - 0.05  # a star at [Fe/H] = -2, read without noise
+    assert abs(np.polyval(inverse["FE_H"], metal_poor_pred) + 2.0) < 0.1
+    assert np.polyval(direct, metal_poor_pred) > -1.9 + 0.2  # pulled towards the fitting stars
+    with pytest.raises(ValueError, match="method must be 'direct' or 'inverse'"):
+        SpectraFMProcessor(label_names=["FE_H"]).fit_label_affine(["FE_H"], pred, true, method="deming")
+    with pytest.raises(ValueError, match="do not grow with the label"):
+        SpectraFMProcessor(label_names=["FE_H"]).fit_label_affine(["FE_H"], -pred, true, method="inverse")
+    with pytest.raises(ValueError, match="labels of FE_H are constant"):
+        SpectraFMProcessor(label_names=["FE_H"]).fit_label_affine(["FE_H"], pred, np.zeros_like(true),
+                                                                  method="inverse")
+
+
 def test_bad_affine_input_is_refused_by_name():
     proc = SpectraFMProcessor(label_names=["FE_H"])
     with pytest.raises(ValueError, match="FE_H has 4 usable rows"):

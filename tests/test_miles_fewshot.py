@@ -13,6 +13,7 @@ import pandas as pd
 import pytest
 import torch
 from conftest import REPO
+from safetensors.torch import load_file
 
 from spectrafm_hf.data.real import load_miles_arrays
 from spectrafm_hf.synth import optical
@@ -58,10 +59,11 @@ def test_tiny_preset_writes_every_model_split_and_draw(tiny):
     assert set(table.experiment) == {"miles_fewshot"} and set(table.label) == {"FE_H"}
     assert set(table.model) == {"spectrafm", "spectrafm_no_pretraining", "scratch_nn", "ridge",
                                 "spectrafm_synthetic_only", "spectrafm_paper_recipe", "spectrafm_affine",
-                                "spectrafm_linear_probe", "spectrafm_generative_probe"}
+                                "spectrafm_linear_probe", "spectrafm_generative_probe", "spectrafm_inverse_affine",
+                                "spectrafm_finetuned_inverse_affine"}
     assert set(table.split) == {"all", "feh_lt_-1", "feh_ge_-1", "giants", "dwarfs"}
     assert set(table.draw) == {77, 78}
-    assert len(table) == 8 * 5 * 2 + 5  # the paper-recipe ablation runs on draw 77 only
+    assert len(table) == 10 * 5 * 2 + 5  # the paper-recipe ablation runs on draw 77 only
     summary = json.loads((tiny / "results" / "miles_summary.json").read_text())
     assert {"fe_h", "result", "data", "figure", "goal"} <= set(summary)
     assert summary["fe_h"]["spectrafm"]["feh_lt_-1"]["draws"] == 2
@@ -89,7 +91,8 @@ def test_tiny_preset_writes_every_model_split_and_draw(tiny):
     sel = summary["recipe_selection"]["validation_loss_by_labels"]  # recipes compared on validation loss
     assert set(sel["TEFF LOGG FE_H"]) == {"spectrafm"} and set(sel["FE_H"]) == {"spectrafm_paper_recipe"}
     # the linear probe (no training loss) is compared with them on the validation [Fe/H] NLL
-    models = {"spectrafm", "spectrafm_paper_recipe", "spectrafm_linear_probe", "spectrafm_generative_probe"}
+    models = {"spectrafm", "spectrafm_paper_recipe", "spectrafm_linear_probe", "spectrafm_generative_probe",
+              "spectrafm_inverse_affine", "spectrafm_finetuned_inverse_affine"}
     nll = summary["recipe_selection"]["validation_nll_rule"]["validation_fe_h_nll"]
     assert set(nll) == models
     # the extrapolation check (the rule of the recommended recipe): every recipe refitted above the draw's cut
@@ -103,6 +106,17 @@ def test_tiny_preset_writes_every_model_split_and_draw(tiny):
         assert (tiny / f"spectrafm_draw{draw}_extrapolation_q0.3" / "final" / "config.json").is_file()
     probe = json.loads((tiny / "spectrafm_linear_probe_draw78" / "linear_probe.json").read_text())
     assert probe["probes"]["FE_H"]["n_fit"] == 8 and probe["probes"]["FE_H"]["inputs"] == ["TEFF", "LOGG", "FE_H"]
+    # the inverse affine lines: on the pretrained network, and on row spectrafm's own fine-tunes (not trained again)
+    for model, network in (("spectrafm_inverse_affine", "pretrain_synthetic/final"),
+                           ("spectrafm_finetuned_inverse_affine", "spectrafm_draw77/final")):
+        folder = tiny / f"{model}_draw77"
+        assert not (folder / "final").exists()
+        line = json.loads((folder / "preprocessor_config.json").read_text())["label_affine"]["FE_H"]
+        weights, trained = (load_file(str(f / "model.safetensors")) for f in (folder, tiny / network))
+        assert weights.keys() == trained.keys() and all(torch.equal(weights[k], trained[k]) for k in weights)
+        assert line[0] > 0 and line != affine["FE_H"]
+    assert (tiny / "spectrafm_draw78_extrapolation_q0.3" / "final").is_dir()
+    assert not (tiny / "spectrafm_finetuned_inverse_affine_draw78_extrapolation_q0.3" / "final").exists()
     fresh = info["spectrafm_no_pretraining"]
     assert fresh["trainable_parameters"] == fresh["total_parameters"]
 
@@ -199,6 +213,30 @@ def test_abundance_offsets_shift_one_element_and_reject_unknown_names():
     np.testing.assert_array_equal(shifted[:, others], base[:, others])  # the same draws for everything else
     with pytest.raises(ValueError, match="unknown.*'feh'"):
         optical.sample_optical_labels(3, abundance_offsets={"feh": 0.1})
+
+
+def test_giant_branch_prior_puts_teff_on_the_rgb_relation_and_keeps_everything_else():
+    from spectrafm_hf.synth.priors import DEFAULT_PRIOR
+
+    box = optical.sample_optical_labels(4000, seed=0)
+    lab = optical.sample_optical_labels(4000, seed=0, giant_branch={"teff_sigma": 200.0, "box_fraction": 0.25})
+    np.testing.assert_array_equal(lab[:, 2:], box[:, 2:])  # [M/H] and every abundance drawn as before
+    kept = (lab[:, :2] == box[:, :2]).all(axis=1)
+    assert 0.2 < kept.mean() < 0.3  # the box's rows
+    assert lab[:, 0].min() >= 3500 and lab[:, 0].max() <= 6000 and lab[:, 1].min() >= 0 and lab[:, 1].max() <= 3.5
+    a, b, c, d = DEFAULT_PRIOR.rgb_teff
+    g, mh = lab[~kept, 1], lab[~kept, 2]
+    offset = lab[~kept, 0] - (a + b * g + c * np.maximum(g - 2.0, 0.0) ** 2 + d * mh)
+    mid = (offset > -400) & (offset < 400)  # the box truncates the tails
+    assert abs(np.median(offset)) < 30 and 150 < 1.4826 * np.median(np.abs(offset[mid])) < 250
+    poor = mh < -1.5  # metal-poor giants are hotter at the same logg, as on real branches
+    assert np.median(lab[~kept][poor, 0] - (a + b * g[poor])) > 400
+    box_offset = box[:, 0] - (a + b * box[:, 1] + c * np.maximum(box[:, 1] - 2.0, 0.0) ** 2 + d * box[:, 2])
+    assert np.mean(np.abs(box_offset) < 400) < 0.5 < np.mean(np.abs(offset) < 400)
+    np.testing.assert_array_equal(optical.sample_optical_labels(4000, seed=0, giant_branch=None), box)
+    for bad in ({"teff_sigma": 0.0}, {"teff_sigma": 200.0, "box_fraction": 1.0}, {"sigma": 200.0}):
+        with pytest.raises(ValueError, match="giant_branch needs teff_sigma"):
+            optical.sample_optical_labels(3, giant_branch=bad)
 
 
 def test_degrade_moves_air_to_vacuum_and_broadens_to_the_target_fwhm(miles):

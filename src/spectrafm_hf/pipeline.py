@@ -661,13 +661,15 @@ class SpectraFMPipeline:
             self.processor.snr_range = snr_range
 
     def calibrate_labels(self, spectra: Sequence[Spectrum], labels, label_names: Sequence[str] | None = None,
-                         seed: int = 0, n_repeats: int = 1) -> dict[str, list]:
+                         seed: int = 0, n_repeats: int = 1, method: str = "direct") -> dict[str, list]:
         """The cheapest few-shot transfer: a per-label affine correction ``slope * prediction + intercept`` fitted by
         least squares on labelled spectra of the new domain (never the test set), stored in the processor
         (``label_affine``, saved by `save_pretrained`) and applied by every later `predict`; the network is unchanged.
-        ``labels`` are read as in `fit`. Returns ``{label: [slope, intercept]}``. Outside the labels' range in
-        ``spectra`` the straight line is extrapolated: fitted on metal-rich stars it helped metal-poor ones in the
-        paper's experiment and hurt them on MILES (docs/real_spectra.md: the few-shot experiments)."""
+        ``labels`` are read as in `fit`. Returns ``{label: [slope, intercept]}``. ``method`` is
+        `SpectraFMProcessor.fit_label_affine`'s: ``"direct"`` regresses the labels on the predictions, ``"inverse"``
+        the predictions on the labels and inverts the line. Outside the labels' range in ``spectra`` the straight line
+        is extrapolated: the direct fit on metal-rich stars helped metal-poor ones in the paper's experiment and hurt
+        them on MILES (docs/real_spectra.md: the few-shot experiments)."""
         spectra = _as_list(spectra)
         names, values, _ = self._label_arrays(labels, label_names, None, len(spectra))
         saved = dict(self.processor.label_affine)
@@ -675,7 +677,7 @@ class SpectraFMPipeline:
             self.processor.label_affine.pop(n, None)
         try:
             table = self.predict(spectra, labels=names, seed=seed, n_repeats=n_repeats, noise_draws=0)
-            return self.processor.fit_label_affine(names, table[names].to_numpy(), values)
+            return self.processor.fit_label_affine(names, table[names].to_numpy(), values, method=method)
         except BaseException:
             self.processor.label_affine = saved
             raise

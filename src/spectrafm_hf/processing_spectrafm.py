@@ -542,10 +542,17 @@ class SpectraFMProcessor(FeatureExtractionMixin):
         return (np.asarray(mean, np.float64) * slope + intercept,
                 *(np.asarray(s, np.float64) * np.abs(slope) for s in spreads))
 
-    def fit_label_affine(self, names: Sequence[str], predicted, true, min_rows: int = 5) -> dict[str, list]:
-        """Fit and store ``label_affine`` by least squares of ``true`` on ``predicted`` (both (n, len(names)), the
-        model's uncorrected predictions of labelled spectra; never the test set). Rows with a NaN are skipped; a label
-        with fewer than ``min_rows`` usable rows, or predictions without spread, raises. Returns the new entries."""
+    def fit_label_affine(self, names: Sequence[str], predicted, true, min_rows: int = 5,
+                         method: str = "direct") -> dict[str, list]:
+        """Fit and store ``label_affine`` from ``predicted`` and ``true`` (both (n, len(names)), the model's
+        uncorrected predictions of labelled spectra; never the test set). ``method="direct"``: least squares of
+        ``true`` on ``predicted``. ``method="inverse"``: least squares of ``predicted`` on ``true`` (a calibration
+        curve, ``predicted = b * true + a``), stored inverted (slope 1/b, intercept -a/b); the prediction noise does not
+        flatten its slope, so a model that compresses a label's scale is stretched back, and not compressed further.
+        Rows with a NaN are skipped; a label with fewer than ``min_rows`` usable rows, predictions (direct) or labels
+        (inverse) without spread, or an inverse slope b <= 0, raises. Returns the new entries."""
+        if method not in ("direct", "inverse"):
+            raise ValueError(f"fit_label_affine: method must be 'direct' or 'inverse', got {method!r}")
         predicted, true = np.asarray(predicted, np.float64), np.asarray(true, np.float64)
         if predicted.ndim == 1 and len(names) == 1:
             predicted, true = predicted[:, None], true[:, None]
@@ -559,7 +566,16 @@ class SpectraFMProcessor(FeatureExtractionMixin):
                 raise ValueError(f"fit_label_affine: {name} has {x.size} usable rows, need >= {min_rows}")
             if not np.std(x) > 0:
                 raise ValueError(f"fit_label_affine: the predictions of {name} are constant; no scale to fit")
-            slope, intercept = np.polyfit(x, y, 1)
+            if method == "direct":
+                slope, intercept = np.polyfit(x, y, 1)
+            else:
+                if not np.std(y) > 0:
+                    raise ValueError(f"fit_label_affine: the labels of {name} are constant; no scale to fit")
+                b, a = np.polyfit(y, x, 1)
+                if not b > 0:
+                    raise ValueError(f"fit_label_affine: the predictions of {name} do not grow with the label "
+                                     f"(calibration slope {b:.3g}); the inverse is undefined")
+                slope, intercept = 1.0 / b, -a / b
             fitted[name] = [float(f"{slope:.6g}"), float(f"{intercept:.6g}")]
         self.label_affine.update(fitted)
         return fitted

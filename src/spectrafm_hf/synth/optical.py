@@ -342,16 +342,29 @@ def convert_bossbrain(source=None, output=None, wmin: float = 3500.0, wmax: floa
 # ---------------------------------------------------------------------------------------------------- labels
 def sample_optical_labels(n: int, seed: int = 0, teff=(3500.0, 6000.0), logg=(0.0, 3.5), mh=(-2.5, 0.5),
                           alpha_poor: float = 0.3, abundance_sigma: float = 0.1,
-                          abundance_offsets: dict | None = None) -> np.ndarray:
+                          abundance_offsets: dict | None = None, giant_branch: dict | None = None) -> np.ndarray:
     """(n, 22) labels: Teff, logg, [M/H] uniform in their boxes; [X/M] of O Mg Si Ca Ti on a Galactic-like
     alpha trend (``alpha_poor`` below [M/H] = -1, 0 above 0, linear between) plus N(0, ``abundance_sigma``); every
     other [X/M] N(0, ``abundance_sigma``); all clipped to +-0.6. ``abundance_offsets`` ({label name: dex}, names
     as in ``LABEL_NAMES``, e.g. ``{"nm": 0.5}``) shifts an [X/M] mean: giants' nitrogen is raised by the first
-    dredge-up (benchmarks/miles_emulator_fit.py measures it on MILES giants)."""
+    dredge-up (benchmarks/miles_emulator_fit.py measures it on MILES giants).
+
+    ``giant_branch`` (``{"teff_sigma": K, "box_fraction": f}``) puts Teff on the red giant branch instead: all but
+    a fraction f of the rows get Teff = the APOGEE DR17 RGB relation at their logg and [M/H]
+    (`spectrafm_hf.synth.priors.LabelPrior.rgb_teff`) + N(0, teff_sigma), their Teff and logg redrawn together
+    until inside the box ([M/H] and the abundances unchanged). Where a spectrum cannot tell Teff, logg and [M/H]
+    apart well, the label prior decides where along that direction a trained network answers; uniform boxes put
+    weight on giants no isochrone has."""
     offsets = dict(abundance_offsets or {})
     unknown = sorted(set(offsets) - set(LABEL_NAMES[3:]))
     if unknown:
         raise ValueError(f"abundance_offsets: unknown [X/M] label(s) {unknown}; known: {list(LABEL_NAMES[3:])}")
+    branch = dict(giant_branch or {})
+    if giant_branch is not None:
+        unknown = sorted(set(branch) - {"teff_sigma", "box_fraction"})
+        if unknown or not float(branch.get("teff_sigma", 0)) > 0 or not 0 <= float(branch.get("box_fraction",
+                                                                                                0.0)) < 1:
+            raise ValueError(f"giant_branch needs teff_sigma > 0 (K) and 0 <= box_fraction < 1, got {giant_branch}")
     rng = np.random.default_rng(seed)
     out = np.zeros((n, len(LABEL_NAMES)))
     out[:, 0] = rng.uniform(*teff, n)
@@ -361,7 +374,29 @@ def sample_optical_labels(n: int, seed: int = 0, teff=(3500.0, 6000.0), logg=(0.
     for j, name in enumerate(LABEL_NAMES[3:], start=3):
         base = (alpha if name in ALPHA_LABELS else 0.0) + float(offsets.get(name, 0.0))
         out[:, j] = np.clip(base + rng.normal(0.0, abundance_sigma, n), -0.6, 0.6)
+    if branch:  # drawn after everything else, so the box's draws stay the same for every other row and label
+        out[:, :2] = _giant_branch_teff_logg(np.random.default_rng([seed, 1]), out, teff, logg,
+                                             float(branch["teff_sigma"]), float(branch.get("box_fraction", 0.0)))
     return out
+
+
+def _giant_branch_teff_logg(rng, labels, teff, logg, teff_sigma: float, box_fraction: float) -> np.ndarray:
+    """(n, 2) Teff, logg: ``labels``'s own for a fraction ``box_fraction`` of the rows, the rest on the RGB
+    relation at their [M/H] (see `sample_optical_labels`)."""
+    from .priors import DEFAULT_PRIOR
+
+    a, b, c, d = DEFAULT_PRIOR.rgb_teff
+    out = labels[:, :2].copy()
+    todo = np.flatnonzero(rng.random(len(labels)) >= box_fraction)
+    for _ in range(1000):
+        g = rng.uniform(*logg, todo.size)
+        t = a + b * g + c * np.maximum(g - 2.0, 0.0) ** 2 + d * labels[todo, 2] + rng.normal(0, teff_sigma, todo.size)
+        ok = (t >= teff[0]) & (t <= teff[1])
+        out[todo[ok], 0], out[todo[ok], 1] = t[ok], g[ok]
+        todo = todo[~ok]
+        if not todo.size:
+            return out
+    raise ValueError(f"giant_branch: no Teff in {teff} K for {todo.size} rows after 1000 draws")
 
 
 # ---------------------------------------------------------------------------------------------------- degrading
