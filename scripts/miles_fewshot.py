@@ -2,12 +2,13 @@
 """The paper's few-shot transfer experiment on a REAL instrument: MILES (optical, R ~ 2000, flux-calibrated).
 
     python scripts/convert_bossbrain.py                                   # once: the optical emulator (PyPI)
-    python scripts/miles_fewshot.py scripts/configs/miles_fewshot_cpu.yaml    # CPU preset (~2.2 CPU-hours)
+    python scripts/miles_fewshot.py scripts/configs/miles_fewshot_cpu.yaml    # CPU preset (~1.5 CPU-hours)
     python scripts/miles_fewshot.py scripts/configs/miles_fewshot_tiny.yaml   # toy scale, committed 40-star subset
     ... [--output_dir DIR] [--results_dir DIR] [--results_csv FILE] [--data_dir MILES_DATA]
 
 1. **Pretraining** (synthetic only): SpectraFM (a small fresh model) on spectra of the bossbrain optical emulators
-   (`spectrafm_hf.synth.optical`; Teff 3500-6000 K, logg 0-3.5, [M/H] -2.5..0.5 uniform, alpha trend), degraded
+   (`spectrafm_hf.synth.optical`; Teff 3500-6000 K, logg 0-3.5, [M/H] -2.5..0.5 uniform, alpha trend; Teff on the
+   red giant branch instead with ``synthetic.giant_branch``, tried and not adopted), degraded
    to MILES: FWHM 2.5 A, vacuum, the MILES pixel grid, S/N 100. Labels TEFF, LOGG, FE_H (= the emulator's [M/H]).
 2. **Few-shot fine-tuning** on ``n_stars`` (100) MILES stars with [Fe/H] > -1 drawn from the MILES *train* split
    (several seeded draws), [Fe/H] only. Baselines on the same stars: SpectraFM without pretraining (same
