@@ -32,9 +32,7 @@ from spectrafm_hf.training.presets import read_yaml  # noqa: E402
 DEGENERATE_MOVE = (332.0, 0.33, 0.37)  # Teff, logg, [M/H] (benchmarks/results/miles_emulator_fit.json, session 35)
 
 
-def rgb_teff(logg, feh):
-    a, b, c, d = DEFAULT_PRIOR.rgb_teff
-    return a + b * logg + c * np.maximum(logg - 2.0, 0.0) ** 2 + d * feh
+rgb_teff = DEFAULT_PRIOR.rgb_teff_at
 
 
 def main(argv=None):

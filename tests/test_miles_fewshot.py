@@ -226,7 +226,7 @@ def test_giant_branch_prior_puts_teff_on_the_rgb_relation_and_keeps_everything_e
     assert lab[:, 0].min() >= 3500 and lab[:, 0].max() <= 6000 and lab[:, 1].min() >= 0 and lab[:, 1].max() <= 3.5
     a, b, c, d = DEFAULT_PRIOR.rgb_teff
     g, mh = lab[~kept, 1], lab[~kept, 2]
-    offset = lab[~kept, 0] - (a + b * g + c * np.maximum(g - 2.0, 0.0) ** 2 + d * mh)
+    offset = lab[~kept, 0] - (a + b * g + c * np.maximum(g - 2.0, 0.0) ** 2 + d * mh)  # written out: the test's own
     mid = (offset > -400) & (offset < 400)  # the box truncates the tails
     assert abs(np.median(offset)) < 30 and 150 < 1.4826 * np.median(np.abs(offset[mid])) < 250
     poor = mh < -1.5  # metal-poor giants are hotter at the same logg, as on real branches

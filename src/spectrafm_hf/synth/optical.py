@@ -385,12 +385,11 @@ def _giant_branch_teff_logg(rng, labels, teff, logg, teff_sigma: float, box_frac
     relation at their [M/H] (see `sample_optical_labels`)."""
     from .priors import DEFAULT_PRIOR
 
-    a, b, c, d = DEFAULT_PRIOR.rgb_teff
     out = labels[:, :2].copy()
     todo = np.flatnonzero(rng.random(len(labels)) >= box_fraction)
     for _ in range(1000):
         g = rng.uniform(*logg, todo.size)
-        t = a + b * g + c * np.maximum(g - 2.0, 0.0) ** 2 + d * labels[todo, 2] + rng.normal(0, teff_sigma, todo.size)
+        t = DEFAULT_PRIOR.rgb_teff_at(g, labels[todo, 2]) + rng.normal(0, teff_sigma, todo.size)
         ok = (t >= teff[0]) & (t <= teff[1])
         out[todo[ok], 0], out[todo[ok], 1] = t[ok], g[ok]
         todo = todo[~ok]

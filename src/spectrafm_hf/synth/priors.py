@@ -72,6 +72,12 @@ class LabelPrior:
     o_mg: tuple[float, float, float] = (0.03, 0.85, 0.055)
     o_lowfeh_extra: float = 0.04
 
+    def rgb_teff_at(self, logg, feh):
+        """The RGB relation's Teff (no scatter) at ``logg`` and ``[Fe/H]``: a + b logg + c max(logg - 2, 0)^2 + d [Fe/H]
+        (``rgb_teff``)."""
+        a, b, c, d = self.rgb_teff
+        return a + b * logg + c * np.maximum(logg - 2.0, 0.0) ** 2 + d * feh
+
 
 DEFAULT_PRIOR = LabelPrior()
 DEFAULT_TABLE_JITTER = (50.0, 0.1, 0.03, 0.03, 0.05)  # as in the MOOG grid's own label draws
@@ -118,10 +124,8 @@ def _sample_teff_logg(rng, feh, p: LabelPrior, lo, hi) -> tuple[np.ndarray, np.n
         g[rc] = rng.normal(*p.rc_logg, size=rc.sum())
         t[rc] = p.rc_teff0 + p.rc_teff_feh * fe[rc] + rng.normal(0, p.rc_teff_sigma, rc.sum())
         gg = _sample_pwl(rng, p.rgb_logg_density, rgb.sum())
-        a, b, c, d = p.rgb_teff
         g[rgb] = gg
-        t[rgb] = a + b * gg + c * np.maximum(gg - 2.0, 0.0) ** 2 + d * fe[rgb] + rng.normal(0, p.rgb_teff_sigma,
-                                                                                          rgb.sum())
+        t[rgb] = p.rgb_teff_at(gg, fe[rgb]) + rng.normal(0, p.rgb_teff_sigma, rgb.sum())
         td = _sample_pwl(rng, p.dwarf_teff_density, dwarf.sum())
         kx, ky = np.array(p.dwarf_logg_ms).T
         gd = np.interp(td, kx, ky) + rng.normal(0, p.dwarf_logg_sigma, td.size)
