@@ -87,12 +87,13 @@ def test_tiny_preset_writes_every_model_split_and_draw(tiny):
     # spectrafm_affine: the pretrained network itself, with a [Fe/H] slope and zero point fitted on the draw's stars
     affine = json.loads((tiny / "spectrafm_affine_draw77" / "preprocessor_config.json").read_text())["label_affine"]
     assert set(affine) == {"FE_H"} and affine["FE_H"][0] != 1.0
+    assert not (tiny / "spectrafm_affine_draw77" / "final").exists()
     assert set(summary["pretrained_synthetic_validation"]) == {"TEFF", "LOGG", "FE_H"}
     sel = summary["recipe_selection"]["validation_loss_by_labels"]  # recipes compared on validation loss
     assert set(sel["TEFF LOGG FE_H"]) == {"spectrafm"} and set(sel["FE_H"]) == {"spectrafm_paper_recipe"}
     # the linear probe (no training loss) is compared with them on the validation [Fe/H] NLL
     models = {"spectrafm", "spectrafm_paper_recipe", "spectrafm_linear_probe", "spectrafm_generative_probe",
-              "spectrafm_inverse_affine", "spectrafm_finetuned_inverse_affine"}
+              "spectrafm_affine", "spectrafm_inverse_affine", "spectrafm_finetuned_inverse_affine"}
     nll = summary["recipe_selection"]["validation_nll_rule"]["validation_fe_h_nll"]
     assert set(nll) == models
     # the extrapolation check (the rule of the recommended recipe): every recipe refitted above the draw's cut
@@ -127,6 +128,13 @@ def test_tiny_preset_reuses_its_runs(tiny):
         assert _script().main([str(REPO / "scripts" / "configs" / "miles_fewshot_tiny.yaml"), "--output_dir",
                                str(tiny)]) == 0
     assert {p: p.stat().st_mtime_ns for p in before} == before
+
+
+def test_the_old_label_affine_switch_is_refused_before_anything_runs(tmp_path):
+    with pytest.raises(ValueError, match=r"spectrafm_affine: \{calibrate: direct\}"):
+        _script().main([str(REPO / "scripts" / "configs" / "miles_fewshot_tiny.yaml"), "--output_dir", str(tmp_path),
+                        "--set", "fewshot.label_affine=true"])
+    assert not any(tmp_path.iterdir())  # no run folder, no table
 
 
 def test_fewshot_sets_keep_metal_poor_and_test_stars_out_of_selection(miles):
