@@ -265,12 +265,14 @@ def test_install_to_cache_then_load_offline(hub_cache, tmp_path, monkeypatch):
 
     monkeypatch.chdir(tmp_path)  # no local folder called spectrafm-base
     monkeypatch.setattr(hub, "EMBEDDED_DIR", tmp_path / "no-embedded")  # nor an embedded checkpoint
-    snapshot = install_to_cache(_bare_copy(tmp_path))
+    bare = _bare_copy(tmp_path)
+    snapshot = install_to_cache(bare)
     assert snapshot.parent.parent == hub_cache / "models--spectrafm-base"
     assert (hub_cache / "models--spectrafm-base" / "refs" / "main").read_text() == snapshot.name
     assert {"config.json", "model.safetensors", "preprocessor_config.json", *CODE_FILES} <= {
         p.name for p in snapshot.iterdir()}
-    assert install_to_cache(_bare_copy(tmp_path, "again")) == snapshot  # same content -> same snapshot
+    # same content -> same snapshot (a copy: a second _bare_copy stamps training_info's "created" anew, to the second)
+    assert install_to_cache(shutil.copytree(bare, tmp_path / "again")) == snapshot
 
     t0 = time.perf_counter()
     model = AutoModel.from_pretrained("spectrafm-base")
