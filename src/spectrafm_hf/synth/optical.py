@@ -362,8 +362,8 @@ def sample_optical_labels(n: int, seed: int = 0, teff=(3500.0, 6000.0), logg=(0.
     branch = dict(giant_branch or {})
     if giant_branch is not None:
         unknown = sorted(set(branch) - {"teff_sigma", "box_fraction"})
-        if unknown or not float(branch.get("teff_sigma", 0)) > 0 or not 0 <= float(branch.get("box_fraction",
-                                                                                                0.0)) < 1:
+        sigma, fraction = float(branch.get("teff_sigma", 0.0)), float(branch.get("box_fraction", 0.0))
+        if unknown or not sigma > 0 or not 0 <= fraction < 1:
             raise ValueError(f"giant_branch needs teff_sigma > 0 (K) and 0 <= box_fraction < 1, got {giant_branch}")
     rng = np.random.default_rng(seed)
     out = np.zeros((n, len(LABEL_NAMES)))
