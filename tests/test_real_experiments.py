@@ -320,6 +320,37 @@ def test_baseline_parameters_can_differ_by_training_set_size():
     assert params["epochs_by_size"] == [3, 2]  # the preset's own dict is left as it was
 
 
+def test_seed_mixture_benchmark_scores_run_folders_on_the_validation_split(tiny, tmp_path):
+    """benchmarks/xp_seed_mixture.py --split validation with a run's final/ folder: the validation stars are predicted
+    once and cached beside the run, a run mixed with itself scores as itself, and each label's NLL is the Gaussian
+    NLL of the cached predictions (how an equal-compute ensemble was weighed against one longer run)."""
+    import shutil
+
+    from scipy.stats import norm
+
+    out, _ = tiny
+    n_train = int(pd.read_csv(out / "results" / "real_data.csv").n_train.max())
+    final = tmp_path / "run" / "final"
+    shutil.copytree(out / "xp_full" / f"n{n_train}" / "final", final)
+    preset = REPO / "scripts" / "configs" / "real_xp_tiny.yaml"
+    bench = _script("benchmarks/xp_seed_mixture.py")
+    with contextlib.redirect_stdout(io.StringIO()):
+        assert bench.main(["--config", str(preset), "--split", "validation", "--runs", f"spectrafm={final},{final}",
+                           "--out", str(tmp_path / "scores.json")]) == 0
+    scores = json.loads((tmp_path / "scores.json").read_text())
+    cached = pd.read_csv(tmp_path / "run" / "validation_predictions.csv")
+    real_data = _script()
+    _, val, _ = real_data.load_splits(real_data.load_preset(preset, []))
+    assert scores["split"] == "validation" and scores["n_validation"] == len(val) == len(cached)
+    assert cached.object_id.astype(str).tolist() == [str(i) for i in val["object_id"]]
+    seed, mixture = scores["models"]["spectrafm"]["seeds"], scores["models"]["spectrafm"]["mixture"]
+    assert seed[0] == seed[1] == mixture
+    truth = np.asarray(val["FE_H"], float)
+    nll = -norm.logpdf(truth, cached.FE_H_pred, cached.FE_H_sigma).mean()
+    assert seed[0]["FE_H"]["nll"] == pytest.approx(nll, abs=1e-4)
+    assert seed[0]["mean_nll"] == pytest.approx(np.mean([seed[0][n]["nll"] for n in LABELS]), abs=1e-4)
+
+
 def test_fewshot_seeds_benchmark_scores_row_spectrafm_as_the_table_does(tiny, tmp_path):
     """benchmarks/xp_fewshot_seeds.py on the tiny preset's run given twice: each "seed" is scored as the table scores
     row spectrafm, and a mixture of a run with itself is that run."""
