@@ -57,7 +57,8 @@ def main(argv=None) -> int:
         if not cache.is_file():  # the every-star recipe's pixels, phases averaged, as the table reads them
             pred = real_data.predict_spectrafm(path, real_data.fm_data(cfg, stars), labels)
             pred.insert(0, "object_id", truth["object_id"].to_numpy())
-            pred.to_csv(cache, index=False)
+            pred.to_csv(cache.with_suffix(".tmp"), index=False)
+            cache.with_suffix(".tmp").replace(cache)  # an interrupted run leaves no half-written cache
         return pd.read_csv(cache)
 
     def scores(pred):
@@ -67,9 +68,7 @@ def main(argv=None) -> int:
         out = {r["label"]: {"robust_scatter": round(r["robust_scatter"], 4), "coverage68": round(r["coverage68"], 3)}
                for r in rows if r["split"] == "all"}
         for n in labels:
-            sigma = pred[f"{n}_sigma"].to_numpy()
-            z = (pred[f"{n}_pred"].to_numpy() - truth[n].to_numpy()) / sigma
-            out[n]["nll"] = round(float(np.mean(0.5 * z**2 + np.log(sigma) + 0.5 * np.log(2 * np.pi))), 4)
+            out[n]["nll"] = round(real_data.prediction_nll(pred, n, truth[n]), 4)
         out["mean_nll"] = round(float(np.mean([out[n]["nll"] for n in labels])), 4)
         return out
 

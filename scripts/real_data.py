@@ -199,8 +199,13 @@ def validation_nll(runner, name: str, final, val, label: str = "FE_H") -> float:
     """Gaussian negative log-likelihood of ``label`` on the validation stars ``val`` (predictions cached as
     ``<name>_validation``): how a linear probe, which has no training loss, is compared with the fine-tunes."""
     pred = runner.cached(f"{name}_validation", lambda: predict_spectrafm(final, val, [label]))
-    mean, sigma = pred[f"{label}_pred"].to_numpy(), pred[f"{label}_sigma"].to_numpy()
-    z = (mean - column_values(val, label)) / sigma
+    return prediction_nll(pred, label, column_values(val, label))
+
+
+def prediction_nll(pred: pd.DataFrame, label: str, truth) -> float:
+    """Mean Gaussian negative log-likelihood of ``truth`` under ``pred``'s ``<label>_pred`` / ``<label>_sigma``."""
+    sigma = pred[f"{label}_sigma"].to_numpy()
+    z = (pred[f"{label}_pred"].to_numpy() - np.asarray(truth, float)) / sigma
     return float(np.mean(0.5 * z**2 + np.log(sigma) + 0.5 * np.log(2 * np.pi)))
 
 
