@@ -48,3 +48,7 @@ if __name__ == "__main__":
     if dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()
+    # and skip the interpreter's C++ teardown, where a gloo thread left joinable can still abort a finished rank
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
