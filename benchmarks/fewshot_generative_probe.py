@@ -50,6 +50,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "scripts"))
 
 import real_data  # noqa: E402
+from spectrafm_hf.data import dataset_spectra  # noqa: E402
 
 
 def generative_read_out(x, feh, teff_logg, shrink: float) -> dict:
@@ -104,7 +105,7 @@ def fewshot_sets(experiment: str, config: str):
         import miles_fewshot
 
         cfg = load_preset(config, [])
-        return miles_fewshot.miles_sets(cfg, cfg["fewshot"]["draws"]), real_data.spectra_of
+        return miles_fewshot.miles_sets(cfg, cfg["fewshot"]["draws"]), dataset_spectra
     cfg = real_data.experiment_cfg(load_preset(config, []), "xp_fewshot")
     e = cfg["xp_fewshot"]
     train, val, test = real_data.load_splits(cfg)
@@ -112,7 +113,7 @@ def fewshot_sets(experiment: str, config: str):
     sets = {"val": select_stars(val, rich, None, 0)}
     for draw in e["draws"]:
         sets[draw] = (select_stars(train, rich, int(e["n_stars"]), int(draw)), test)
-    return sets, lambda ds: real_data.spectra_of(real_data.fm_data(cfg, ds))
+    return sets, lambda ds: dataset_spectra(real_data.fm_data(cfg, ds))
 
 
 DEFAULTS = {"xp": ("scripts/configs/real_xp_cpu.yaml",

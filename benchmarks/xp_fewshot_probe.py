@@ -54,7 +54,7 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=str(REPO / "benchmarks/results/xp_fewshot_probe.json"))
     a = ap.parse_args(argv)
     from spectrafm_hf.baselines import RidgeBaseline
-    from spectrafm_hf.data import row_to_spectrum
+    from spectrafm_hf.data import dataset_spectra
     from spectrafm_hf.pipeline import SpectraFMPipeline
     from spectrafm_hf.training.run import select_stars
 
@@ -69,7 +69,7 @@ def main(argv=None) -> int:
     pipe = SpectraFMPipeline.from_pretrained(a.model, device="cpu")
 
     def embed(ds):
-        return pipe.embed([row_to_spectrum(r) for r in real_data.fm_data(cfg, ds).with_format("numpy")])
+        return pipe.embed(dataset_spectra(real_data.fm_data(cfg, ds)))
 
     feh = lambda ds: np.asarray(ds["FE_H"], np.float64)  # noqa: E731
     emb_test, emb_val_rich, emb_val = embed(test), embed(val_rich), embed(val)

@@ -37,7 +37,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "scripts"))
 
 import real_data  # noqa: E402
-from spectrafm_hf.data import column_values  # noqa: E402
+from spectrafm_hf.data import column_values, dataset_spectra  # noqa: E402
 from spectrafm_hf.linear_probe import PROBE_FEATURES, apply_probe, fit_generative_probe  # noqa: E402
 from spectrafm_hf.training.presets import load_preset  # noqa: E402
 from spectrafm_hf.training.run import select_stars  # noqa: E402
@@ -89,7 +89,7 @@ def main(argv=None) -> int:
         pipe = SpectraFMPipeline.from_pretrained(folder, device="cpu")
         for kind in a.features:
             def features(ds):
-                return pipe.probe_features(real_data.spectra_of(real_data.fm_data(fm, ds)), features=kind)
+                return pipe.probe_features(dataset_spectra(real_data.fm_data(fm, ds)), features=kind)
 
             x_test, run_labels = features(test)
             covariates = [x_test.shape[1] - len(run_labels) + run_labels.index(c) for c in ("TEFF", "LOGG")]

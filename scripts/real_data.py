@@ -43,7 +43,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from spectrafm_hf.data.schema import column_values
+from spectrafm_hf.data.schema import column_values, dataset_spectra
 from spectrafm_hf.training.presets import load_preset
 
 EXPERIMENT_ORDER = ["xp_full", "xp_fewshot", "xp_multimodal"]  # the order run() makes them in
@@ -140,13 +140,6 @@ def spectrafm_values(cfg, run_dir: Path, steps: int, labels, **extra) -> dict:
     return values
 
 
-def spectra_of(ds) -> list:
-    """The rows of a dataset as `Spectrum` objects (what the pipeline reads)."""
-    from spectrafm_hf.data import row_to_spectrum
-
-    return [row_to_spectrum(r) for r in ds.with_format("numpy")]
-
-
 def affine_spectrafm(start, ds, labels, folder: Path, method: str = "direct") -> Path:
     """``start`` with a per-label affine correction fitted on the labelled stars of ``ds``
     (`SpectraFMPipeline.calibrate_labels` with ``method``: the network unchanged), saved in ``folder`` (reused when
@@ -156,7 +149,7 @@ def affine_spectrafm(start, ds, labels, folder: Path, method: str = "direct") ->
     if (folder / "config.json").is_file():
         return folder
     pipe = SpectraFMPipeline.from_pretrained(start, device="cpu")
-    fitted = pipe.calibrate_labels(spectra_of(ds),
+    fitted = pipe.calibrate_labels(dataset_spectra(ds),
                                    {n: column_values(ds, n) for n in labels}, seed=0, method=method)
     pipe.save_pretrained(folder, overwrite=True)
     log(f"{folder.name}: label_affine {fitted} on {len(ds)} stars")
@@ -177,10 +170,10 @@ def linear_probe_spectrafm(start, few, val, labels, folder: Path, **probe) -> Pa
         return final
     t = time.time()
     pipe = SpectraFMPipeline.from_pretrained(start, device="cpu")
-    probed = pipe.fit_linear_probe(spectra_of(few), {n: column_values(few, n) for n in labels}, labels, seed=0,
+    probed = pipe.fit_linear_probe(dataset_spectra(few), {n: column_values(few, n) for n in labels}, labels, seed=0,
                                    **probe)
     try:
-        scale = probed.calibrate_uncertainties(spectra_of(val), {n: column_values(val, n) for n in labels}, labels,
+        scale = probed.calibrate_uncertainties(dataset_spectra(val), {n: column_values(val, n) for n in labels}, labels,
                                                seed=0)
     except ValueError as err:  # e.g. too few validation stars: the probe's own leave-one-out sigma is kept
         scale = None
@@ -258,9 +251,8 @@ def predict_spectrafm(folder, ds, labels, known_names=(), device="cpu", known_va
     from spectrafm_hf.pipeline import SpectraFMPipeline
 
     pipe = SpectraFMPipeline.from_pretrained(folder, device=device)
-    spectra = spectra_of(ds)
     known = {**{n: column_values(ds, n) for n in known_names}, **(known_values or {})}
-    table = pipe.predict(spectra, labels=list(labels), known=known or None, seed=0)
+    table = pipe.predict(ds, labels=list(labels), known=known or None, seed=0)
     return pd.DataFrame({**{f"{n}_pred": table[n].to_numpy() for n in labels},
                          **{f"{n}_sigma": table[f"{n}_err"].to_numpy() for n in labels}})
 

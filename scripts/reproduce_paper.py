@@ -177,7 +177,7 @@ def affine_model(name, start: Path, few, lo, hi, pred_cfg, folder: Path) -> Path
     """``start`` with a per-label affine correction of [Fe/H] fitted on the stage-3 stars in the window
     (`SpectraFMPipeline.calibrate_labels`; the network unchanged), saved in ``folder`` unless it is newer than
     ``start``."""
-    from spectrafm_hf.data import column_values, row_to_spectrum
+    from spectrafm_hf.data import column_values, dataset_spectra
     from spectrafm_hf.pipeline import SpectraFMPipeline
 
     done = folder / "config.json"
@@ -185,7 +185,7 @@ def affine_model(name, start: Path, few, lo, hi, pred_cfg, folder: Path) -> Path
         log(f"{name}: {folder} exists, skipped")
         return folder
     pipe = SpectraFMPipeline.from_pretrained(start, device="cpu" if pred_cfg.get("cpu", True) else None)
-    spectra = [row_to_spectrum(row).crop(lo, hi) for row in few.with_format("numpy")]
+    spectra = [s.crop(lo, hi) for s in dataset_spectra(few)]
     fitted = pipe.calibrate_labels(spectra, {"FE_H": column_values(few, "FE_H")},
                                    seed=int(pred_cfg.get("seed", 0)), n_repeats=int(pred_cfg.get("n_repeats", 1)))
     pipe.save_pretrained(folder, overwrite=True)
@@ -214,12 +214,11 @@ def fresh_architecture(stage1: Path) -> tuple[dict, str]:
 def predict_spectrafm(model_dir: Path, test, lo, hi, pred_cfg, known_names=()) -> pd.DataFrame:
     """[Fe/H] of the test stars in [lo, hi] A (None = the whole spectrum); ``known_names``: catalogue labels of the
     test stars given to the model as input tokens."""
-    from spectrafm_hf.data import column_values, row_to_spectrum
+    from spectrafm_hf.data import column_values, dataset_spectra
     from spectrafm_hf.pipeline import SpectraFMPipeline
 
     pipe = SpectraFMPipeline.from_pretrained(model_dir, device="cpu" if pred_cfg.get("cpu", True) else None)
-    rows = test.with_format("numpy")
-    spectra = [row_to_spectrum(row) if lo is None else row_to_spectrum(row).crop(lo, hi) for row in rows]
+    spectra = [s if lo is None else s.crop(lo, hi) for s in dataset_spectra(test)]
     known = {n: column_values(test, n) for n in known_names} or None
     table = pipe.predict(spectra, labels=["FE_H"], known=known, seed=int(pred_cfg.get("seed", 0)),
                          n_repeats=int(pred_cfg.get("n_repeats", 1)))

@@ -155,3 +155,33 @@ def test_generator_fingerprint_changes_with_any_generating_file(tmp_path):
     target = copy / "synth" / "realism.py"
     target.write_text(target.read_text() + "\n# changed\n")
     assert builder_module._fingerprint(copy, "0.1.0") != base
+
+
+def test_dataset_spectra_read_in_batches_match_row_by_row_reading(tmp_path):
+    """`dataset_spectra` (column by column, a batch at a time) gives what `row_to_spectrum` of each row gives, with
+    the dataset's row selection honoured across batch edges; `arrow_rows` keeps a null list as None and reads
+    fixed-size and sliced list columns at the right offsets."""
+    import pyarrow as pa
+
+    from spectrafm_hf.data import arrow_rows, dataset_spectra
+
+    obs = load_spectra_dataset("observed_apogee", cache_dir=str(tmp_path), n_train=12, n_validation=0, n_test=0)
+    picked = obs["train"].select([9, 2, 7, 0, 11, 4])  # an indices mapping, out of order
+    fast = dataset_spectra(picked, batch_size=4)
+    slow = [row_to_spectrum(r) for r in picked.with_format("numpy")]
+    assert [s.meta["object_id"] for s in fast] == [str(s.meta["object_id"]) for s in slow]
+    for a, b in zip(fast, slow):
+        for name in ("wavelength", "flux", "ivar", "mask"):
+            np.testing.assert_array_equal(getattr(a, name), getattr(b, name))  # NaN where a pixel is bad
+        assert a.meta["labels"].keys() == b.meta["labels"].keys()
+        assert np.allclose([a.meta["labels"][k] for k in a.meta["labels"]],
+                           [b.meta["labels"][k] for k in b.meta["labels"]], equal_nan=True)
+
+    table = pa.table({"flux": pa.array([[1.0, 2.0], None, [3.0], []], pa.list_(pa.float32())),
+                      "fixed": pa.array([[1, 2], [3, 4], [5, 6], [7, 8]], pa.list_(pa.int64(), 2)),
+                      "object_id": ["a", "b", "c", "d"]})
+    rows = arrow_rows(table.slice(1, 3))
+    assert [r["object_id"] for r in rows] == ["b", "c", "d"]
+    assert rows[0]["flux"] is None and rows[1]["flux"].tolist() == [3.0] and rows[2]["flux"].tolist() == []
+    assert [r["fixed"].tolist() for r in rows] == [[3, 4], [5, 6], [7, 8]]
+    assert arrow_rows(table.slice(0, 0)) == []

@@ -307,3 +307,22 @@ def test_compiled_forward_gives_the_same_predictions_and_saves_the_plain_module(
     compiled.save_pretrained(tmp_path / "saved")  # parameter names as in the plain model
     assert SpectraFMPipeline.from_pretrained(tmp_path / "saved").predict(spectra[0])["FE_H"].item() == pytest.approx(
         tiny_pipeline.predict(spectra[0])["FE_H"].item(), rel=1e-6)
+
+
+def test_predict_reads_a_dataset_in_the_package_schema(tiny_pipeline, rng):
+    """A `datasets.Dataset` (a row selection included) is predicted as its rows are, read with `row_to_spectrum`;
+    a dataset without the schema's columns, or a list of rows, is refused with what to do."""
+    import datasets
+
+    from spectrafm_hf.data import row_to_spectrum, spectra_to_table
+
+    spectra = [fake_apogee_spectrum(rng, object_id=f"star{i}") for i in range(5)]
+    ds = datasets.Dataset(spectra_to_table(spectra)).select([4, 1, 3])
+    table = tiny_pipeline.predict(ds, labels=["TEFF", "FE_H"])
+    direct = tiny_pipeline.predict([row_to_spectrum(r) for r in ds.with_format("numpy")], labels=["TEFF", "FE_H"])
+    assert table["object_id"].tolist() == ["star4", "star1", "star3"]
+    pd.testing.assert_frame_equal(table, direct)
+    with pytest.raises(ValueError, match="missing column.*flux"):
+        tiny_pipeline.predict(ds.remove_columns("flux"))
+    with pytest.raises(TypeError, match="row_to_spectrum"):
+        tiny_pipeline.predict(list(ds))

@@ -705,7 +705,7 @@ def cmd_finetune(args) -> int:
 def cmd_evaluate(args) -> int:
     import datasets
 
-    from .data import column_values, row_to_spectrum
+    from .data import column_values
     from .training.metrics import label_metrics
 
     try:
@@ -728,7 +728,7 @@ def cmd_evaluate(args) -> int:
         return FAILED
     if missing:
         _err(f"note: {args.data} has no column for {missing}; metrics for the others")
-    table = pipe.predict([row_to_spectrum(r) for r in ds], labels=names, seed=args.seed)
+    table = pipe.predict(ds, labels=names, seed=args.seed)
     metrics = {}
     for name in names:
         if name in ds.column_names:

@@ -106,12 +106,21 @@ def _positive_int(name: str, value) -> int:
 
 
 def _as_list(spectra) -> list[Spectrum]:
+    """Spectra as a list: one `Spectrum`, a sequence of them, or a `datasets.Dataset` in the package's schema."""
     if isinstance(spectra, Spectrum):
         return [spectra]
+    if hasattr(spectra, "column_names") and hasattr(spectra, "with_format"):  # a datasets.Dataset
+        from .data.schema import dataset_spectra, require_columns
+
+        require_columns(spectra.column_names, ["wavelength", "flux"], what="the dataset",
+                        hint="rows need the package's schema (spectrafm_hf.data)")
+        spectra = dataset_spectra(spectra)
     spectra = list(spectra)
     for i, s in enumerate(spectra):
         if not isinstance(s, Spectrum):
-            raise TypeError(f"spectra[{i}] is a {type(s).__name__}, not a Spectrum")
+            raise TypeError(f"spectra[{i}] is a {type(s).__name__}, not a Spectrum"
+                            + (" (a dataset row: spectrafm_hf.data.row_to_spectrum reads one)"
+                               if isinstance(s, Mapping) else ""))
     if not spectra:
         raise ValueError("no spectra given")
     return spectra
@@ -316,7 +325,8 @@ class SpectraFMPipeline:
 
         Args:
             spectra: a `Spectrum` or a list of them (any grids and lengths). Raw flux is continuum-normalised by the
-                processor (`SpectraFMProcessor.prepare`).
+                processor (`SpectraFMProcessor.prepare`). Or a `datasets.Dataset` in the package's schema, whose flux
+                is read as the training collator reads it (`spectrafm_hf.data.dataset_spectra`).
             labels: label names to predict (default: all the model's labels).
             known: non-spectra inputs, e.g. ``{"LOGG": [2.5, 4.4]}`` (one value per spectrum, physical units).
             seed: seed of the pixel subsets and of the noise draws (predictions are reproducible for a given seed).

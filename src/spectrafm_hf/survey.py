@@ -186,25 +186,13 @@ def _dataset_source(spec: str) -> str:
     return os.path.abspath(spec) if os.path.exists(spec) else spec
 
 
-def _list_values(column, i):
-    """Row ``i`` of an Arrow list column as a numpy array (no Python floats), or None."""
-    values = column[i].values
-    return None if values is None else values.to_numpy(zero_copy_only=False)
-
-
 def _arrow_spectra(table, first_row: int):
     """Rows of an Arrow batch in the package's schema -> (row number, Spectrum or the error) per row."""
-    from .data.schema import row_to_spectrum
+    from .data.schema import arrow_rows, row_to_spectrum
 
-    table = table.combine_chunks()
-    names = table.column_names
-    lists = {n for n in names if str(table.schema.field(n).type).startswith(("list", "large_list", "fixed_size"))}
-    columns = {n: table.column(n) for n in names}
-    scalars = {n: table.column(n).to_pylist() for n in names if n not in lists}
     out = []
-    for i in range(table.num_rows):
+    for i, row in enumerate(arrow_rows(table)):
         try:
-            row = {n: (_list_values(columns[n], i) if n in lists else scalars[n][i]) for n in names}
             spectrum = row_to_spectrum(row)
             spectrum.meta["row"] = first_row + i
             out.append((first_row + i, spectrum))

@@ -23,7 +23,7 @@ from datasets import Features, List, Value
 from ..spectrum import Spectrum
 
 __all__ = ["DEFAULT_LABEL_NAMES", "features", "arrays_to_table", "spectra_to_table", "row_to_spectrum",
-           "require_columns", "column_values"]
+           "arrow_rows", "dataset_spectra", "require_columns", "column_values"]
 
 DEFAULT_LABEL_NAMES = ["TEFF", "LOGG", "O_FE", "MG_FE", "FE_H"]
 
@@ -67,6 +67,9 @@ def features(label_names: Sequence[str] = DEFAULT_LABEL_NAMES) -> Features:
         cols[name] = Value("float32")
         cols[f"{name}_err"] = Value("float32")
     return Features(cols)
+
+
+SPECTRUM_COLUMNS = frozenset(features([]))  # the columns that are not labels (built once: a Features per row cost 1 ms)
 
 
 def _list_column(blocks: list[np.ndarray], dtype) -> pa.Array:
@@ -152,10 +155,40 @@ def spectra_to_table(spectra: Sequence[Spectrum], labels=None, label_err=None,
     )
 
 
+def arrow_rows(table: pa.Table) -> list[dict]:
+    """The rows of an Arrow table as dicts: list columns as numpy arrays (slices of one buffer per column; a null
+    list is None), the other columns as Python values. Read column by column: a `datasets.Dataset` iterated row by row
+    formats every row (0.5 ms per Gaia XP row, five times this)."""
+    table = table.combine_chunks()
+    columns = {}
+    for name in table.column_names:
+        col = table.column(name)
+        col = col.chunk(0) if col.num_chunks == 1 else pa.array([], col.type)  # combine_chunks: one chunk unless empty
+        if pa.types.is_list(col.type) or pa.types.is_large_list(col.type) or pa.types.is_fixed_size_list(col.type):
+            values = col.values.to_numpy(zero_copy_only=False)  # every row's values; offsets index into them
+            if pa.types.is_fixed_size_list(col.type):
+                size = col.type.list_size
+                offsets = (np.arange(len(col) + 1) + col.offset) * size
+            else:
+                offsets = col.offsets.to_numpy()
+            null = col.is_null().to_numpy(zero_copy_only=False)
+            columns[name] = [None if null[i] else values[offsets[i]:offsets[i + 1]] for i in range(len(col))]
+        else:
+            columns[name] = col.to_pylist()
+    return [{name: columns[name][i] for name in columns} for i in range(table.num_rows)]
+
+
+def dataset_spectra(dataset, batch_size: int = 1024) -> list[Spectrum]:
+    """Every row of a `datasets.Dataset` in the package's schema (its row selection honoured) as a `Spectrum`
+    (`row_to_spectrum`), read a batch of rows at a time."""
+    rows = dataset.with_format("arrow").iter(batch_size=batch_size)
+    return [row_to_spectrum(row) for batch in rows for row in arrow_rows(batch)]
+
+
 def row_to_spectrum(row: dict) -> Spectrum:
     """A dataset row back into a `Spectrum` (labels go into ``meta['labels']``). Its flux is marked normalised
     (``meta['normalized'] = True``): prediction reads it exactly as the training collator does."""
-    labels = {k: row[k] for k in row if k not in features([]) and not k.endswith("_err")}
+    labels = {k: row[k] for k in row if k not in SPECTRUM_COLUMNS and not k.endswith("_err")}
     ivar = row.get("ivar")
     mask = row.get("mask")
     lsf = row.get("lsf_sigma")

@@ -762,12 +762,12 @@ def _run_lock(run_dir: Path, log=print):
 def calibrate_on_split(model, processor, split, label_names, window=None, seed: int = 0) -> dict[str, float]:
     """Fit ``processor.uncertainty_scale`` on a dataset split (the validation stars) through the pipeline's own
     prediction path (all pixels, subsets combined), in place; returns the factors."""
-    from ..data import column_values, row_to_spectrum
+    from ..data import column_values, dataset_spectra
     from ..pipeline import SpectraFMPipeline
 
     was_training = model.training
     pipe = SpectraFMPipeline(model.eval(), processor, device=next(model.parameters()).device)
-    spectra = [row_to_spectrum(r) for r in split]
+    spectra = dataset_spectra(split)
     if window:
         spectra = [s.crop(*window) for s in spectra]
     table = {n: column_values(split, n) for n in label_names}
@@ -783,7 +783,7 @@ def run_evaluation(model_path, data_args: DataArguments, label_names=None, seed:
                    output_csv=None):
     """Predict a dataset split with the pipeline (all pixels, inverse-variance combination of subsets) and return
     per-label metrics in physical units; optionally write the per-star predictions to ``output_csv``."""
-    from ..data import row_to_spectrum
+    from ..data import dataset_spectra
     from ..pipeline import SpectraFMPipeline
 
     pipe = SpectraFMPipeline.from_pretrained(model_path)
@@ -794,10 +794,7 @@ def run_evaluation(model_path, data_args: DataArguments, label_names=None, seed:
 
     require_columns(split.column_names, names, what="the evaluation split")
     window = _window(data_args)
-    spectra = []
-    for row in split:
-        s = row_to_spectrum(row)
-        spectra.append(s.crop(*window) if window else s)
+    spectra = [s.crop(*window) if window else s for s in dataset_spectra(split)]
     table = pipe.predict(spectra, labels=names, seed=seed, n_repeats=n_repeats)
     metrics = {}
     for name in names:
