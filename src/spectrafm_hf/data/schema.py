@@ -165,12 +165,14 @@ def arrow_rows(table: pa.Table) -> list[dict]:
         col = table.column(name)
         col = col.chunk(0) if col.num_chunks == 1 else pa.array([], col.type)  # combine_chunks: one chunk unless empty
         if pa.types.is_list(col.type) or pa.types.is_large_list(col.type) or pa.types.is_fixed_size_list(col.type):
-            values = col.values.to_numpy(zero_copy_only=False)  # every row's values; offsets index into them
             if pa.types.is_fixed_size_list(col.type):
-                size = col.type.list_size
-                offsets = (np.arange(len(col) + 1) + col.offset) * size
+                offsets = (np.arange(len(col) + 1) + col.offset) * col.type.list_size
             else:
                 offsets = col.offsets.to_numpy()
+            # only this table's values: a batch can be a slice of a whole memory-mapped dataset, whose bool masks
+            # would otherwise be copied whole for every batch
+            values = col.values.slice(offsets[0], offsets[-1] - offsets[0]).to_numpy(zero_copy_only=False)
+            offsets = offsets - offsets[0]
             null = col.is_null().to_numpy(zero_copy_only=False)
             columns[name] = [None if null[i] else values[offsets[i]:offsets[i + 1]] for i in range(len(col))]
         else:
