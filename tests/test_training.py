@@ -500,6 +500,41 @@ def test_label_loss_weights_scale_each_labels_training_loss(dsd, tmp_path):
             loss_weights_for(bad, ["TEFF"])
 
 
+def test_nll_beta_weights_each_term_by_its_variance_without_gradient(dsd, tmp_path):
+    """nll_beta: the training loss weights each label's NLL term by var**beta (var = exp(log_variance) +
+    label_err**2), held fixed, so beta 1 gives the mean the gradient of a squared error, (mean - target) / 1, at
+    any predicted variance; 0 keeps the plain NLL; a run trains with it; beta outside [0, 1] is refused."""
+    from types import SimpleNamespace
+
+    from spectrafm_hf.modeling_spectrafm import gaussian_nll
+    from spectrafm_hf.training.run import SpectraFMTrainer
+
+    target = torch.tensor([[1.0, 2.0], [0.0, float("nan")]])
+    err = torch.tensor([[0.0, 0.5], [0.0, 0.0]])
+    grads = {}
+    for beta in (0.0, 1.0):
+        mean = torch.zeros(2, 2, requires_grad=True)
+        log_variance = torch.tensor([[2.0, -1.0], [0.5, 0.0]], requires_grad=True)
+        trainer = SimpleNamespace(label_loss_weights=torch.tensor([1.0, 3.0]), nll_beta=beta)
+        outputs = SimpleNamespace(mean=mean, log_variance=log_variance)
+        weights = SpectraFMTrainer.training_loss_weights(trainer, outputs, {"label_err": err})
+        gaussian_nll(mean, log_variance, target, err, weights=weights).backward()
+        grads[beta] = mean.grad
+    var = torch.tensor([[2.0, -1.0], [0.5, 0.0]]).exp() + err**2
+    residual = torch.nan_to_num(-target, nan=0.0) * torch.tensor([1.0, 3.0]) / 3  # three finite targets
+    assert torch.allclose(grads[1.0], residual)
+    assert torch.allclose(grads[0.0], residual / var)
+
+    run_training(ModelArguments(model_name_or_path=str(TINY), target_labels=["TEFF", "FE_H"], nll_beta=0.5,
+                                calibrate_uncertainties=False),
+                 DataArguments(), _args(tmp_path, "beta", max_steps=3, eval_strategy="no", save_strategy="no"),
+                 splits=(dsd["train"], dsd["validation"], None))
+    assert (tmp_path / "beta" / "final" / "model.safetensors").is_file()
+    with pytest.raises(ValueError, match="nll_beta must lie in"):
+        run_training(ModelArguments(model_name_or_path=str(TINY), nll_beta=2.0), DataArguments(),
+                     _args(tmp_path, "bad", max_steps=1), splits=(dsd["train"], dsd["validation"], None))
+
+
 def test_collator_masked_flux_holds_out_one_contiguous_run(dsd):
     """masked_flux_fraction: training rows lose one contiguous run (in wavelength) of their pixel subset from the
     input and get it back as flux queries with their normalised flux as targets; evaluation rows are never masked."""

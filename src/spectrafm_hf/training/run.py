@@ -66,6 +66,11 @@ class ModelArguments:
     label_loss_weights: dict = field(default_factory=dict, metadata={
         "help": "Training-loss weight per label, e.g. {FE_H: 2.0}; labels not named weigh 1. The evaluation loss "
                 "(checkpoint choice, early stopping) stays unweighted."})
+    nll_beta: float = field(default=0.0, metadata={
+        "help": "beta-NLL (Seitzer et al. 2022): each label's training NLL term weighted by its predicted variance "
+                "to the power beta, held fixed in the gradient, so the stars a model is unsure of still pull its "
+                "mean (0 = the plain Gaussian NLL; 0.5 = the paper's choice; 1 = the mean learns as under a squared "
+                "error). The evaluation loss stays the plain NLL."})
     calibrate_uncertainties: bool = field(default=True, metadata={
         "help": "After training, fit the per-label sigma recalibration (SpectraFMPipeline.calibrate_uncertainties) "
                 "on the validation split (at least 20 stars) and save it with the processor, so predict's 68 %% "
@@ -140,7 +145,7 @@ class SpectraFMTrainer(Trainer):
     evaluation), so validation losses are comparable and checkpoint selection is not a coin toss."""
 
     def __init__(self, *args, eval_data_collator=None, l2sp_alpha: float = 0.0, label_loss_weights=None,
-                 ema_decay: float = 0.0, **kwargs):
+                 nll_beta: float = 0.0, ema_decay: float = 0.0, **kwargs):
         super().__init__(*args, **kwargs)
         # evaluations, checkpoint choice and the final model use the weights' running average (weight_average.py)
         self.weight_average = WeightAverage(self.model, ema_decay) if ema_decay else None
@@ -150,6 +155,9 @@ class SpectraFMTrainer(Trainer):
         # one weight per query column (the collator's label order); None = the model's own unweighted loss
         self.label_loss_weights = None if label_loss_weights is None else torch.as_tensor(label_loss_weights,
                                                                                             dtype=torch.float32)
+        if not (math.isfinite(nll_beta) and 0.0 <= nll_beta <= 1.0):
+            raise ValueError(f"nll_beta must lie in [0, 1] (0 = the plain Gaussian NLL), got {nll_beta}")
+        self.nll_beta = float(nll_beta)
         # L2-SP (Li et al. 2018): a penalty alpha * sum |w - w_start|^2 over the trainable weights that existed in
         # the starting checkpoint, so fine-tuning on a few stars stays near what pretraining learned
         self.l2sp_alpha = float(l2sp_alpha)
@@ -157,10 +165,10 @@ class SpectraFMTrainer(Trainer):
             if self.l2sp_alpha > 0 else {}
 
     def compute_loss(self, model, inputs, return_outputs=False, **kwargs):
-        if self.label_loss_weights is not None and model.training:
+        if (self.label_loss_weights is not None or self.nll_beta) and model.training:
             outputs = model(**inputs)
             loss = gaussian_nll(outputs.mean, outputs.log_variance, inputs["labels"].to(outputs.mean.dtype),
-                                inputs.get("label_err"), weights=self.label_loss_weights.to(outputs.mean.device))
+                                inputs.get("label_err"), weights=self.training_loss_weights(outputs, inputs))
             if outputs.masked_flux_loss is not None:
                 loss = loss + outputs.masked_flux_loss
             out = (loss, outputs) if return_outputs else loss
@@ -173,6 +181,17 @@ class SpectraFMTrainer(Trainer):
                       .named_parameters() if n in self.l2sp_start)
         loss = loss + self.l2sp_alpha * penalty
         return (loss, rest) if return_outputs else loss
+
+    def training_loss_weights(self, outputs, inputs):
+        """Each NLL term's weight in the training loss: its label's ``label_loss_weights`` times, for beta-NLL, the
+        term's variance (as gaussian_nll forms it) to the power ``nll_beta``, without gradient."""
+        weights = 1.0 if self.label_loss_weights is None else self.label_loss_weights.to(outputs.mean.device)
+        if self.nll_beta:
+            var = outputs.log_variance.detach().exp()
+            if inputs.get("label_err") is not None:
+                var = var + torch.nan_to_num(inputs["label_err"].to(var.dtype), nan=0.0, posinf=0.0) ** 2
+            weights = weights * var ** self.nll_beta
+        return weights
 
     def evaluate(self, *args, **kwargs):
         if self.weight_average is None:
@@ -652,6 +671,7 @@ def run_training(model_args: ModelArguments, data_args: DataArguments, training_
         eval_data_collator=SpectraCollator(**common, deterministic=True),
         l2sp_alpha=model_args.l2sp_alpha if model_args.model_name_or_path else 0.0,
         label_loss_weights=loss_weights_for(model_args.label_loss_weights, label_names),
+        nll_beta=model_args.nll_beta,
         ema_decay=model_args.ema_decay,
         compute_metrics=make_compute_metrics(processor, label_names),
         processing_class=processor,
