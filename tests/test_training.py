@@ -535,6 +535,38 @@ def test_nll_beta_weights_each_term_by_its_variance_without_gradient(dsd, tmp_pa
                      _args(tmp_path, "bad", max_steps=1), splits=(dsd["train"], dsd["validation"], None))
 
 
+def test_student_t_nll_is_the_t_likelihood_and_pulls_less_on_outliers(dsd, tmp_path):
+    """student_t_dof: the training loss is the Student-t NLL (up to a constant) with scale^2 = exp(log_variance) +
+    label_err^2; a residual of many scales pulls the mean far less than under the Gaussian NLL, a small one 6/5 as
+    much; a run trains with it; dof <= 2 is refused."""
+    from spectrafm_hf.modeling_spectrafm import gaussian_nll
+    from spectrafm_hf.training.run import student_t_nll
+
+    target = torch.tensor([0.3, -1.0, 2.5, 8.0])
+    log_variance, err = torch.tensor([0.0, -1.0, 0.5, 0.2]), torch.tensor([0.0, 0.3, 0.0, 0.1])
+    scale = (log_variance.exp() + err**2).sqrt()
+    ours = torch.stack([student_t_nll(torch.zeros(1), log_variance[i:i + 1], target[i:i + 1], err[i:i + 1], dof=5.0)
+                        for i in range(4)])
+    exact = -torch.distributions.StudentT(5.0, torch.zeros(4), scale).log_prob(target)
+    assert torch.allclose(ours - exact, (ours - exact)[0].expand(4), atol=1e-5)  # the same up to one constant
+    for residual, ratio in ((0.1, (1.19, 1.2)), (10.0, (0.0, 0.1))):  # (dof + 1) / dof near the mean
+        pulls = []
+        for loss in (student_t_nll, gaussian_nll):
+            mean = torch.zeros(1, requires_grad=True)
+            loss(mean, torch.zeros(1), torch.tensor([residual])).backward()
+            pulls.append(float(mean.grad.abs()))
+        assert ratio[0] <= pulls[0] / pulls[1] <= ratio[1], (residual, pulls)
+
+    run_training(ModelArguments(model_name_or_path=str(TINY), target_labels=["TEFF", "FE_H"], student_t_dof=5.0,
+                                calibrate_uncertainties=False),
+                 DataArguments(), _args(tmp_path, "t", max_steps=3, eval_strategy="no", save_strategy="no"),
+                 splits=(dsd["train"], dsd["validation"], None))
+    assert (tmp_path / "t" / "final" / "model.safetensors").is_file()
+    with pytest.raises(ValueError, match="student_t_dof must be above 2"):
+        run_training(ModelArguments(model_name_or_path=str(TINY), student_t_dof=2.0), DataArguments(),
+                     _args(tmp_path, "bad_t", max_steps=1), splits=(dsd["train"], dsd["validation"], None))
+
+
 def test_collator_masked_flux_holds_out_one_contiguous_run(dsd):
     """masked_flux_fraction: training rows lose one contiguous run (in wavelength) of their pixel subset from the
     input and get it back as flux queries with their normalised flux as targets; evaluation rows are never masked."""

@@ -14,6 +14,7 @@ import math
 import sys
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -71,6 +72,12 @@ class ModelArguments:
                 "to the power beta, held fixed in the gradient, so the stars a model is unsure of still pull its "
                 "mean (0 = the plain Gaussian NLL; 0.5 = the paper's choice; 1 = the mean learns as under a squared "
                 "error). The evaluation loss stays the plain NLL."})
+    student_t_dof: float = field(default=0.0, metadata={
+        "help": "Train on a Student-t likelihood with this many degrees of freedom (> 2; 0 = the Gaussian NLL): its "
+                "heavy tails let a star far from its prediction (a wrong catalogue label, a bad spectrum) pull the "
+                "mean less. The predicted variance is then the distribution's scale squared, and "
+                "calibrate_uncertainties rescales the sigmas to cover 68 %% of validation stars. The evaluation loss "
+                "stays the Gaussian NLL."})
     calibrate_uncertainties: bool = field(default=True, metadata={
         "help": "After training, fit the per-label sigma recalibration (SpectraFMPipeline.calibrate_uncertainties) "
                 "on the validation split (at least 20 stars) and save it with the processor, so predict's 68 %% "
@@ -140,12 +147,27 @@ class DataArguments:
                                                                   "{snr_range: [50, 500]}); empty = none"})
 
 
+def student_t_nll(mean, log_variance, target, target_err=None, weights=None, dof: float = 5.0):
+    """`gaussian_nll` with a Student-t likelihood of ``dof`` degrees of freedom, constants dropped: scale^2 =
+    exp(log_variance) + target_err**2, and each term 0.5 (dof + 1) log(1 + r^2 / (dof scale^2)) + 0.5 log scale^2,
+    so a residual r of many scales pulls the mean like log r, not r^2. NaN targets are ignored."""
+    valid = torch.isfinite(target)
+    scale2 = log_variance.exp()
+    if target_err is not None:
+        scale2 = scale2 + torch.nan_to_num(target_err.to(scale2.dtype), nan=0.0, posinf=0.0) ** 2
+    residual = torch.where(valid, target - mean, torch.zeros_like(mean))
+    nll = 0.5 * (dof + 1.0) * torch.log1p(residual**2 / (dof * scale2)) + 0.5 * torch.log(scale2)
+    if weights is not None:
+        nll = nll * weights
+    return torch.where(valid, nll, torch.zeros_like(nll)).sum() / valid.sum().clamp_min(1)
+
+
 class SpectraFMTrainer(Trainer):
     """A `Trainer` whose evaluation uses a deterministic collator (the same pixel subset for the same star at every
     evaluation), so validation losses are comparable and checkpoint selection is not a coin toss."""
 
     def __init__(self, *args, eval_data_collator=None, l2sp_alpha: float = 0.0, label_loss_weights=None,
-                 nll_beta: float = 0.0, ema_decay: float = 0.0, **kwargs):
+                 nll_beta: float = 0.0, student_t_dof: float = 0.0, ema_decay: float = 0.0, **kwargs):
         super().__init__(*args, **kwargs)
         # evaluations, checkpoint choice and the final model use the weights' running average (weight_average.py)
         self.weight_average = WeightAverage(self.model, ema_decay) if ema_decay else None
@@ -158,6 +180,10 @@ class SpectraFMTrainer(Trainer):
         if not (math.isfinite(nll_beta) and 0.0 <= nll_beta <= 1.0):
             raise ValueError(f"nll_beta must lie in [0, 1] (0 = the plain Gaussian NLL), got {nll_beta}")
         self.nll_beta = float(nll_beta)
+        if student_t_dof and not (math.isfinite(student_t_dof) and student_t_dof > 2.0):
+            raise ValueError(f"student_t_dof must be above 2 (a finite variance), or 0 for the Gaussian NLL; "
+                             f"got {student_t_dof}")
+        self.student_t_dof = float(student_t_dof)
         # L2-SP (Li et al. 2018): a penalty alpha * sum |w - w_start|^2 over the trainable weights that existed in
         # the starting checkpoint, so fine-tuning on a few stars stays near what pretraining learned
         self.l2sp_alpha = float(l2sp_alpha)
@@ -165,10 +191,11 @@ class SpectraFMTrainer(Trainer):
             if self.l2sp_alpha > 0 else {}
 
     def compute_loss(self, model, inputs, return_outputs=False, **kwargs):
-        if (self.label_loss_weights is not None or self.nll_beta) and model.training:
+        if (self.label_loss_weights is not None or self.nll_beta or self.student_t_dof) and model.training:
             outputs = model(**inputs)
-            loss = gaussian_nll(outputs.mean, outputs.log_variance, inputs["labels"].to(outputs.mean.dtype),
-                                inputs.get("label_err"), weights=self.training_loss_weights(outputs, inputs))
+            nll = partial(student_t_nll, dof=self.student_t_dof) if self.student_t_dof else gaussian_nll
+            loss = nll(outputs.mean, outputs.log_variance, inputs["labels"].to(outputs.mean.dtype),
+                       inputs.get("label_err"), weights=self.training_loss_weights(outputs, inputs))
             if outputs.masked_flux_loss is not None:
                 loss = loss + outputs.masked_flux_loss
             out = (loss, outputs) if return_outputs else loss
@@ -672,6 +699,7 @@ def run_training(model_args: ModelArguments, data_args: DataArguments, training_
         l2sp_alpha=model_args.l2sp_alpha if model_args.model_name_or_path else 0.0,
         label_loss_weights=loss_weights_for(model_args.label_loss_weights, label_names),
         nll_beta=model_args.nll_beta,
+        student_t_dof=model_args.student_t_dof,
         ema_decay=model_args.ema_decay,
         compute_metrics=make_compute_metrics(processor, label_names),
         processing_class=processor,
