@@ -500,10 +500,10 @@ def test_label_loss_weights_scale_each_labels_training_loss(dsd, tmp_path):
             loss_weights_for(bad, ["TEFF"])
 
 
-def test_nll_beta_weights_each_term_by_its_variance_without_gradient(dsd, tmp_path):
+def test_nll_beta_weights_each_term_by_its_variance_without_gradient():
     """nll_beta: the training loss weights each label's NLL term by var**beta (var = exp(log_variance) +
     label_err**2), held fixed, so beta 1 gives the mean the gradient of a squared error, (mean - target) / 1, at
-    any predicted variance; 0 keeps the plain NLL; a run trains with it; beta outside [0, 1] is refused."""
+    any predicted variance; 0 keeps the plain NLL."""
     from types import SimpleNamespace
 
     from spectrafm_hf.modeling_spectrafm import gaussian_nll
@@ -525,20 +525,11 @@ def test_nll_beta_weights_each_term_by_its_variance_without_gradient(dsd, tmp_pa
     assert torch.allclose(grads[1.0], residual)
     assert torch.allclose(grads[0.0], residual / var)
 
-    run_training(ModelArguments(model_name_or_path=str(TINY), target_labels=["TEFF", "FE_H"], nll_beta=0.5,
-                                calibrate_uncertainties=False),
-                 DataArguments(), _args(tmp_path, "beta", max_steps=3, eval_strategy="no", save_strategy="no"),
-                 splits=(dsd["train"], dsd["validation"], None))
-    assert (tmp_path / "beta" / "final" / "model.safetensors").is_file()
-    with pytest.raises(ValueError, match="nll_beta must lie in"):
-        run_training(ModelArguments(model_name_or_path=str(TINY), nll_beta=2.0), DataArguments(),
-                     _args(tmp_path, "bad", max_steps=1), splits=(dsd["train"], dsd["validation"], None))
 
-
-def test_student_t_nll_is_the_t_likelihood_and_pulls_less_on_outliers(dsd, tmp_path):
+def test_student_t_nll_is_the_t_likelihood_and_pulls_less_on_outliers():
     """student_t_dof: the training loss is the Student-t NLL (up to a constant) with scale^2 = exp(log_variance) +
     label_err^2; a residual of many scales pulls the mean far less than under the Gaussian NLL, a small one 6/5 as
-    much; a run trains with it; dof <= 2 is refused."""
+    much."""
     from spectrafm_hf.modeling_spectrafm import gaussian_nll
     from spectrafm_hf.training.run import student_t_nll
 
@@ -557,14 +548,26 @@ def test_student_t_nll_is_the_t_likelihood_and_pulls_less_on_outliers(dsd, tmp_p
             pulls.append(float(mean.grad.abs()))
         assert ratio[0] <= pulls[0] / pulls[1] <= ratio[1], (residual, pulls)
 
-    run_training(ModelArguments(model_name_or_path=str(TINY), target_labels=["TEFF", "FE_H"], student_t_dof=5.0,
-                                calibrate_uncertainties=False),
-                 DataArguments(), _args(tmp_path, "t", max_steps=3, eval_strategy="no", save_strategy="no"),
-                 splits=(dsd["train"], dsd["validation"], None))
-    assert (tmp_path / "t" / "final" / "model.safetensors").is_file()
-    with pytest.raises(ValueError, match="student_t_dof must be above 2"):
-        run_training(ModelArguments(model_name_or_path=str(TINY), student_t_dof=2.0), DataArguments(),
-                     _args(tmp_path, "bad_t", max_steps=1), splits=(dsd["train"], dsd["validation"], None))
+
+@pytest.mark.parametrize("option, good, bad, words", [("nll_beta", 0.5, 2.0, "nll_beta must lie in"),
+                                                       ("student_t_dof", 5.0, 2.0, "student_t_dof must be above 2")])
+def test_training_loss_options_reach_the_run_and_bad_values_are_refused(dsd, tmp_path, option, good, bad, words):
+    """A run with nll_beta / student_t_dof ends at other weights than the same plain run (which repeats exactly), so
+    the option reaches the trainer's loss; a value outside its range is refused."""
+    from safetensors.torch import load_file
+
+    weights = {}
+    for name, kw in (("plain", {}), ("plain_again", {}), (option, {option: good})):
+        run_training(ModelArguments(model_name_or_path=str(TINY), target_labels=["TEFF", "FE_H"],
+                                    calibrate_uncertainties=False, **kw),
+                     DataArguments(), _args(tmp_path, name, max_steps=3, eval_strategy="no", save_strategy="no"),
+                     splits=(dsd["train"], dsd["validation"], None))
+        weights[name] = load_file(str(tmp_path / name / "final" / "model.safetensors"))
+    assert all(torch.equal(weights["plain"][k], weights["plain_again"][k]) for k in weights["plain"])
+    assert not all(torch.equal(weights["plain"][k], weights[option][k]) for k in weights["plain"])
+    with pytest.raises(ValueError, match=words):
+        run_training(ModelArguments(model_name_or_path=str(TINY), **{option: bad}), DataArguments(),
+                     _args(tmp_path, "bad", max_steps=1), splits=(dsd["train"], dsd["validation"], None))
 
 
 def test_collator_masked_flux_holds_out_one_contiguous_run(dsd):
