@@ -48,6 +48,9 @@ def main(argv=None):
     p.add_argument("--ema", default="0,0.999", help="ema_decay values (0 = no averaging)")
     p.add_argument("--seed", type=int, default=None, help="the MLP's training seed (default: ScratchMLP.fit's)")
     p.add_argument("--fewshot", action="store_true", help="xp_fewshot's scratch network instead of xp_full's MLP")
+    p.add_argument("--student_t_dof", type=float, default=0.0,
+                   help="train on a Student-t likelihood with these degrees of freedom (ScratchMLP's student_t_dof; "
+                        "0 = the Gaussian NLL); its runs are named ..._student_t<dof>")
     p.add_argument("--out", default=str(REPO / "benchmarks/results/xp_weight_average_mlp.json"))
     p.add_argument("--predictions", help="also write each fit's validation and test predictions here "
                                          "(<split>_ema<decay>.csv: object_id, <label>_pred, <label>_sigma)")
@@ -72,6 +75,9 @@ def main(argv=None):
     out = json.loads(out_path.read_text()) if out_path.is_file() else {}
     out.update({"split": "validation", "n_train": len(sub), "mlp": {**params, **fit_kw}})
     out.setdefault("runs", {})
+    if a.student_t_dof:
+        params["student_t_dof"] = a.student_t_dof
+    suffix = f"_student_t{a.student_t_dof:g}" if a.student_t_dof else ""
     for decay in (float(v) for v in a.ema.split(",")):
         t = time.time()
         model = ScratchMLP(**params, ema_decay=decay).fit(x, y, xv, yv, **fit_kw)
@@ -80,15 +86,16 @@ def main(argv=None):
         best = model.history_[model.best_epoch_ - 1]
         if a.predictions:
             for name, ds, (m, sg) in (("validation", val, (mean, sigma)), ("test", test, (tmean, tsigma))):
-                write_predictions(Path(a.predictions) / f"{name}_ema{decay:g}.csv", ds["object_id"], labels, m, sg)
-        out["runs"][f"ema_decay_{decay:g}"] = {
+                write_predictions(Path(a.predictions) / f"{name}_ema{decay:g}{suffix}.csv", ds["object_id"], labels,
+                                  m, sg)
+        out["runs"][f"ema_decay_{decay:g}{suffix}"] = {
             "best_epoch": int(model.best_epoch_), "epochs": len(model.history_),
             "best_val_nll": round(float(best["val_nll"]), 4), "minutes": round((time.time() - t) / 60, 1),
             **{n: round(float(label_metrics(mean[:, k], yv[:, k], sigma[:, k])["robust_scatter"]), 4)
                for k, n in enumerate(labels)},
             "test": {n: round(float(label_metrics(tmean[:, k], yt[:, k], tsigma[:, k])["robust_scatter"]), 4)
                      for k, n in enumerate(labels)}}
-        print(json.dumps({f"ema_decay_{decay:g}": out["runs"][f"ema_decay_{decay:g}"]}), flush=True)
+        print(json.dumps({f"ema_decay_{decay:g}{suffix}": out["runs"][f"ema_decay_{decay:g}{suffix}"]}), flush=True)
         if out_path.is_file():  # another process may have written other values meanwhile: keep them
             out["runs"] = {**json.loads(out_path.read_text()).get("runs", {}), **out["runs"]}
         out_path.write_text(json.dumps(out, indent=1) + "\n")  # after every value: a killed run keeps the others

@@ -217,6 +217,29 @@ def test_scratch_mlp_ema_scores_and_keeps_the_average(one_thread):
         ScratchMLP(ema_decay=1.0).fit(X, y, epochs=1)
 
 
+def test_scratch_mlp_student_t_trains_and_scores_on_the_t_likelihood(one_thread):
+    """student_t_dof: the MLP's loss and its validation score (the epoch choice) are SpectraFM's Student-t NLL, so
+    its history differs from the Gaussian run's and its recorded score is that NLL of the kept network; dof <= 2 is
+    refused."""
+    import torch
+
+    from spectrafm_hf.training.run import student_t_nll
+
+    rng = np.random.default_rng(3)
+    X, y, _ = _linear_problem(64, -1, 0.4, rng)
+    Xv, yv, _ = _linear_problem(40, -1, 0.4, rng)
+    plain = ScratchMLP(learning_rate=1e-3).fit(X, y, Xv, yv, epochs=4, seed=0)
+    mlp = ScratchMLP(learning_rate=1e-3, student_t_dof=5.0).fit(X, y, Xv, yv, epochs=4, seed=0)
+    assert [h["val_nll"] for h in mlp.history_] != pytest.approx([h["val_nll"] for h in plain.history_], rel=1e-3)
+    mean, sigma = mlp.predict(Xv)
+    centre, scale = mlp.y_mean_[0], mlp.y_std_[0]
+    score = student_t_nll(torch.as_tensor((mean - centre) / scale), torch.as_tensor(np.log((sigma / scale) ** 2)),
+                          torch.as_tensor((yv - centre) / scale), dof=5.0)
+    assert float(score) == pytest.approx(mlp.history_[mlp.best_epoch_ - 1]["val_nll"], abs=1e-3)
+    with pytest.raises(ValueError, match="student_t_dof must be above 2"):
+        ScratchMLP(student_t_dof=1.5)
+
+
 def test_scratch_mlp_stops_on_a_validation_plateau_with_the_weights_a_whole_run_keeps(one_thread):
     """patience: training ends once that many evaluations in a row have not beaten the best; the run is the whole
     run cut short (same history so far) and keeps the best weights it saw. (Here the whole run improves again

@@ -549,6 +549,25 @@ def test_student_t_nll_is_the_t_likelihood_and_pulls_less_on_outliers():
         assert ratio[0] <= pulls[0] / pulls[1] <= ratio[1], (residual, pulls)
 
 
+def test_student_t_also_scores_evaluations(dsd):
+    """Under student_t_dof the evaluation loss (checkpoint choice, early stopping) is the Student-t NLL the model
+    trains on, not the model's own Gaussian loss: a t-trained model's best checkpoint is the best t fit."""
+    from types import SimpleNamespace
+
+    from spectrafm_hf.modeling_spectrafm import SpectraFMModel
+    from spectrafm_hf.training.run import SpectraFMTrainer, student_t_nll
+
+    model = SpectraFMModel.from_pretrained(TINY).eval()
+    batch = _collator(deterministic=True)([dsd["validation"][i] for i in range(6)])
+    trainer = SimpleNamespace(label_loss_weights=None, nll_beta=0.0, student_t_dof=5.0, l2sp_start={})
+    with torch.no_grad():
+        out = model(**batch)
+        loss = SpectraFMTrainer.compute_loss(trainer, model, batch)
+    assert torch.isclose(loss, student_t_nll(out.mean, out.log_variance, batch["labels"], batch.get("label_err"),
+                                             dof=5.0), atol=1e-5)
+    assert not torch.isclose(loss, out.loss)
+
+
 @pytest.mark.parametrize("option, good, bad, words", [("nll_beta", 0.5, 2.0, "nll_beta must lie in"),
                                                        ("student_t_dof", 5.0, 2.0, "student_t_dof must be above 2")])
 def test_training_loss_options_reach_the_run_and_bad_values_are_refused(dsd, tmp_path, option, good, bad, words):

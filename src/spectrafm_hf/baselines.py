@@ -52,10 +52,11 @@ def _as_2d_labels(y) -> tuple[np.ndarray, bool]:
 LOG_VARIANCE_BOUNDS = (-15.0, 10.0)  # SpectraFMConfig's default clamp, in standardised label units
 
 
-def _gaussian_nll(mean, log_variance, target, target_err=None):
+def _gaussian_nll(mean, log_variance, target, target_err=None, student_t_dof: float = 0.0):
     """SpectraFM's loss: 0.5 [(y - mu)^2 / s^2 + ln s^2], s^2 = exp(logvar) + err^2 + 1e-8, NaN targets ignored.
     The log-variance is clamped to `LOG_VARIANCE_BOUNDS` (as in SpectraFM): unclamped, a network that drives it to
-    -inf on easy stars makes 1/s^2 and its gradients overflow."""
+    -inf on easy stars makes 1/s^2 and its gradients overflow. ``student_t_dof`` > 2: the Student-t NLL with s^2 its
+    scale^2 instead, constants dropped (SpectraFM's ``student_t_dof``, `spectrafm_hf.training.run.student_t_nll`)."""
     import torch
 
     ok = torch.isfinite(target)
@@ -63,7 +64,10 @@ def _gaussian_nll(mean, log_variance, target, target_err=None):
     if target_err is not None:
         var = var + torch.nan_to_num(target_err, nan=0.0) ** 2
     r = torch.where(ok, target - mean, torch.zeros_like(mean))
-    per = 0.5 * (r**2 / var + torch.log(var))
+    if student_t_dof:
+        per = 0.5 * (student_t_dof + 1.0) * torch.log1p(r**2 / (student_t_dof * var)) + 0.5 * torch.log(var)
+    else:
+        per = 0.5 * (r**2 / var + torch.log(var))
     return (per * ok).sum() / ok.sum().clamp_min(1)
 
 
@@ -82,6 +86,8 @@ class ScratchMLP:
             weights to NaN (the paper's script had no clipping; its synthetic-like spectra had no such pixels).
         ema_decay: keep a running average of the weights with this decay (0 = off); validation scores and the
             kept weights are the average's (`spectrafm_hf.training.weight_average`, as SpectraFM's ``ema_decay``).
+        student_t_dof: train (and choose the epoch) on a Student-t likelihood with this many degrees of freedom
+            (> 2; 0 = the Gaussian NLL), as SpectraFM's ``student_t_dof``; sigma is then the t scale.
         device: torch device (default CPU).
 
     A step whose loss is not finite is skipped (counted in ``skipped_steps_``) instead of being applied.
@@ -89,7 +95,9 @@ class ScratchMLP:
 
     def __init__(self, hidden: Sequence[int] = (2048, 1280, 1024), dropout: float = 0.1, learning_rate: float = 1e-4,
                  batch_size: int = 64, restart_epochs: int = 500, max_grad_norm: float | None = 10.0,
-                 ema_decay: float = 0.0, device: str = "cpu"):
+                 ema_decay: float = 0.0, student_t_dof: float = 0.0, device: str = "cpu"):
+        if student_t_dof and not (math.isfinite(student_t_dof) and student_t_dof > 2.0):
+            raise ValueError(f"student_t_dof must be above 2, or 0 for the Gaussian NLL; got {student_t_dof}")
         self.hidden = tuple(int(h) for h in hidden)
         self.dropout = float(dropout)
         self.learning_rate = float(learning_rate)
@@ -97,6 +105,7 @@ class ScratchMLP:
         self.restart_epochs = int(restart_epochs)
         self.max_grad_norm = None if max_grad_norm is None else float(max_grad_norm)
         self.ema_decay = float(ema_decay)
+        self.student_t_dof = float(student_t_dof)
         self.device = device
         self.net = None
 
@@ -203,7 +212,7 @@ class ScratchMLP:
                     break
                 idx = order[start : start + self.batch_size].to(x.device)
                 mean, logvar = self.net(x[idx])
-                loss = _gaussian_nll(mean, logvar, t[idx], None if te is None else te[idx])
+                loss = _gaussian_nll(mean, logvar, t[idx], None if te is None else te[idx], self.student_t_dof)
                 optimizer.zero_grad(set_to_none=True)
                 done += 1
                 if not torch.isfinite(loss):
@@ -226,7 +235,7 @@ class ScratchMLP:
                 self.net.eval()
                 with torch.no_grad(), (average.applied() if average is not None else contextlib.nullcontext()):
                     mv, lv = self._forward_batched(xv)
-                    record["val_nll"] = float(_gaussian_nll(mv, lv, tv, tve))
+                    record["val_nll"] = float(_gaussian_nll(mv, lv, tv, tve, self.student_t_dof))
                     ok = torch.isfinite(tv)
                     record["val_mse"] = float(((mv - tv)[ok] ** 2).mean())
                     score = record["val_nll" if select_on == "nll" else "val_mse"]

@@ -77,7 +77,7 @@ class ModelArguments:
                 "heavy tails let a star far from its prediction (a wrong catalogue label, a bad spectrum) pull the "
                 "mean less. The predicted variance is then the distribution's scale squared, and "
                 "calibrate_uncertainties rescales the sigmas to cover 68 %% of validation stars. The evaluation loss "
-                "stays the Gaussian NLL."})
+                "(checkpoint choice, early stopping) is the same Student-t NLL."})
     calibrate_uncertainties: bool = field(default=True, metadata={
         "help": "After training, fit the per-label sigma recalibration (SpectraFMPipeline.calibrate_uncertainties) "
                 "on the validation split (at least 20 stars) and save it with the processor, so predict's 68 %% "
@@ -191,11 +191,14 @@ class SpectraFMTrainer(Trainer):
             if self.l2sp_alpha > 0 else {}
 
     def compute_loss(self, model, inputs, return_outputs=False, **kwargs):
-        if (self.label_loss_weights is not None or self.nll_beta or self.student_t_dof) and model.training:
+        # weights shape the training loss only; a Student-t likelihood is the model's, so it scores evaluations too
+        reweighted = model.training and (self.label_loss_weights is not None or self.nll_beta)
+        if reweighted or self.student_t_dof:
             outputs = model(**inputs)
             nll = partial(student_t_nll, dof=self.student_t_dof) if self.student_t_dof else gaussian_nll
             loss = nll(outputs.mean, outputs.log_variance, inputs["labels"].to(outputs.mean.dtype),
-                       inputs.get("label_err"), weights=self.training_loss_weights(outputs, inputs))
+                       inputs.get("label_err"),
+                       weights=self.training_loss_weights(outputs, inputs) if model.training else None)
             if outputs.masked_flux_loss is not None:
                 loss = loss + outputs.masked_flux_loss
             out = (loss, outputs) if return_outputs else loss
