@@ -70,8 +70,8 @@ class ModelArguments:
     nll_beta: float = field(default=0.0, metadata={
         "help": "beta-NLL (Seitzer et al. 2022): each label's training NLL term weighted by its predicted variance "
                 "to the power beta, held fixed in the gradient, so the stars a model is unsure of still pull its "
-                "mean (0 = the plain Gaussian NLL; 0.5 = the paper's choice; 1 = the mean learns as under a squared "
-                "error). The evaluation loss stays the plain NLL."})
+                "mean (0 = the plain Gaussian NLL; 0.5 = that paper's choice; 1 = the mean learns as under a "
+                "squared error). The evaluation loss stays the plain NLL."})
     student_t_dof: float = field(default=0.0, metadata={
         "help": "Train on a Student-t likelihood with this many degrees of freedom (> 2; 0 = the Gaussian NLL): its "
                 "heavy tails let a star far from its prediction (a wrong catalogue label, a bad spectrum) pull the "
