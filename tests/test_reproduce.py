@@ -232,12 +232,24 @@ def test_scratch_mlp_student_t_trains_and_scores_on_the_t_likelihood(one_thread)
     mlp = ScratchMLP(learning_rate=1e-3, student_t_dof=5.0).fit(X, y, Xv, yv, epochs=4, seed=0)
     assert [h["val_nll"] for h in mlp.history_] != pytest.approx([h["val_nll"] for h in plain.history_], rel=1e-3)
     mean, sigma = mlp.predict(Xv)
+    t_scale = sigma / mlp.sigma_per_scale
     centre, scale = mlp.y_mean_[0], mlp.y_std_[0]
-    score = student_t_nll(torch.as_tensor((mean - centre) / scale), torch.as_tensor(np.log((sigma / scale) ** 2)),
+    score = student_t_nll(torch.as_tensor((mean - centre) / scale), torch.as_tensor(np.log((t_scale / scale) ** 2)),
                           torch.as_tensor((yv - centre) / scale), dof=5.0)
     assert float(score) == pytest.approx(mlp.history_[mlp.best_epoch_ - 1]["val_nll"], abs=1e-3)
     with pytest.raises(ValueError, match="student_t_dof must be above 2"):
         ScratchMLP(student_t_dof=1.5)
+
+
+def test_scratch_mlp_student_t_sigma_holds_68_percent_of_t_distributed_errors():
+    """Under student_t_dof, predict's sigma is the t scale widened so that +-sigma holds 68.3 % of errors drawn from
+    that t distribution (the bare scale holds 64 % at 5 degrees of freedom); the Gaussian MLP's factor is 1."""
+    rng = np.random.default_rng(0)
+    draws = rng.standard_t(5.0, size=400_000)
+    factor = ScratchMLP(student_t_dof=5.0).sigma_per_scale
+    assert np.mean(np.abs(draws) < 1.0) == pytest.approx(0.637, abs=0.004)
+    assert np.mean(np.abs(draws) < factor) == pytest.approx(0.6827, abs=0.004)
+    assert ScratchMLP().sigma_per_scale == 1.0
 
 
 def test_scratch_mlp_stops_on_a_validation_plateau_with_the_weights_a_whole_run_keeps(one_thread):

@@ -87,7 +87,8 @@ class ScratchMLP:
         ema_decay: keep a running average of the weights with this decay (0 = off); validation scores and the
             kept weights are the average's (`spectrafm_hf.training.weight_average`, as SpectraFM's ``ema_decay``).
         student_t_dof: train (and choose the epoch) on a Student-t likelihood with this many degrees of freedom
-            (> 2; 0 = the Gaussian NLL), as SpectraFM's ``student_t_dof``; sigma is then the t scale.
+            (> 2; 0 = the Gaussian NLL), as SpectraFM's ``student_t_dof``; `predict`'s sigma is then the t scale
+            times ``sigma_per_scale``, so that +-sigma still holds 68 % of the stars.
         device: torch device (default CPU).
 
     A step whose loss is not finite is skipped (counted in ``skipped_steps_``) instead of being applied.
@@ -266,8 +267,19 @@ class ScratchMLP:
             logvars.append(lv)
         return torch.cat(means), torch.cat(logvars)
 
+    @property
+    def sigma_per_scale(self) -> float:
+        """sigma / the predicted scale: 1 under the Gaussian NLL; under ``student_t_dof`` the t quantile at the
+        Gaussian 1-sigma level (1.11 at 5 degrees of freedom), since the t scale alone covers only 64 % there."""
+        if not self.student_t_dof:
+            return 1.0
+        from scipy.stats import norm, t
+
+        return float(t.ppf(norm.cdf(1.0), self.student_t_dof))
+
     def predict(self, X) -> tuple[np.ndarray, np.ndarray]:
-        """(mean, sigma) in the label's units; 1-D when the model was fit on a 1-D label."""
+        """(mean, sigma) in the label's units, sigma the 68 % half-width as for every model here
+        (``sigma_per_scale``); 1-D when the model was fit on a 1-D label."""
         import torch
 
         if self.net is None:
@@ -276,7 +288,8 @@ class ScratchMLP:
         with torch.no_grad():
             m, lv = self._forward_batched(self._inputs(X))
         mean = m.cpu().numpy().astype(np.float64) * self.y_std_ + self.y_mean_
-        sigma = np.sqrt(np.exp(np.clip(lv.cpu().numpy().astype(np.float64), *LOG_VARIANCE_BOUNDS))) * self.y_std_
+        scale = np.sqrt(np.exp(np.clip(lv.cpu().numpy().astype(np.float64), *LOG_VARIANCE_BOUNDS))) * self.y_std_
+        sigma = scale * self.sigma_per_scale
         return (mean[:, 0], sigma[:, 0]) if self._squeeze else (mean, sigma)
 
 
