@@ -52,9 +52,9 @@ def _as_2d_labels(y) -> tuple[np.ndarray, bool]:
 LOG_VARIANCE_BOUNDS = (-15.0, 10.0)  # SpectraFMConfig's default clamp, in standardised label units
 
 
-def _gaussian_nll(mean, log_variance, target, target_err=None, student_t_dof: float = 0.0):
-    """SpectraFM's loss: 0.5 [(y - mu)^2 / s^2 + ln s^2], s^2 = exp(logvar) + err^2 + 1e-8, NaN targets ignored.
-    The log-variance is clamped to `LOG_VARIANCE_BOUNDS` (as in SpectraFM): unclamped, a network that drives it to
+def _label_nll(mean, log_variance, target, target_err=None, student_t_dof: float = 0.0):
+    """SpectraFM's loss, by default the Gaussian NLL 0.5 [(y - mu)^2 / s^2 + ln s^2], s^2 = exp(logvar) + err^2 +
+    1e-8, NaN targets ignored. The log-variance is clamped to `LOG_VARIANCE_BOUNDS` (as in SpectraFM): unclamped, a network that drives it to
     -inf on easy stars makes 1/s^2 and its gradients overflow. ``student_t_dof`` > 2: the Student-t NLL with s^2 its
     scale^2 instead, constants dropped (SpectraFM's ``student_t_dof``, `spectrafm_hf.training.run.student_t_nll`)."""
     import torch
@@ -213,7 +213,7 @@ class ScratchMLP:
                     break
                 idx = order[start : start + self.batch_size].to(x.device)
                 mean, logvar = self.net(x[idx])
-                loss = _gaussian_nll(mean, logvar, t[idx], None if te is None else te[idx], self.student_t_dof)
+                loss = _label_nll(mean, logvar, t[idx], None if te is None else te[idx], self.student_t_dof)
                 optimizer.zero_grad(set_to_none=True)
                 done += 1
                 if not torch.isfinite(loss):
@@ -236,7 +236,7 @@ class ScratchMLP:
                 self.net.eval()
                 with torch.no_grad(), (average.applied() if average is not None else contextlib.nullcontext()):
                     mv, lv = self._forward_batched(xv)
-                    record["val_nll"] = float(_gaussian_nll(mv, lv, tv, tve, self.student_t_dof))
+                    record["val_nll"] = float(_label_nll(mv, lv, tv, tve, self.student_t_dof))
                     ok = torch.isfinite(tv)
                     record["val_mse"] = float(((mv - tv)[ok] ** 2).mean())
                     score = record["val_nll" if select_on == "nll" else "val_mse"]
