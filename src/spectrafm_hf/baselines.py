@@ -54,9 +54,10 @@ LOG_VARIANCE_BOUNDS = (-15.0, 10.0)  # SpectraFMConfig's default clamp, in stand
 
 def _label_nll(mean, log_variance, target, target_err=None, student_t_dof: float = 0.0):
     """SpectraFM's loss, by default the Gaussian NLL 0.5 [(y - mu)^2 / s^2 + ln s^2], s^2 = exp(logvar) + err^2 +
-    1e-8, NaN targets ignored. The log-variance is clamped to `LOG_VARIANCE_BOUNDS` (as in SpectraFM): unclamped, a network that drives it to
-    -inf on easy stars makes 1/s^2 and its gradients overflow. ``student_t_dof`` > 2: the Student-t NLL with s^2 its
-    scale^2 instead, constants dropped (SpectraFM's ``student_t_dof``, `spectrafm_hf.training.run.student_t_nll`)."""
+    1e-8, NaN targets ignored. The log-variance is clamped to `LOG_VARIANCE_BOUNDS` (as in SpectraFM): unclamped,
+    a network that drives it to -inf on easy stars makes 1/s^2 and its gradients overflow. ``student_t_dof`` > 2:
+    the Student-t NLL with s^2 its scale^2 instead, constants dropped (SpectraFM's ``student_t_dof``,
+    `spectrafm_hf.training.run.student_t_nll`)."""
     import torch
 
     ok = torch.isfinite(target)
